@@ -1,1 +1,27 @@
-//! placeholder
+//! Data for lqnets: dataset readers, augmentation and threaded batching, without libtorch.
+//!
+//! # Overview
+//! - [`Dataset`]: labelled u8 images in memory, filled by [`load_cifar`] (CIFAR-10/100 binary) or [`load_idx`]
+//!   (MNIST / Fashion-MNIST IDX, optionally as 32×32×3).
+//! - [`Normalize`] and the pure augmentation functions in [`augment`] (the supplement's pad-4, crop, flip).
+//! - [`Loader`]: seeded shuffling and batches built ahead by worker threads; [`Batch`] is what a step consumes.
+//! - [`read_npy`] / [`write_npy`]: float32 `.npy` tensors (the `lqnets fit` input).
+//!
+//! Every parse error names the file and what is wrong (byte offsets where useful).
+#![deny(missing_docs)]
+
+pub use augment::Normalize;
+pub use cifar::{load_cifar, Cifar};
+pub use dataset::Dataset;
+pub use error::{Error, Result};
+pub use idx::load_idx;
+pub use loader::{Batch, Loader, LoaderConfig};
+pub use npy::{read_npy, write_npy, NpyArray};
+
+pub mod augment;
+mod cifar;
+mod dataset;
+mod error;
+mod idx;
+mod loader;
+mod npy;

@@ -13,8 +13,13 @@ pub const HWGQ_STEP: f32 = 0.538;
 /// As a basis with `{0,1}` codes it is `v = [0.538, 1.076]`.
 pub fn hwgq_activation() -> Levels {
     let s = HWGQ_STEP;
-    Levels::with_thresholds(CodeSet::Binary, vec![0.0, s, 2.0 * s, 3.0 * s], vec![0, 1, 2, 3], vec![0.0, 1.5 * s, 2.5 * s])
-        .expect("constant HWGQ levels are valid")
+    Levels::with_thresholds(
+        CodeSet::Binary,
+        vec![0.0, s, 2.0 * s, 3.0 * s],
+        vec![0, 1, 2, 3],
+        vec![0.0, 1.5 * s, 2.5 * s],
+    )
+    .expect("constant HWGQ levels are valid")
 }
 
 /// HWGQ binary weights: `sign(w)·mean|w|` over the whole layer, as a 1-bit signed basis `[mean|w|]`.
@@ -37,7 +42,12 @@ pub fn uniform_activation_basis(k: u32) -> Result<Vec<f32>> {
 pub fn uniform_weight_basis(k: u32, w: &[f32]) -> Result<Vec<f32>> {
     check_bits(k)?;
     check_finite("weights", w)?;
-    let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let max = w
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
     let alpha = max as f64 / ((1u64 << k) - 1) as f64;
-    Ok((0..k).map(|j| (alpha * (1u64 << j) as f64) as f32).collect())
+    Ok((0..k)
+        .map(|j| (alpha * (1u64 << j) as f64) as f32)
+        .collect())
 }

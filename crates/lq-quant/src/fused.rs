@@ -2,9 +2,9 @@
 //! asked and accumulates the QEM statistics, split over threads (rayon) by rows and chunks.
 //!
 //! For K ≤ 4 the per-element work is branch-free: each of the 2^K − 1 thresholds is one compare and one blend
-//! (levels and thresholds are sorted, so the last threshold passed wins), and the statistics are accumulated per
-//! block as masked sums. The same generic kernel is compiled twice, once with AVX2 enabled, and chosen at run time.
-//! Larger K falls back to [`Levels::quantize`]. Work is split into fixed chunks merged in order, so the result
+//! (levels and thresholds are sorted, so the last threshold passed wins), and the statistics are accumulated in
+//! threshold form (count and Σx above each threshold, f64) from the same compare masks. An AVX2 kernel is chosen
+//! at run time, with a portable one as fallback ([`Isa`]). Larger K falls back to [`Levels::quantize`]. Work is split into fixed chunks merged in order, so the result
 //! does not depend on the number of threads.
 
 use crate::error::Result;
@@ -19,10 +19,37 @@ const BLOCK: usize = 64;
 /// Quantizes `x`, viewed as `levels.len()` equal rows (one basis per row: weights use one row per output channel,
 /// activations one row for the whole tensor), into `y`. Writes the code of every element into `codes` if given,
 /// and returns per-row QEM statistics if `fit`. Fails on non-finite input or mismatched lengths.
-pub fn quantize(levels: &[Levels], x: &[f32], y: &mut [f32], codes: Option<&mut [u8]>, fit: bool) -> Result<Option<Vec<Moments>>> {
+pub fn quantize(
+    levels: &[Levels],
+    x: &[f32],
+    y: &mut [f32],
+    codes: Option<&mut [u8]>,
+    fit: bool,
+) -> Result<Option<Vec<Moments>>> {
+    quantize_with(Isa::detect(), levels, x, y, codes, fit)
+}
+
+/// [`quantize`] with a chosen kernel (tests and benchmarks force each path). An unavailable `isa` falls back to
+/// the portable kernel.
+pub fn quantize_with(
+    isa: Isa,
+    levels: &[Levels],
+    x: &[f32],
+    y: &mut [f32],
+    codes: Option<&mut [u8]>,
+    fit: bool,
+) -> Result<Option<Vec<Moments>>> {
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
     let rows = levels.len();
     if rows == 0 || x.len() % rows != 0 {
-        return Err(invalid("rows", format!("{} elements do not split into {rows} rows", x.len())));
+        return Err(invalid(
+            "rows",
+            format!("{} elements do not split into {rows} rows", x.len()),
+        ));
     }
     check_len("output", x.len(), y.len())?;
     if let Some(c) = codes.as_deref() {
@@ -31,7 +58,10 @@ pub fn quantize(levels: &[Levels], x: &[f32], y: &mut [f32], codes: Option<&mut 
     let n = x.len() / rows;
     let k = levels[0].bits();
     if levels.iter().any(|l| l.bits() != k) {
-        return Err(invalid("levels", "all rows must have the same bit width".into()));
+        return Err(invalid(
+            "levels",
+            "all rows must have the same bit width".into(),
+        ));
     }
     // Work items: (row, chunk of that row), in order.
     let per_row = n.div_ceil(CHUNK).max(1);
@@ -39,13 +69,17 @@ pub fn quantize(levels: &[Levels], x: &[f32], y: &mut [f32], codes: Option<&mut 
         Some(c) => row_chunks_mut(c, n).map(Some).collect(),
         None => (0..rows * per_row).map(|_| None).collect(),
     };
-    let items: Vec<_> = row_chunks(x, n).zip(row_chunks_mut(y, n)).zip(codes_chunks.iter_mut()).enumerate().collect();
+    let items: Vec<_> = row_chunks(x, n)
+        .zip(row_chunks_mut(y, n))
+        .zip(codes_chunks.iter_mut())
+        .enumerate()
+        .collect();
     let stats: Vec<(usize, Option<Moments>, bool)> = items
         .into_par_iter()
         .map(|(item, ((xc, yc), cc))| {
             let lv = &levels[item / per_row];
             let mut m = fit.then(|| Moments::new(k));
-            let ok = pass(lv, xc, yc, cc.as_deref_mut(), m.as_mut());
+            let ok = pass(isa, lv, xc, yc, cc.as_deref_mut(), m.as_mut());
             (item / per_row, m, ok)
         })
         .collect();
@@ -71,103 +105,248 @@ fn row_chunks_mut<T>(x: &mut [T], n: usize) -> impl Iterator<Item = &mut [T]> {
 }
 
 /// One chunk, single-threaded; returns false if an element was not finite (the outputs are then meaningless).
-fn pass(lv: &Levels, x: &[f32], y: &mut [f32], codes: Option<&mut [u8]>, m: Option<&mut Moments>) -> bool {
-    macro_rules! go {
-        ($t:literal) => {{
-            let k = Kernel::<$t>::new(lv);
+fn pass(
+    isa: Isa,
+    lv: &Levels,
+    x: &[f32],
+    y: &mut [f32],
+    codes: Option<&mut [u8]>,
+    m: Option<&mut Moments>,
+) -> bool {
+    let t = lv.thresholds().len();
+    if t > 15 {
+        return lv.quantize(x, y, codes, m).is_ok();
+    }
+    let mut acc = Acc::default();
+    let mut finite = true;
+    let mut idx = [0u8; BLOCK];
+    let mut codes = codes;
+    for (b, (xb, yb)) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)).enumerate() {
+        finite &= match isa {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 was just detected on this CPU.
-                return unsafe { k.run_avx2(x, y, codes, m) };
-            }
-            k.run(x, y, codes, m)
-        }};
+            // SAFETY: `Isa::Avx2` is only constructed after AVX2 was detected (see `Isa::detect`).
+            Isa::Avx2 => unsafe {
+                avx2::block(
+                    lv,
+                    xb,
+                    yb,
+                    codes.is_some().then_some(&mut idx),
+                    m.is_some().then_some(&mut acc),
+                )
+            },
+            _ => portable_block(lv, xb, yb, &mut idx, m.is_some().then_some(&mut acc)),
+        };
+        if let Some(c) = codes.as_deref_mut() {
+            let cb = &mut c[b * BLOCK..b * BLOCK + xb.len()];
+            cb.iter_mut()
+                .zip(&idx)
+                .for_each(|(c, &i)| *c = lv.codes()[i as usize]);
+        }
     }
-    match lv.thresholds().len() {
-        1 => go!(1),
-        3 => go!(3),
-        7 => go!(7),
-        15 => go!(15),
-        _ => lv.quantize(x, y, codes, m).is_ok(),
+    if let Some(m) = m {
+        acc.into_moments(lv, m);
+    }
+    finite
+}
+
+/// Which implementation of the block kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// x86-64 AVX2 intrinsics (8 lanes).
+    Avx2,
+}
+
+impl Isa {
+    /// The best kernel this CPU supports (detected once per call; the check is a cached load).
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    }
+    /// Whether this kernel can run here.
+    pub fn is_available(self) -> bool {
+        self == Isa::Portable || Isa::detect() == Isa::Avx2
     }
 }
 
-/// Sorted levels, their codes and the thresholds in fixed-size arrays, so that the per-element loop unrolls.
-struct Kernel<const T: usize> {
-    thr: [f32; T],
-    lv: Vec<f32>,
-    code: Vec<u8>,
+/// Statistics in threshold form: for each threshold `t_l`, the count and Σx of elements strictly above it.
+/// Per-level values follow by differences (`above[l−1] − above[l]`), so the kernels need only the compare masks
+/// they already compute for the quantization itself.
+#[derive(Default)]
+struct Acc {
+    n: u64,
+    sum: f64,
+    sum_sq: f64,
+    above_n: [u64; 15],
+    above_sum: [f64; 15],
 }
 
-impl<const T: usize> Kernel<T> {
-    fn new(l: &Levels) -> Self {
-        Kernel { thr: l.thresholds().try_into().expect("T thresholds"), lv: l.levels().to_vec(), code: l.codes().to_vec() }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, x: &[f32], y: &mut [f32], codes: Option<&mut [u8]>, m: Option<&mut Moments>) -> bool {
-        self.run(x, y, codes, m)
-    }
-
-    #[inline(always)]
-    fn run(&self, x: &[f32], y: &mut [f32], mut codes: Option<&mut [u8]>, mut m: Option<&mut Moments>) -> bool {
-        let mut finite = true;
-        let mut idx = [0u8; BLOCK];
-        for (b, (xb, yb)) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)).enumerate() {
-            finite &= self.block(xb, yb, &mut idx);
-            if let Some(c) = codes.as_deref_mut() {
-                let cb = &mut c[b * BLOCK..b * BLOCK + xb.len()];
-                cb.iter_mut().zip(&idx).for_each(|(c, &i)| *c = self.code[i as usize]);
-            }
-            if let Some(m) = m.as_deref_mut() {
-                self.stats(xb, &idx[..xb.len()], m);
-            }
+impl Acc {
+    fn into_moments(self, lv: &Levels, m: &mut Moments) {
+        let t = lv.thresholds().len();
+        for l in 0..=t {
+            let (n_ge, s_ge) = if l == 0 {
+                (self.n, self.sum)
+            } else {
+                (self.above_n[l - 1], self.above_sum[l - 1])
+            };
+            let (n_gt, s_gt) = if l == t {
+                (0, 0.0)
+            } else {
+                (self.above_n[l], self.above_sum[l])
+            };
+            let c = lv.codes()[l] as usize;
+            m.count[c] += n_ge - n_gt;
+            m.sum[c] += s_ge - s_gt;
         }
-        finite
+        m.sum_sq += self.sum_sq;
     }
+}
 
-    /// Quantizes one block and leaves the sorted-level index of each element in `idx`.
-    #[inline(always)]
-    fn block(&self, xb: &[f32], yb: &mut [f32], idx: &mut [u8; BLOCK]) -> bool {
-        let mut finite = true;
-        for ((&v, out), id) in xb.iter().zip(yb.iter_mut()).zip(idx.iter_mut()) {
-            let (mut q, mut l) = (self.lv[0], 0u8);
-            for t in 0..T {
-                let gt = v > self.thr[t];
-                q = if gt { self.lv[t + 1] } else { q };
-                l += gt as u8;
-            }
-            *out = q;
-            *id = l;
-            finite &= v.is_finite();
-        }
-        finite
+/// Portable block kernel: quantizes `xb` into `yb`, leaves each element's sorted-level index in `idx`.
+fn portable_block(
+    lv: &Levels,
+    xb: &[f32],
+    yb: &mut [f32],
+    idx: &mut [u8; BLOCK],
+    acc: Option<&mut Acc>,
+) -> bool {
+    let (thr, levels) = (lv.thresholds(), lv.levels());
+    let mut finite = true;
+    for ((&v, out), id) in xb.iter().zip(yb.iter_mut()).zip(idx.iter_mut()) {
+        let l = thr.iter().map(|&t| (v > t) as usize).sum::<usize>();
+        *out = levels[l];
+        *id = l as u8;
+        finite &= v.is_finite();
     }
-
-    /// Adds one block to the statistics: count, Σx per sorted level and Σx², with 8 independent lanes so that
-    /// the f64 sums vectorise (a single accumulator would serialise on the add latency).
-    #[inline(always)]
-    fn stats(&self, xb: &[f32], idx: &[u8], m: &mut Moments) {
-        let mut sq = [0.0f64; 8];
-        for ch in xb.chunks(8) {
-            for (a, &v) in sq.iter_mut().zip(ch) {
-                *a += v as f64 * v as f64;
-            }
-        }
-        m.sum_sq += sq.iter().sum::<f64>();
-        for l in 0..=T {
-            let (mut n, mut s) = ([0u32; 8], [0.0f64; 8]);
-            for (xc, ic) in xb.chunks(8).zip(idx.chunks(8)) {
-                for j in 0..xc.len() {
-                    let hit = ic[j] as usize == l;
-                    n[j] += hit as u32;
-                    s[j] += if hit { xc[j] as f64 } else { 0.0 };
+    if let Some(a) = acc {
+        for &v in xb {
+            let d = v as f64;
+            a.n += 1;
+            a.sum += d;
+            a.sum_sq += d * d;
+            for (l, &t) in thr.iter().enumerate() {
+                if v > t {
+                    a.above_n[l] += 1;
+                    a.above_sum[l] += d;
                 }
             }
-            let c = self.code[l] as usize;
-            m.count[c] += n.iter().sum::<u32>() as u64;
-            m.sum[c] += s.iter().sum::<f64>();
         }
+    }
+    finite
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! AVX2 block kernel: 8 elements per step; per threshold one compare, one blend, and (when fitting) a masked
+    //! f64 accumulation of the elements above it.
+    use super::{Acc, BLOCK};
+    use crate::lq::Levels;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn block(
+        lv: &Levels,
+        xb: &[f32],
+        yb: &mut [f32],
+        mut idx: Option<&mut [u8; BLOCK]>,
+        acc: Option<&mut Acc>,
+    ) -> bool {
+        let (thr, levels) = (lv.thresholds(), lv.levels());
+        let t = thr.len();
+        let full = xb.len() / 8 * 8;
+        let fit = acc.is_some();
+        let (mut cnt, mut slo, mut shi) = (
+            [_mm256_setzero_si256(); 15],
+            [_mm256_setzero_pd(); 15],
+            [_mm256_setzero_pd(); 15],
+        );
+        let (mut tot, mut sq) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let sign = _mm256_set1_ps(-0.0);
+        let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        let mut ids = [0i32; 8];
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= xb.len() == yb.len().
+            let v = _mm256_loadu_ps(xb.as_ptr().add(i));
+            ok = _mm256_and_ps(
+                ok,
+                _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf),
+            );
+            let mut q = _mm256_set1_ps(levels[0]);
+            let mut id = _mm256_setzero_si256();
+            for l in 0..t {
+                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_set1_ps(thr[l]));
+                q = _mm256_blendv_ps(q, _mm256_set1_ps(levels[l + 1]), m);
+                let mi = _mm256_castps_si256(m);
+                id = _mm256_sub_epi32(id, mi);
+                if fit {
+                    cnt[l] = _mm256_sub_epi32(cnt[l], mi);
+                    let xm = _mm256_and_ps(v, m);
+                    slo[l] = _mm256_add_pd(slo[l], _mm256_cvtps_pd(_mm256_castps256_ps128(xm)));
+                    shi[l] = _mm256_add_pd(shi[l], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(xm)));
+                }
+            }
+            if fit {
+                let (lo, hi) = (
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+                );
+                tot = _mm256_add_pd(tot, _mm256_add_pd(lo, hi));
+                sq = _mm256_add_pd(
+                    sq,
+                    _mm256_add_pd(_mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi)),
+                );
+            }
+            _mm256_storeu_ps(yb.as_mut_ptr().add(i), q);
+            if let Some(idx) = idx.as_deref_mut() {
+                _mm256_storeu_si256(ids.as_mut_ptr() as *mut __m256i, id);
+                for j in 0..8 {
+                    idx[i + j] = ids[j] as u8;
+                }
+            }
+        }
+        let mut finite = _mm256_movemask_ps(ok) == 0xff;
+        // Tail (and the statistics of the vector part) in scalar code.
+        let mut tail_idx = [0u8; BLOCK];
+        let mut rest = Acc::default();
+        let fit_tail = acc.is_some().then_some(&mut rest);
+        finite &= super::portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, fit_tail);
+        if let Some(idx) = idx {
+            idx[full..xb.len()].copy_from_slice(&tail_idx[..xb.len() - full]);
+        }
+        if let Some(a) = acc {
+            let hsum = |v: __m256d| {
+                let mut o = [0.0f64; 4];
+                _mm256_storeu_pd(o.as_mut_ptr(), v);
+                (o[0] + o[1]) + (o[2] + o[3])
+            };
+            let isum = |v: __m256i| {
+                let mut o = [0i32; 8];
+                _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, v);
+                o.iter().map(|&c| c as u64).sum::<u64>()
+            };
+            a.n += full as u64;
+            a.sum += hsum(tot);
+            a.sum_sq += hsum(sq);
+            for l in 0..t {
+                a.above_n[l] += isum(cnt[l]);
+                a.above_sum[l] += hsum(slo[l]) + hsum(shi[l]);
+            }
+            a.n += rest.n;
+            a.sum += rest.sum;
+            a.sum_sq += rest.sum_sq;
+            for l in 0..t {
+                a.above_n[l] += rest.above_n[l];
+                a.above_sum[l] += rest.above_sum[l];
+            }
+        }
+        finite
     }
 }

@@ -1,0 +1,50 @@
+//! The one error type of `lq-data`.
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Reading or preparing data failed. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File concerned.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file's contents are not what the format requires.
+    #[error("{path}: {why}")]
+    Format {
+        /// File concerned.
+        path: PathBuf,
+        /// What is wrong, with the byte offset where it helps.
+        why: String,
+    },
+    /// A dataset file is missing (offline download, wrong folder).
+    #[error("{path}: missing; {hint}")]
+    Missing {
+        /// Expected file.
+        path: PathBuf,
+        /// How to get it.
+        hint: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub(crate) fn format(path: &std::path::Path, why: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.to_path_buf(),
+            why: why.into(),
+        }
+    }
+}
