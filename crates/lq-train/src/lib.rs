@@ -1,15 +1,23 @@
-//! Quantization-aware training of LQ-Nets on libtorch through `tch`.
+//! Quantization-aware training of LQ-Nets on libtorch through `tch` (CPU here, CUDA where libtorch has it).
+//!
+//! # Overview
+//! - [`quant::Quantizer`]: LQ / uniform / HWGQ quantizer of a weight or activation tensor with straight-through
+//!   gradients; the QEM basis step runs in the training forward (fused `lq-quant` pass on CPU tensors).
+//! - [`layers`] and [`models`]: quantized conv, BN → ReLU → Q, and the CIFAR networks (pre-activation ResNet-20/
+//!   32/44/56 with shortcut A or B, VGG-Small).
+//! - [`Trainer`]: one step, evaluation, checkpoints that resume exactly; [`trainer::run`] is the epoch loop.
+//! - [`TrainConfig`]: defaults ← TOML file ← `--set key=value`, unknown keys rejected.
+#![deny(missing_docs)]
 
-/// Runs one libtorch op; proves the link works.
-pub fn smoke() -> f64 {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    (&t * &t).sum(tch::Kind::Float).double_value(&[])
-}
+pub use config::TrainConfig;
+pub use error::{Error, Result};
+pub use trainer::{Stats, Trainer};
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn libtorch_links_and_computes() {
-        assert_eq!(super::smoke(), 14.0);
-    }
-}
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod layers;
+pub mod models;
+pub mod optim;
+pub mod quant;
+pub mod trainer;
