@@ -19,7 +19,11 @@ pub struct QuantSpec {
 
 impl QuantSpec {
     /// Full precision everywhere.
-    pub const FP: QuantSpec = QuantSpec { method: Method::Lq, w_bits: 32, a_bits: 32 };
+    pub const FP: QuantSpec = QuantSpec {
+        method: Method::Lq,
+        w_bits: 32,
+        a_bits: 32,
+    };
 }
 
 /// A bias-free 2-D convolution (square kernel) whose weights are quantized per output channel when asked.
@@ -38,14 +42,37 @@ pub struct QConv2d {
 impl QConv2d {
     /// Creates `p/"w"` with He init (`fan` as the official model file uses) and a weight quantizer unless
     /// `w_bits == 32`.
-    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, spec: QuantSpec, fan: FanInOut) -> Result<Self> {
-        let init = Init::Kaiming { dist: NormalOrUniform::Normal, fan, non_linearity: NonLinearity::ReLU };
+    pub fn new(
+        p: &nn::Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        spec: QuantSpec,
+        fan: FanInOut,
+    ) -> Result<Self> {
+        let init = Init::Kaiming {
+            dist: NormalOrUniform::Normal,
+            fan,
+            non_linearity: NonLinearity::ReLU,
+        };
         let w = p.var("w", &[c_out, c_in, k, k], init);
         let quant = match spec.w_bits {
             32 => None,
-            b => Some(Quantizer::weight(&format!("{}.w", p.components().collect::<Vec<_>>().join(".")), spec.method, b, c_out as usize, (k * k * c_out) as usize)?),
+            b => Some(Quantizer::weight(
+                &format!("{}.w", p.components().collect::<Vec<_>>().join(".")),
+                spec.method,
+                b,
+                c_out as usize,
+                (k * k * c_out) as usize,
+            )?),
         };
-        Ok(QConv2d { w, stride, padding: k / 2, quant })
+        Ok(QConv2d {
+            w,
+            stride,
+            padding: k / 2,
+            quant,
+        })
     }
 
     /// Convolution with the (quantized) weights.
@@ -60,7 +87,15 @@ impl QConv2d {
 
 /// BatchNorm with the official settings: decay 0.9 (momentum 0.1), ε = 1e-5.
 pub fn batch_norm(p: &nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { momentum: 0.1, eps: 1e-5, ..Default::default() })
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            momentum: 0.1,
+            eps: 1e-5,
+            ..Default::default()
+        },
+    )
 }
 
 /// BN → ReLU → activation quantizer (none when `a_bits == 32` or `quantize` is false), spec §1.4.
@@ -77,9 +112,16 @@ impl BnReluQuant {
     pub fn new(p: &nn::Path, c: i64, spec: QuantSpec, quantize: bool) -> Result<Self> {
         let quant = match (quantize, spec.a_bits) {
             (false, _) | (_, 32) => None,
-            (true, b) => Some(Quantizer::activation(&format!("{}.act", p.components().collect::<Vec<_>>().join(".")), spec.method, b)?),
+            (true, b) => Some(Quantizer::activation(
+                &format!("{}.act", p.components().collect::<Vec<_>>().join(".")),
+                spec.method,
+                b,
+            )?),
         };
-        Ok(BnReluQuant { bn: batch_norm(&(p / "bn"), c), quant })
+        Ok(BnReluQuant {
+            bn: batch_norm(&(p / "bn"), c),
+            quant,
+        })
     }
 
     /// `Q(relu(bn(x)))`.

@@ -44,7 +44,11 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let (train, test) = trainer::load_data(&tr.cfg)?;
     let (tl, vl) = trainer::loaders(&tr.cfg, train, test);
     trainer::run(&mut tr, &tl, &vl, &out)?;
-    eprintln!("done: best test accuracy {:.4}; checkpoints in {}", tr.best_acc, out.display());
+    eprintln!(
+        "done: best test accuracy {:.4}; checkpoints in {}",
+        tr.best_acc,
+        out.display()
+    );
     Ok(())
 }
 
@@ -71,7 +75,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     tr.cfg.data = cfg.data.clone();
     let (_, vl) = trainer::loaders(&cfg, train, test);
     let s = tr.evaluate(&vl)?;
-    println!("{}: {} images, loss {:.4}, top-1 accuracy {:.4}", a.checkpoint.display(), s.n, s.loss(), s.acc());
+    println!(
+        "{}: {} images, loss {:.4}, top-1 accuracy {:.4}",
+        a.checkpoint.display(),
+        s.n,
+        s.loss(),
+        s.acc()
+    );
     Ok(())
 }
 
@@ -96,14 +106,44 @@ pub struct BenchArgs {
 /// img/s, time spent waiting for data, and peak resident memory.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let n = a.batch * (a.steps + 2);
-    let ds = Arc::new(Dataset { images: (0..n * 3072).map(|i| (i * 2654435761usize >> 13) as u8).collect(), labels: (0..n).map(|i| (i % 10) as u16).collect(), c: 3, h: 32, w: 32, classes: 10 });
+    let ds = Arc::new(Dataset {
+        images: (0..n * 3072)
+            .map(|i| (i * 2654435761usize >> 13) as u8)
+            .collect(),
+        labels: (0..n).map(|i| (i % 10) as u16).collect(),
+        c: 3,
+        h: 32,
+        w: 32,
+        classes: 10,
+    });
     let norm = Normalize::per_channel_of(&ds);
-    let loader = Loader::new(ds, norm, LoaderConfig { batch: a.batch, shuffle: true, pad: 4, drop_last: true, workers: 2, seed: 1 });
+    let loader = Loader::new(
+        ds,
+        norm,
+        LoaderConfig {
+            batch: a.batch,
+            shuffle: true,
+            pad: 4,
+            drop_last: true,
+            workers: 2,
+            seed: 1,
+        },
+    );
     let mut fp_median = None;
-    println!("{:<8} {:>12} {:>9} {:>9} {:>12} {:>12}", "W/A", "median ms", "x FP", "img/s", "data wait ms", "peak RSS MB");
+    println!(
+        "{:<8} {:>12} {:>9} {:>9} {:>12} {:>12}",
+        "W/A", "median ms", "x FP", "img/s", "data wait ms", "peak RSS MB"
+    );
     for s in a.settings.split(',') {
-        let (w, act) = s.split_once('/').with_context(|| format!("--settings: '{s}' is not W/A"))?;
-        let sets = vec![format!("model.arch=\"{}\"", a.arch), format!("model.w_bits={w}"), format!("model.a_bits={act}"), format!("optim.batch={}", a.batch)];
+        let (w, act) = s
+            .split_once('/')
+            .with_context(|| format!("--settings: '{s}' is not W/A"))?;
+        let sets = vec![
+            format!("model.arch=\"{}\"", a.arch),
+            format!("model.w_bits={w}"),
+            format!("model.a_bits={act}"),
+            format!("optim.batch={}", a.batch),
+        ];
         let cfg = TrainConfig::load(None, &sets)?;
         let mut tr = Trainer::new(cfg, 10)?;
         let (mut times, mut wait) = (Vec::new(), 0.0);
@@ -122,7 +162,15 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
         let base = *fp_median.get_or_insert(med);
-        println!("{:<8} {:>12.1} {:>9.3} {:>9.0} {:>12.2} {:>12.0}", s, med * 1e3, med / base, a.batch as f64 / med, wait * 1e3 / a.steps as f64, peak_rss_mb());
+        println!(
+            "{:<8} {:>12.1} {:>9.3} {:>9.0} {:>12.2} {:>12.0}",
+            s,
+            med * 1e3,
+            med / base,
+            a.batch as f64 / med,
+            wait * 1e3 / a.steps as f64,
+            peak_rss_mb()
+        );
     }
     Ok(())
 }
@@ -130,6 +178,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
