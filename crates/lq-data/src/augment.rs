@@ -18,15 +18,8 @@ impl Normalize {
     /// (0.2470, 0.2435, 0.2616)).
     pub fn per_channel(mean: &[f32], std: &[f32], h: usize, w: usize) -> Self {
         let plane = h * w;
-        let m = mean
-            .iter()
-            .flat_map(|&m| std::iter::repeat_n(m * 255.0, plane))
-            .collect();
-        Normalize {
-            mean: m,
-            scale: std.iter().map(|s| 1.0 / (s * 255.0)).collect(),
-            plane,
-        }
+        let m = mean.iter().flat_map(|&m| std::iter::repeat_n(m * 255.0, plane)).collect();
+        Normalize { mean: m, scale: std.iter().map(|s| 1.0 / (s * 255.0)).collect(), plane }
     }
     /// Per-channel mean/std measured on `ds`.
     pub fn per_channel_of(ds: &Dataset) -> Self {
@@ -53,19 +46,10 @@ impl Normalize {
         let size = ds.c * ds.h * ds.w;
         let mut sum = vec![0.0f64; size];
         for i in 0..ds.len() {
-            sum.iter_mut()
-                .zip(ds.image(i))
-                .for_each(|(s, &p)| *s += p as f64);
+            sum.iter_mut().zip(ds.image(i)).for_each(|(s, &p)| *s += p as f64);
         }
-        let mean = sum
-            .iter()
-            .map(|s| (s / ds.len().max(1) as f64) as f32)
-            .collect();
-        Normalize {
-            mean,
-            scale: vec![1.0 / 128.0; ds.c],
-            plane: ds.h * ds.w,
-        }
+        let mean = sum.iter().map(|s| (s / ds.len().max(1) as f64) as f32).collect();
+        Normalize { mean, scale: vec![1.0 / 128.0; ds.c], plane: ds.h * ds.w }
     }
     #[inline]
     fn apply(&self, i: usize, p: u8) -> f32 {
@@ -75,18 +59,13 @@ impl Normalize {
 
 /// Writes `img` (CHW, `c×h×w`) normalised into `out`, without augmentation.
 pub fn plain(img: &[u8], norm: &Normalize, out: &mut [f32]) {
-    out.iter_mut()
-        .zip(img)
-        .enumerate()
-        .for_each(|(i, (o, &p))| *o = norm.apply(i, p));
+    out.iter_mut().zip(img).enumerate().for_each(|(i, (o, &p))| *o = norm.apply(i, p));
 }
 
 /// Pad `pad` pixels of zeros on each side, crop back to `h×w` at a random offset, flip with probability ½, normalise.
 pub fn pad_crop_flip(
     img: &[u8],
-    c: usize,
-    h: usize,
-    w: usize,
+    [c, h, w]: [usize; 3],
     pad: usize,
     norm: &Normalize,
     rng: &mut impl Rng,
@@ -101,9 +80,7 @@ pub fn pad_crop_flip(
                 let sx = if flip { w - 1 - x } else { x } as isize + ox;
                 let sy = y as isize + oy;
                 let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
-                let src = ch * h * w
-                    + (sy.max(0) as usize).min(h - 1) * w
-                    + (sx.max(0) as usize).min(w - 1);
+                let src = ch * h * w + (sy.max(0) as usize).min(h - 1) * w + (sx.max(0) as usize).min(w - 1);
                 let i = ch * h * w + y * w + x;
                 // A padded pixel is a zero pixel before normalisation, as in the official pipeline.
                 out[i] = norm.apply(i, if inside { img[src] } else { 0 });

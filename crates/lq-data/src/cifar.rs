@@ -44,23 +44,13 @@ impl Cifar {
 
 /// Loads the training (`train`) or test split from `dir`.
 pub fn load_cifar(dir: &Path, kind: Cifar, train: bool) -> Result<Dataset> {
-    let mut ds = Dataset {
-        images: Vec::new(),
-        labels: Vec::new(),
-        c: 3,
-        h: 32,
-        w: 32,
-        classes: kind.classes(),
-    };
+    let mut ds = Dataset { images: Vec::new(), labels: Vec::new(), c: 3, h: 32, w: 32, classes: kind.classes() };
     for f in kind.files(train) {
         let path = dir.join(&f);
         if !path.exists() {
             let hint = "run `scripts/get-cifar10.sh DIR` with internet access, or copy the official binary files \
                         (cifar-10-batches-bin/*.bin) into this folder";
-            return Err(Error::Missing {
-                path,
-                hint: hint.into(),
-            });
+            return Err(Error::Missing { path, hint: hint.into() });
         }
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         parse_records(&path, &bytes, kind, &mut ds)?;
@@ -80,11 +70,7 @@ fn parse_records(path: &Path, bytes: &[u8], kind: Cifar, ds: &mut Dataset) -> Re
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         let label = r[kind.label_bytes() - 1] as usize;
         if label >= kind.classes() {
-            let why = format!(
-                "record {i} (byte offset {}): label {label} out of range 0..{}",
-                i * rec,
-                kind.classes()
-            );
+            let why = format!("record {i} (byte offset {}): label {label} out of range 0..{}", i * rec, kind.classes());
             return Err(Error::format(path, why));
         }
         ds.labels.push(label as u16);

@@ -36,15 +36,9 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), source }
     }
     pub(crate) fn format(path: &std::path::Path, why: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.to_path_buf(),
-            why: why.into(),
-        }
+        Error::Format { path: path.to_path_buf(), why: why.into() }
     }
 }

@@ -49,16 +49,8 @@ pub struct Loader {
 impl Loader {
     /// A loader over `ds`.
     pub fn new(ds: Arc<Dataset>, norm: Normalize, cfg: LoaderConfig) -> Self {
-        let cfg = LoaderConfig {
-            batch: cfg.batch.max(1),
-            workers: cfg.workers.max(1),
-            ..cfg
-        };
-        Loader {
-            ds,
-            norm: Arc::new(norm),
-            cfg,
-        }
+        let cfg = LoaderConfig { batch: cfg.batch.max(1), workers: cfg.workers.max(1), ..cfg };
+        Loader { ds, norm: Arc::new(norm), cfg }
     }
     /// Batches in one epoch.
     pub fn batches(&self) -> usize {
@@ -77,11 +69,7 @@ impl Loader {
     pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Batch> {
         let mut order: Vec<usize> = (0..self.ds.len()).collect();
         if self.cfg.shuffle {
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
-                self.cfg.seed,
-                epoch,
-                u64::MAX,
-            )));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.cfg.seed, epoch, u64::MAX)));
         }
         let order = Arc::new(order);
         let nb = self.batches();
@@ -89,14 +77,10 @@ impl Loader {
         let receivers: Vec<Receiver<Batch>> = (0..workers)
             .map(|wk| {
                 let (tx, rx) = sync_channel(2);
-                let (ds, norm, order, cfg) =
-                    (self.ds.clone(), self.norm.clone(), order.clone(), self.cfg);
+                let (ds, norm, order, cfg) = (self.ds.clone(), self.norm.clone(), order.clone(), self.cfg);
                 std::thread::spawn(move || {
                     for b in (wk..nb).step_by(workers) {
-                        if tx
-                            .send(make_batch(&ds, &norm, &order, &cfg, epoch, b))
-                            .is_err()
-                        {
+                        if tx.send(make_batch(&ds, &norm, &order, &cfg, epoch, b)).is_err() {
                             return; // the consumer stopped early
                         }
                     }
@@ -108,37 +92,24 @@ impl Loader {
     }
 }
 
-fn make_batch(
-    ds: &Dataset,
-    norm: &Normalize,
-    order: &[usize],
-    cfg: &LoaderConfig,
-    epoch: u64,
-    b: usize,
-) -> Batch {
+fn make_batch(ds: &Dataset, norm: &Normalize, order: &[usize], cfg: &LoaderConfig, epoch: u64, b: usize) -> Batch {
     let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(order.len())];
     let size = ds.c * ds.h * ds.w;
     let mut x = vec![0.0f32; idx.len() * size];
     let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch, b as u64));
     for (&i, out) in idx.iter().zip(x.chunks_exact_mut(size)) {
         if cfg.pad > 0 {
-            pad_crop_flip(ds.image(i), ds.c, ds.h, ds.w, cfg.pad, norm, &mut rng, out);
+            pad_crop_flip(ds.image(i), [ds.c, ds.h, ds.w], cfg.pad, norm, &mut rng, out);
         } else {
             plain(ds.image(i), norm, out);
         }
     }
-    Batch {
-        x,
-        y: idx.iter().map(|&i| ds.labels[i] as i64).collect(),
-        shape: [idx.len(), ds.c, ds.h, ds.w],
-    }
+    Batch { x, y: idx.iter().map(|&i| ds.labels[i] as i64).collect(), shape: [idx.len(), ds.c, ds.h, ds.w] }
 }
 
 /// A seed for (base, epoch, batch): splitmix64 over the three.
 fn mix(seed: u64, epoch: u64, batch: u64) -> u64 {
-    let mut z = seed
-        ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ batch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ batch.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

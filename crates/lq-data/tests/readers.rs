@@ -17,11 +17,7 @@ fn cifar_records(n: usize, label_bytes: usize, label: u8) -> Vec<u8> {
 
 fn write_cifar10(dir: &Path, n: usize) {
     for i in 1..=5 {
-        std::fs::write(
-            dir.join(format!("data_batch_{i}.bin")),
-            cifar_records(n, 1, i as u8),
-        )
-        .unwrap();
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), cifar_records(n, 1, i as u8)).unwrap();
     }
     std::fs::write(dir.join("test_batch.bin"), cifar_records(n, 1, 0)).unwrap();
 }
@@ -33,34 +29,22 @@ fn cifar10_round_trip_and_errors() {
     let train = load_cifar(d.path(), Cifar::Ten, true).unwrap();
     assert_eq!((train.len(), train.c, train.h, train.w), (20, 3, 32, 32));
     assert_eq!(train.labels[..4], [1, 2, 3, 4]);
-    assert_eq!(train.image(1)[5], ((7 + 5) % 251) as u8);
+    assert_eq!(train.image(1)[5], 7 + 5); // record 1, pixel 5: (1·7 + 5) mod 251
     // Truncated file.
     let bad = d.path().join("test_batch.bin");
     std::fs::write(&bad, &cifar_records(2, 1, 0)[..3073 + 100]).unwrap();
-    let e = load_cifar(d.path(), Cifar::Ten, false)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("test_batch.bin") && e.contains("whole number"),
-        "{e}"
-    );
+    let e = load_cifar(d.path(), Cifar::Ten, false).unwrap_err().to_string();
+    assert!(e.contains("test_batch.bin") && e.contains("whole number"), "{e}");
     // Label out of range.
     let mut r = cifar_records(2, 1, 0);
     r[3073] = 10;
     std::fs::write(&bad, r).unwrap();
-    let e = load_cifar(d.path(), Cifar::Ten, false)
-        .unwrap_err()
-        .to_string();
+    let e = load_cifar(d.path(), Cifar::Ten, false).unwrap_err().to_string();
     assert!(e.contains("record 1") && e.contains("label 10"), "{e}");
     // Missing batch.
     std::fs::remove_file(d.path().join("data_batch_3.bin")).unwrap();
-    let e = load_cifar(d.path(), Cifar::Ten, true)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("data_batch_3.bin") && e.contains("missing"),
-        "{e}"
-    );
+    let e = load_cifar(d.path(), Cifar::Ten, true).unwrap_err().to_string();
+    assert!(e.contains("data_batch_3.bin") && e.contains("missing"), "{e}");
 }
 
 #[test]
@@ -101,10 +85,7 @@ fn idx_native_and_as_cifar() {
     assert_eq!(img[0], 0);
     write_idx(d.path(), "t10k", 3, 5);
     let e = load_idx(d.path(), "t10k", false).unwrap_err().to_string();
-    assert!(
-        e.contains("t10k-images-idx3-ubyte") && e.contains("data bytes"),
-        "{e}"
-    );
+    assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("data bytes"), "{e}");
 }
 
 #[test]
@@ -113,13 +94,7 @@ fn npy_round_trip_and_bad_dtype() {
     let p = d.path().join("w.npy");
     write_npy(&p, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.5]).unwrap();
     let a = read_npy(&p).unwrap();
-    assert_eq!(
-        a,
-        NpyArray {
-            shape: vec![2, 3],
-            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
-        }
-    );
+    assert_eq!(a, NpyArray { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5] });
     let mut b = std::fs::read(&p).unwrap();
     let at = b.windows(3).position(|w| w == b"<f4").unwrap();
     b[at + 2] = b'8';
@@ -145,26 +120,13 @@ fn tiny(n: usize) -> Dataset {
 fn loader_is_reproducible_and_worker_independent() {
     let ds = Arc::new(tiny(37));
     let norm = Normalize::per_channel_of(&ds);
-    let cfg = LoaderConfig {
-        batch: 8,
-        shuffle: true,
-        pad: 4,
-        drop_last: false,
-        workers: 1,
-        seed: 5,
-    };
-    let one: Vec<Batch> = Loader::new(ds.clone(), norm.clone(), cfg)
-        .epoch(3)
-        .collect();
+    let cfg = LoaderConfig { batch: 8, shuffle: true, pad: 4, drop_last: false, workers: 1, seed: 5 };
+    let one: Vec<Batch> = Loader::new(ds.clone(), norm.clone(), cfg).epoch(3).collect();
     let three: Vec<Batch> =
-        Loader::new(ds.clone(), norm.clone(), LoaderConfig { workers: 3, ..cfg })
-            .epoch(3)
-            .collect();
+        Loader::new(ds.clone(), norm.clone(), LoaderConfig { workers: 3, ..cfg }).epoch(3).collect();
     assert_eq!(one.len(), 5);
     assert_eq!(one, three);
-    let other: Vec<Batch> = Loader::new(ds.clone(), norm.clone(), cfg)
-        .epoch(4)
-        .collect();
+    let other: Vec<Batch> = Loader::new(ds.clone(), norm.clone(), cfg).epoch(4).collect();
     assert_ne!(one[0].y, other[0].y);
     // Every image appears once per epoch.
     let mut seen: Vec<i64> = one.iter().flat_map(|b| b.y.clone()).collect();
@@ -172,14 +134,7 @@ fn loader_is_reproducible_and_worker_independent() {
     let mut want: Vec<i64> = ds.labels.iter().map(|&l| l as i64).collect();
     want.sort();
     assert_eq!(seen, want);
-    let dropped = Loader::new(
-        ds,
-        norm,
-        LoaderConfig {
-            drop_last: true,
-            ..cfg
-        },
-    );
+    let dropped = Loader::new(ds, norm, LoaderConfig { drop_last: true, ..cfg });
     assert_eq!(dropped.batches(), 4);
 }
 
@@ -194,9 +149,7 @@ fn augmentation_pads_with_zero_pixels_and_flips() {
         let mut out = vec![0.0; 3 * 64];
         augment::pad_crop_flip(
             ds.image(0),
-            3,
-            8,
-            8,
+            [3, 8, 8],
             4,
             &norm,
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(s),
@@ -204,13 +157,9 @@ fn augmentation_pads_with_zero_pixels_and_flips() {
         );
         seen_pad |= out.contains(&0.0);
         // A flipped, unshifted crop is the mirrored image.
-        let mirrored: Vec<f32> = (0..3 * 64)
-            .map(|i| ds.image(0)[i / 8 * 8 + 7 - i % 8] as f32)
-            .collect();
+        let mirrored: Vec<f32> = (0..3 * 64).map(|i| ds.image(0)[i / 8 * 8 + 7 - i % 8] as f32).collect();
         seen_flip |= out == mirrored;
-        assert!(out
-            .iter()
-            .all(|&v| v == 0.0 || ds.image(0).contains(&(v as u8))));
+        assert!(out.iter().all(|&v| v == 0.0 || ds.image(0).contains(&(v as u8))));
     }
     assert!(seen_pad && seen_flip);
 }

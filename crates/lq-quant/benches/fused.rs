@@ -11,12 +11,10 @@ fn bench(c: &mut Criterion) {
     let x: Vec<f32> = (0..n).map(|_| rng.gen::<f32>() * 2.0 - 0.5).collect();
     let mut y = vec![0.0f32; n];
     let mut g = c.benchmark_group("fused_16M");
-    g.throughput(Throughput::Bytes((n * 4) as u64))
-        .sample_size(10);
+    g.throughput(Throughput::Bytes((n * 4) as u64)).sample_size(10);
     g.bench_function("copy", |b| b.iter(|| y.copy_from_slice(&x)));
     for k in 1..=4 {
-        let lv =
-            Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
+        let lv = Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
         g.bench_function(format!("K{k}_fit"), |b| {
             b.iter(|| quantize(std::slice::from_ref(&lv), &x, &mut y, None, true).unwrap())
         });

@@ -42,12 +42,7 @@ pub fn uniform_activation_basis(k: u32) -> Result<Vec<f32>> {
 pub fn uniform_weight_basis(k: u32, w: &[f32]) -> Result<Vec<f32>> {
     check_bits(k)?;
     check_finite("weights", w)?;
-    let max = w
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
+    let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
     let alpha = max as f64 / ((1u64 << k) - 1) as f64;
-    Ok((0..k)
-        .map(|j| (alpha * (1u64 << j) as f64) as f32)
-        .collect())
+    Ok((0..k).map(|j| (alpha * (1u64 << j) as f64) as f32).collect())
 }

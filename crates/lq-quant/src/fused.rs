@@ -39,17 +39,10 @@ pub fn quantize_with(
     codes: Option<&mut [u8]>,
     fit: bool,
 ) -> Result<Option<Vec<Moments>>> {
-    let isa = if isa.is_available() {
-        isa
-    } else {
-        Isa::Portable
-    };
+    let isa = if isa.is_available() { isa } else { Isa::Portable };
     let rows = levels.len();
     if rows == 0 || x.len() % rows != 0 {
-        return Err(invalid(
-            "rows",
-            format!("{} elements do not split into {rows} rows", x.len()),
-        ));
+        return Err(invalid("rows", format!("{} elements do not split into {rows} rows", x.len())));
     }
     check_len("output", x.len(), y.len())?;
     if let Some(c) = codes.as_deref() {
@@ -58,10 +51,7 @@ pub fn quantize_with(
     let n = x.len() / rows;
     let k = levels[0].bits();
     if levels.iter().any(|l| l.bits() != k) {
-        return Err(invalid(
-            "levels",
-            "all rows must have the same bit width".into(),
-        ));
+        return Err(invalid("levels", "all rows must have the same bit width".into()));
     }
     // Work items: (row, chunk of that row), in order.
     let per_row = n.div_ceil(CHUNK).max(1);
@@ -69,11 +59,7 @@ pub fn quantize_with(
         Some(c) => row_chunks_mut(c, n).map(Some).collect(),
         None => (0..rows * per_row).map(|_| None).collect(),
     };
-    let items: Vec<_> = row_chunks(x, n)
-        .zip(row_chunks_mut(y, n))
-        .zip(codes_chunks.iter_mut())
-        .enumerate()
-        .collect();
+    let items: Vec<_> = row_chunks(x, n).zip(row_chunks_mut(y, n)).zip(codes_chunks.iter_mut()).enumerate().collect();
     let stats: Vec<(usize, Option<Moments>, bool)> = items
         .into_par_iter()
         .map(|(item, ((xc, yc), cc))| {
@@ -105,14 +91,7 @@ fn row_chunks_mut<T>(x: &mut [T], n: usize) -> impl Iterator<Item = &mut [T]> {
 }
 
 /// One chunk, single-threaded; returns false if an element was not finite (the outputs are then meaningless).
-fn pass(
-    isa: Isa,
-    lv: &Levels,
-    x: &[f32],
-    y: &mut [f32],
-    codes: Option<&mut [u8]>,
-    m: Option<&mut Moments>,
-) -> bool {
+fn pass(isa: Isa, lv: &Levels, x: &[f32], y: &mut [f32], codes: Option<&mut [u8]>, m: Option<&mut Moments>) -> bool {
     let t = lv.thresholds().len();
     if t > 15 {
         return lv.quantize(x, y, codes, m).is_ok();
@@ -126,21 +105,13 @@ fn pass(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only constructed after AVX2 was detected (see `Isa::detect`).
             Isa::Avx2 => unsafe {
-                avx2::block(
-                    lv,
-                    xb,
-                    yb,
-                    codes.is_some().then_some(&mut idx),
-                    m.is_some().then_some(&mut acc),
-                )
+                avx2::block(lv, xb, yb, codes.is_some().then_some(&mut idx), m.is_some().then_some(&mut acc))
             },
             _ => portable_block(lv, xb, yb, &mut idx, m.is_some().then_some(&mut acc)),
         };
         if let Some(c) = codes.as_deref_mut() {
             let cb = &mut c[b * BLOCK..b * BLOCK + xb.len()];
-            cb.iter_mut()
-                .zip(&idx)
-                .for_each(|(c, &i)| *c = lv.codes()[i as usize]);
+            cb.iter_mut().zip(&idx).for_each(|(c, &i)| *c = lv.codes()[i as usize]);
         }
     }
     if let Some(m) = m {
@@ -189,16 +160,8 @@ impl Acc {
     fn into_moments(self, lv: &Levels, m: &mut Moments) {
         let t = lv.thresholds().len();
         for l in 0..=t {
-            let (n_ge, s_ge) = if l == 0 {
-                (self.n, self.sum)
-            } else {
-                (self.above_n[l - 1], self.above_sum[l - 1])
-            };
-            let (n_gt, s_gt) = if l == t {
-                (0, 0.0)
-            } else {
-                (self.above_n[l], self.above_sum[l])
-            };
+            let (n_ge, s_ge) = if l == 0 { (self.n, self.sum) } else { (self.above_n[l - 1], self.above_sum[l - 1]) };
+            let (n_gt, s_gt) = if l == t { (0, 0.0) } else { (self.above_n[l], self.above_sum[l]) };
             let c = lv.codes()[l] as usize;
             m.count[c] += n_ge - n_gt;
             m.sum[c] += s_ge - s_gt;
@@ -208,13 +171,7 @@ impl Acc {
 }
 
 /// Portable block kernel: quantizes `xb` into `yb`, leaves each element's sorted-level index in `idx`.
-fn portable_block(
-    lv: &Levels,
-    xb: &[f32],
-    yb: &mut [f32],
-    idx: &mut [u8; BLOCK],
-    acc: Option<&mut Acc>,
-) -> bool {
+fn portable_block(lv: &Levels, xb: &[f32], yb: &mut [f32], idx: &mut [u8; BLOCK], acc: Option<&mut Acc>) -> bool {
     let (thr, levels) = (lv.thresholds(), lv.levels());
     let mut finite = true;
     for ((&v, out), id) in xb.iter().zip(yb.iter_mut()).zip(idx.iter_mut()) {
@@ -262,11 +219,8 @@ mod avx2 {
         let t = thr.len();
         let full = xb.len() / 8 * 8;
         let fit = acc.is_some();
-        let (mut cnt, mut slo, mut shi) = (
-            [_mm256_setzero_si256(); 15],
-            [_mm256_setzero_pd(); 15],
-            [_mm256_setzero_pd(); 15],
-        );
+        let (mut cnt, mut slo, mut shi) =
+            ([_mm256_setzero_si256(); 15], [_mm256_setzero_pd(); 15], [_mm256_setzero_pd(); 15]);
         let (mut tot, mut sq) = (_mm256_setzero_pd(), _mm256_setzero_pd());
         let inf = _mm256_set1_ps(f32::INFINITY);
         let sign = _mm256_set1_ps(-0.0);
@@ -275,10 +229,7 @@ mod avx2 {
         for i in (0..full).step_by(8) {
             // SAFETY: i + 8 <= full <= xb.len() == yb.len().
             let v = _mm256_loadu_ps(xb.as_ptr().add(i));
-            ok = _mm256_and_ps(
-                ok,
-                _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf),
-            );
+            ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf));
             let mut q = _mm256_set1_ps(levels[0]);
             let mut id = _mm256_setzero_si256();
             for l in 0..t {
@@ -294,15 +245,10 @@ mod avx2 {
                 }
             }
             if fit {
-                let (lo, hi) = (
-                    _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
-                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
-                );
+                let (lo, hi) =
+                    (_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
                 tot = _mm256_add_pd(tot, _mm256_add_pd(lo, hi));
-                sq = _mm256_add_pd(
-                    sq,
-                    _mm256_add_pd(_mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi)),
-                );
+                sq = _mm256_add_pd(sq, _mm256_add_pd(_mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi)));
             }
             _mm256_storeu_ps(yb.as_mut_ptr().add(i), q);
             if let Some(idx) = idx.as_deref_mut() {

@@ -34,8 +34,7 @@
 pub use error::{Error, Result};
 pub use fused::{quantize, quantize_with, Isa};
 pub use lq::{
-    check_bits, ste_mask, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE, EMA_DECAY, MAX_BITS,
-    NORM_PPF_0_75,
+    check_bits, ste_mask, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE, EMA_DECAY, MAX_BITS, NORM_PPF_0_75,
 };
 
 pub mod baselines;

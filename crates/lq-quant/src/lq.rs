@@ -75,11 +75,7 @@ impl Levels {
         check_finite("basis", basis)?;
         let mut pairs: Vec<(f32, u8)> = (0..1usize << basis.len())
             .map(|c| {
-                let q: f64 = basis
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &v)| code_set.coeff(c, j) * v as f64)
-                    .sum();
+                let q: f64 = basis.iter().enumerate().map(|(j, &v)| code_set.coeff(c, j) * v as f64).sum();
                 (q as f32, c as u8)
             })
             .collect();
@@ -87,22 +83,12 @@ impl Levels {
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let thresholds = pairs.windows(2).map(|w| midpoint(w[0].0, w[1].0)).collect();
         let (levels, codes) = pairs.into_iter().unzip();
-        Ok(Levels {
-            code_set,
-            levels,
-            codes,
-            thresholds,
-        })
+        Ok(Levels { code_set, levels, codes, thresholds })
     }
 
     /// Levels with explicit thresholds (HWGQ's first threshold is 0, not a midpoint). `levels` must be sorted and
     /// `thresholds` sorted with one fewer entry.
-    pub fn with_thresholds(
-        code_set: CodeSet,
-        levels: Vec<f32>,
-        codes: Vec<u8>,
-        thresholds: Vec<f32>,
-    ) -> Result<Self> {
+    pub fn with_thresholds(code_set: CodeSet, levels: Vec<f32>, codes: Vec<u8>, thresholds: Vec<f32>) -> Result<Self> {
         let n = levels.len();
         if !n.is_power_of_two() || n < 2 {
             return Err(invalid("levels", format!("need 2^K entries, got {n}")));
@@ -110,27 +96,14 @@ impl Levels {
         check_bits(n.trailing_zeros())?;
         for (what, len) in [("codes", codes.len()), ("thresholds", thresholds.len() + 1)] {
             if len != n {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected: n,
-                    got: len,
-                });
+                return Err(Error::ShapeMismatch { what, expected: n, got: len });
             }
         }
         check_finite("levels", &levels)?;
-        if !levels.windows(2).all(|w| w[0] <= w[1]) || !thresholds.windows(2).all(|w| w[0] <= w[1])
-        {
-            return Err(invalid(
-                "levels",
-                "levels and thresholds must be sorted ascending".into(),
-            ));
+        if !levels.windows(2).all(|w| w[0] <= w[1]) || !thresholds.windows(2).all(|w| w[0] <= w[1]) {
+            return Err(invalid("levels", "levels and thresholds must be sorted ascending".into()));
         }
-        Ok(Levels {
-            code_set,
-            levels,
-            codes,
-            thresholds,
-        })
+        Ok(Levels { code_set, levels, codes, thresholds })
     }
 
     /// Bit width K.
@@ -211,11 +184,7 @@ pub struct Moments {
 impl Moments {
     /// Empty statistics for K bits.
     pub fn new(k: u32) -> Self {
-        Moments {
-            count: vec![0; 1 << k],
-            sum: vec![0.0; 1 << k],
-            sum_sq: 0.0,
-        }
+        Moments { count: vec![0; 1 << k], sum: vec![0.0; 1 << k], sum_sq: 0.0 }
     }
     /// Records one element with code `code` and value `x`.
     #[inline]
@@ -226,14 +195,8 @@ impl Moments {
     }
     /// Adds another set of statistics (same K).
     pub fn merge(&mut self, other: &Moments) {
-        self.count
-            .iter_mut()
-            .zip(&other.count)
-            .for_each(|(a, b)| *a += b);
-        self.sum
-            .iter_mut()
-            .zip(&other.sum)
-            .for_each(|(a, b)| *a += b);
+        self.count.iter_mut().zip(&other.count).for_each(|(a, b)| *a += b);
+        self.sum.iter_mut().zip(&other.sum).for_each(|(a, b)| *a += b);
         self.sum_sq += other.sum_sq;
     }
     /// Mean squared quantization error `Σ(x − q_c)² / n` of the recorded elements, where `q_c` is the level of
@@ -243,16 +206,9 @@ impl Moments {
         if n == 0 {
             return 0.0;
         }
-        let level = |c: usize| {
-            basis
-                .iter()
-                .enumerate()
-                .map(|(j, &v)| code_set.coeff(c, j) * v as f64)
-                .sum::<f64>()
-        };
-        let cross: f64 = (0..self.count.len())
-            .map(|c| level(c) * (self.count[c] as f64 * level(c) - 2.0 * self.sum[c]))
-            .sum();
+        let level = |c: usize| basis.iter().enumerate().map(|(j, &v)| code_set.coeff(c, j) * v as f64).sum::<f64>();
+        let cross: f64 =
+            (0..self.count.len()).map(|c| level(c) * (self.count[c] as f64 * level(c) - 2.0 * self.sum[c])).sum();
         ((self.sum_sq + cross) / n as f64).max(0.0)
     }
     /// Number of elements seen.
@@ -263,13 +219,7 @@ impl Moments {
     pub fn normal_equations(&self, code_set: CodeSet) -> (Vec<f64>, Vec<f64>) {
         let k = self.count.len().trailing_zeros() as usize;
         let (mut g, mut h) = (vec![0.0; k * k], vec![0.0; k]);
-        for (c, (&n, &s)) in self
-            .count
-            .iter()
-            .zip(&self.sum)
-            .enumerate()
-            .filter(|(_, (&n, _))| n > 0)
-        {
+        for (c, (&n, &s)) in self.count.iter().zip(&self.sum).enumerate().filter(|(_, (&n, _))| n > 0) {
             for i in 0..k {
                 let ei = code_set.coeff(c, i);
                 h[i] += ei * s;
@@ -286,10 +236,7 @@ impl Moments {
         let k = h.len();
         check_len("basis", k, v_old.len())?;
         if !(ridge >= 0.0 && ridge.is_finite()) {
-            return Err(invalid(
-                "ridge",
-                format!("must be finite and >= 0, got {ridge}"),
-            ));
+            return Err(invalid("ridge", format!("must be finite and >= 0, got {ridge}")));
         }
         for i in 0..k {
             g[i * k + i] += ridge;
@@ -304,14 +251,9 @@ impl Moments {
 /// elimination with partial pivoting; `b` receives x.
 fn solve_spd(a: &mut [f64], b: &mut [f64]) -> Result<()> {
     let k = b.len();
-    let scale = a
-        .iter()
-        .fold(0.0f64, |m, v| m.max(v.abs()))
-        .max(f64::MIN_POSITIVE);
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
     for col in 0..k {
-        let piv = (col..k)
-            .max_by(|&i, &j| a[i * k + col].abs().total_cmp(&a[j * k + col].abs()))
-            .unwrap();
+        let piv = (col..k).max_by(|&i, &j| a[i * k + col].abs().total_cmp(&a[j * k + col].abs())).unwrap();
         let p = a[piv * k + col];
         if p.abs() <= scale * 1e-12 {
             return Err(Error::Singular { row: col, pivot: p });
@@ -367,28 +309,18 @@ impl QemState {
     pub fn weight(k: u32, channels: usize, n: usize) -> Result<Self> {
         check_bits(k)?;
         if channels == 0 || n == 0 {
-            return Err(invalid(
-                "weight shape",
-                format!("channels = {channels}, n = {n}"),
-            ));
+            return Err(invalid("weight shape", format!("channels = {channels}, n = {n}")));
         }
         let sigma = (2.0 / n as f64).sqrt();
-        let one: Vec<f32> = (0..k)
-            .map(|j| ((1u64 << j) as f64 * NORM_PPF_0_75 * sigma / (1u64 << (k - 1)) as f64) as f32)
-            .collect();
+        let one: Vec<f32> =
+            (0..k).map(|j| ((1u64 << j) as f64 * NORM_PPF_0_75 * sigma / (1u64 << (k - 1)) as f64) as f32).collect();
         Ok(Self::with_basis(k, CodeSet::Signed, one.repeat(channels)))
     }
 
     /// A state with the given basis (`channels × K`) and an empty moving average.
     pub fn with_basis(bits: u32, code_set: CodeSet, basis: Vec<f32>) -> Self {
         let biased = vec![0.0; basis.len()];
-        QemState {
-            bits,
-            code_set,
-            basis,
-            biased,
-            steps: 0,
-        }
+        QemState { bits, code_set, basis, biased, steps: 0 }
     }
 
     /// Number of channels (bases).
@@ -402,9 +334,7 @@ impl QemState {
     }
     /// Levels of every channel under the current basis.
     pub fn levels(&self) -> Result<Vec<Levels>> {
-        (0..self.channels())
-            .map(|c| Levels::from_basis(self.basis_of(c), self.code_set))
-            .collect()
+        (0..self.channels()).map(|c| Levels::from_basis(self.basis_of(c), self.code_set)).collect()
     }
 
     /// One QEM basis step from per-channel statistics: least squares with ridge, then the zero-debiased EMA.
@@ -419,10 +349,10 @@ impl QemState {
         self.steps += 1;
         let debias = 1.0 - EMA_DECAY.powi(self.steps.min(i32::MAX as u64) as i32);
         for (c, v_star) in solved.iter().enumerate() {
-            for j in 0..k {
-                let m = &mut self.biased[c * k + j];
-                *m = EMA_DECAY * *m + (1.0 - EMA_DECAY) * v_star[j];
-                self.basis[c * k + j] = (*m / debias) as f32;
+            let (m, v) = (&mut self.biased[c * k..(c + 1) * k], &mut self.basis[c * k..(c + 1) * k]);
+            for ((m, v), &s) in m.iter_mut().zip(v.iter_mut()).zip(v_star) {
+                *m = EMA_DECAY * *m + (1.0 - EMA_DECAY) * s;
+                *v = (*m / debias) as f32;
             }
         }
         Ok(())
@@ -432,9 +362,7 @@ impl QemState {
 /// Straight-through gradient mask of the activation quantizer (spec §2.3): 1 where `x <= q_max`, else 0.
 pub fn ste_mask(x: &[f32], q_max: f32, mask: &mut [f32]) -> Result<()> {
     check_len("mask", x.len(), mask.len())?;
-    mask.iter_mut()
-        .zip(x)
-        .for_each(|(m, &v)| *m = if v <= q_max { 1.0 } else { 0.0 });
+    mask.iter_mut().zip(x).for_each(|(m, &v)| *m = if v <= q_max { 1.0 } else { 0.0 });
     Ok(())
 }
 
@@ -447,22 +375,14 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
     if expected == got {
         Ok(())
     } else {
-        Err(Error::ShapeMismatch {
-            what,
-            expected,
-            got,
-        })
+        Err(Error::ShapeMismatch { what, expected, got })
     }
 }
 
 pub(crate) fn check_finite(what: &'static str, x: &[f32]) -> Result<()> {
     match x.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(Error::NonFinite {
-            what,
-            index,
-            value: x[index],
-        }),
+        Some(index) => Err(Error::NonFinite { what, index, value: x[index] }),
     }
 }
 

@@ -7,11 +7,7 @@ use crate::lq::CodeSet;
 pub fn nearest(basis: &[f32], code_set: CodeSet, x: f32) -> (f32, u8) {
     let mut best: Option<(f64, f64, u8)> = None;
     for c in 0..1usize << basis.len() {
-        let q: f64 = basis
-            .iter()
-            .enumerate()
-            .map(|(j, &v)| code_set.coeff(c, j) * v as f64)
-            .sum();
+        let q: f64 = basis.iter().enumerate().map(|(j, &v)| code_set.coeff(c, j) * v as f64).sum();
         let d = (x as f64 - q).abs();
         let better = match best {
             None => true,
@@ -30,11 +26,7 @@ pub fn sse(basis: &[f64], code_set: CodeSet, x: &[f32], codes: &[u8]) -> f64 {
     x.iter()
         .zip(codes)
         .map(|(&xi, &c)| {
-            let q: f64 = basis
-                .iter()
-                .enumerate()
-                .map(|(j, &v)| code_set.coeff(c as usize, j) * v)
-                .sum();
+            let q: f64 = basis.iter().enumerate().map(|(j, &v)| code_set.coeff(c as usize, j) * v).sum();
             (xi as f64 - q).powi(2)
         })
         .sum()

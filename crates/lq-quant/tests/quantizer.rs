@@ -1,7 +1,6 @@
 //! Properties of the LQ quantizer against the brute-force oracle in `lq_quant::naive`.
 use lq_quant::{
-    baselines, naive, quantize, quantize_with, ste_mask, CodeSet, Error, Isa, Levels, Moments,
-    QemState, DEFAULT_RIDGE,
+    baselines, naive, quantize, quantize_with, ste_mask, CodeSet, Error, Isa, Levels, Moments, QemState, DEFAULT_RIDGE,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -114,21 +113,14 @@ fn fused_large_tensor_matches_simple() {
     let mut r = rng(7);
     let x: Vec<f32> = (0..200_003).map(|_| r.gen_range(0.0f32..2.0)).collect();
     for (k, isa) in [(2, Isa::Portable), (2, Isa::Avx2), (4, Isa::Avx2)] {
-        let lv =
-            Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
+        let lv = Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
         let mut y1 = vec![0.0; x.len()];
-        let m1 = quantize_with(isa, std::slice::from_ref(&lv), &x, &mut y1, None, true)
-            .unwrap()
-            .unwrap();
+        let m1 = quantize_with(isa, std::slice::from_ref(&lv), &x, &mut y1, None, true).unwrap().unwrap();
         let (mut y2, mut m2) = (vec![0.0; x.len()], Moments::new(k));
         lv.quantize(&x, &mut y2, None, Some(&mut m2)).unwrap();
         assert_eq!(y1, y2);
         assert_eq!(m1[0].count, m2.count);
-        assert!(m1[0]
-            .sum
-            .iter()
-            .zip(&m2.sum)
-            .all(|(a, b)| (a - b).abs() <= 1e-9 * (1.0 + b.abs())));
+        assert!(m1[0].sum.iter().zip(&m2.sum).all(|(a, b)| (a - b).abs() <= 1e-9 * (1.0 + b.abs())));
     }
 }
 
@@ -142,10 +134,7 @@ fn ema_first_step_is_exact_solution() {
     let mut y = vec![0.0; x.len()];
     let m = quantize(&lv, &x, &mut y, None, true).unwrap().unwrap();
     let want: Vec<f32> = (0..2)
-        .flat_map(|c| {
-            m[c].solve(CodeSet::Signed, st.basis_of(c), DEFAULT_RIDGE)
-                .unwrap()
-        })
+        .flat_map(|c| m[c].solve(CodeSet::Signed, st.basis_of(c), DEFAULT_RIDGE).unwrap())
         .map(|v| v as f32)
         .collect();
     st.update(&m, DEFAULT_RIDGE).unwrap();
@@ -153,20 +142,12 @@ fn ema_first_step_is_exact_solution() {
     assert_eq!(st.steps, 1);
     // Second step with the same statistics: m = 0.9·0.1v1 + 0.1v2 over 1 − 0.81.
     let before = st.clone();
-    let v2: Vec<f64> = (0..2)
-        .flat_map(|c| {
-            m[c].solve(CodeSet::Signed, before.basis_of(c), DEFAULT_RIDGE)
-                .unwrap()
-        })
-        .collect();
+    let v2: Vec<f64> =
+        (0..2).flat_map(|c| m[c].solve(CodeSet::Signed, before.basis_of(c), DEFAULT_RIDGE).unwrap()).collect();
     st.update(&m, DEFAULT_RIDGE).unwrap();
     for i in 0..4 {
         let expect = (0.9 * 0.1 * want[i] as f64 + 0.1 * v2[i]) / (1.0 - 0.81);
-        assert!(
-            (st.basis[i] as f64 - expect).abs() < 1e-6,
-            "{} vs {expect}",
-            st.basis[i]
-        );
+        assert!((st.basis[i] as f64 - expect).abs() < 1e-6, "{} vs {expect}", st.basis[i]);
     }
 }
 
@@ -187,11 +168,7 @@ fn degenerate_inputs_give_finite_basis() {
                     let mut y = vec![0.0; x.len()];
                     let m = quantize(&lv, x, &mut y, None, true).unwrap().unwrap();
                     st.update(&m, DEFAULT_RIDGE).unwrap();
-                    assert!(
-                        st.basis.iter().all(|v| v.is_finite()),
-                        "{set:?} K={k} x={x:?}: {:?}",
-                        st.basis
-                    );
+                    assert!(st.basis.iter().all(|v| v.is_finite()), "{set:?} K={k} x={x:?}: {:?}", st.basis);
                 }
             }
         }
@@ -209,59 +186,29 @@ fn official_initial_bases() {
     let w = QemState::weight(2, 16, 9 * 16).unwrap();
     let s = (2.0f32 / 144.0).sqrt();
     assert_eq!(w.channels(), 16);
-    assert!(
-        (w.basis_of(15)[0] - 0.33725 * s).abs() < 1e-6
-            && (w.basis_of(15)[1] - 0.6745 * s).abs() < 1e-6
-    );
+    assert!((w.basis_of(15)[0] - 0.33725 * s).abs() < 1e-6 && (w.basis_of(15)[1] - 0.6745 * s).abs() < 1e-6);
 }
 
 #[test]
 fn bad_input_is_an_error() {
     let lv = Levels::from_basis(&[0.5, 1.0], CodeSet::Binary).unwrap();
     let mut y = [0.0; 3];
-    let e = quantize(
-        std::slice::from_ref(&lv),
-        &[1.0, f32::NAN, 0.0],
-        &mut y,
-        None,
-        true,
-    )
-    .unwrap_err();
+    let e = quantize(std::slice::from_ref(&lv), &[1.0, f32::NAN, 0.0], &mut y, None, true).unwrap_err();
     assert!(matches!(e, Error::NonFinite { index: 1, .. }), "{e}");
     let mut big = vec![0.5f32; 1000];
     big[900] = f32::INFINITY;
     let mut yb = vec![0.0; 1000];
-    let e = quantize_with(
-        Isa::Avx2,
-        std::slice::from_ref(&lv),
-        &big,
-        &mut yb,
-        None,
-        false,
-    )
-    .unwrap_err();
+    let e = quantize_with(Isa::Avx2, std::slice::from_ref(&lv), &big, &mut yb, None, false).unwrap_err();
     assert!(matches!(e, Error::NonFinite { index: 900, .. }), "{e}");
-    assert!(matches!(
-        Levels::from_basis(&[], CodeSet::Binary),
-        Err(Error::BitsOutOfRange(0))
-    ));
-    assert!(matches!(
-        QemState::activation(9),
-        Err(Error::BitsOutOfRange(9))
-    ));
+    assert!(matches!(Levels::from_basis(&[], CodeSet::Binary), Err(Error::BitsOutOfRange(0))));
+    assert!(matches!(QemState::activation(9), Err(Error::BitsOutOfRange(9))));
     assert!(matches!(
         quantize(std::slice::from_ref(&lv), &[1.0; 4], &mut y, None, false),
         Err(Error::ShapeMismatch { .. })
     ));
-    assert!(matches!(
-        quantize(&[lv.clone(), lv], &[1.0; 3], &mut y, None, false),
-        Err(Error::Invalid { .. })
-    ));
+    assert!(matches!(quantize(&[lv.clone(), lv], &[1.0; 3], &mut y, None, false), Err(Error::Invalid { .. })));
     let m = Moments::new(2);
-    assert!(matches!(
-        m.solve(CodeSet::Binary, &[0.5, 1.0], 0.0),
-        Err(Error::Singular { .. })
-    ));
+    assert!(matches!(m.solve(CodeSet::Binary, &[0.5, 1.0], 0.0), Err(Error::Singular { .. })));
 }
 
 /// Official tie rule: a value exactly on a threshold takes the lower level.
@@ -277,31 +224,15 @@ fn ties_go_to_the_lower_level() {
 fn hwgq_levels_and_mask() {
     let h = baselines::hwgq_activation();
     let mut y = [0.0; 5];
-    h.quantize(&[-1.0, 0.0, 0.001, 0.9, 9.0], &mut y, None, None)
-        .unwrap();
+    h.quantize(&[-1.0, 0.0, 0.001, 0.9, 9.0], &mut y, None, None).unwrap();
     assert_eq!(y, [0.0, 0.0, 0.538, 1.076, 1.614]);
     let mut mask = [0.0; 3];
     ste_mask(&[0.5, 1.614, 1.7], h.max_level(), &mut mask).unwrap();
     assert_eq!(mask, [1.0, 1.0, 0.0]);
-    assert_eq!(
-        baselines::hwgq_weight_basis(&[-1.0, 3.0]).unwrap(),
-        vec![2.0]
-    );
-    let u = Levels::from_basis(
-        &baselines::uniform_activation_basis(2).unwrap(),
-        CodeSet::Binary,
-    )
-    .unwrap();
+    assert_eq!(baselines::hwgq_weight_basis(&[-1.0, 3.0]).unwrap(), vec![2.0]);
+    let u = Levels::from_basis(&baselines::uniform_activation_basis(2).unwrap(), CodeSet::Binary).unwrap();
     let want = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
-    assert!(u
-        .levels()
-        .iter()
-        .zip(want)
-        .all(|(a, b)| (a - b).abs() < 1e-6));
-    let uw = Levels::from_basis(
-        &baselines::uniform_weight_basis(2, &[-0.3, 0.6]).unwrap(),
-        CodeSet::Signed,
-    )
-    .unwrap();
+    assert!(u.levels().iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6));
+    let uw = Levels::from_basis(&baselines::uniform_weight_basis(2, &[-0.3, 0.6]).unwrap(), CodeSet::Signed).unwrap();
     assert!((uw.max_level() - 0.6).abs() < 1e-6 && (uw.levels()[0] + 0.6).abs() < 1e-6);
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Everything a run needs. Defaults are the paper's ResNet-20 recipe (supplement: lr 0.1, ÷10 at 82 and 123,
 /// 200 epochs, wd 1e-4, batch 128, momentum 0.9).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Network and quantization.
@@ -142,21 +142,7 @@ impl Default for OptimConfig {
 }
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig {
-            seed: 1,
-            device: "cpu".into(),
-            max_steps_per_epoch: 0,
-        }
-    }
-}
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            model: ModelConfig::default(),
-            data: DataConfig::default(),
-            optim: OptimConfig::default(),
-            run: RunConfig::default(),
-        }
+        RunConfig { seed: 1, device: "cpu".into(), max_steps_per_epoch: 0 }
     }
 }
 
@@ -166,15 +152,13 @@ impl TrainConfig {
         let mut doc = match file {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::file(p, e))?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+                text.parse::<toml::Table>().map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
             }
             None => toml::Table::new(),
         };
         for s in sets {
-            let (key, val) = s
-                .split_once('=')
-                .ok_or_else(|| Error::Config(format!("--set {s}: expected key=value")))?;
+            let (key, val) =
+                s.split_once('=').ok_or_else(|| Error::Config(format!("--set {s}: expected key=value")))?;
             let val = format!("v = {val}")
                 .parse::<toml::Table>()
                 .map(|mut t| t.remove("v").expect("v"))
@@ -183,61 +167,38 @@ impl TrainConfig {
         }
         // Through text so that the error shows the offending `key = value` line.
         let text = toml::to_string(&doc).map_err(|e| Error::Config(e.to_string()))?;
-        let cfg: TrainConfig =
-            toml::from_str(&text).map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// The quantization of the model.
     pub fn spec(&self) -> QuantSpec {
-        QuantSpec {
-            method: self.model.method,
-            w_bits: self.model.w_bits,
-            a_bits: self.model.a_bits,
-        }
+        QuantSpec { method: self.model.method, w_bits: self.model.w_bits, a_bits: self.model.a_bits }
     }
 
     /// Checks values that types alone do not.
     pub fn validate(&self) -> Result<()> {
         let bad = |k: &str, why: String| Err(Error::Config(format!("{k}: {why}")));
-        for (k, b) in [
-            ("model.w_bits", self.model.w_bits),
-            ("model.a_bits", self.model.a_bits),
-        ] {
+        for (k, b) in [("model.w_bits", self.model.w_bits), ("model.a_bits", self.model.a_bits)] {
             if !(1..=8).contains(&b) && b != 32 {
                 return bad(k, format!("{b} bits; use 1..=8 or 32 (full precision)"));
             }
         }
         if !["resnet", "vgg_small"].contains(&self.model.arch.as_str()) {
-            return bad(
-                "model.arch",
-                format!(
-                    "unknown architecture '{}' (resnet, vgg_small)",
-                    self.model.arch
-                ),
-            );
+            return bad("model.arch", format!("unknown architecture '{}' (resnet, vgg_small)", self.model.arch));
         }
         if !["cifar10", "cifar100", "fashion", "mnist"].contains(&self.data.dataset.as_str()) {
             return bad(
                 "data.dataset",
-                format!(
-                    "unknown dataset '{}' (cifar10, cifar100, fashion, mnist)",
-                    self.data.dataset
-                ),
+                format!("unknown dataset '{}' (cifar10, cifar100, fashion, mnist)", self.data.dataset),
             );
         }
         if !["per_channel", "per_pixel"].contains(&self.data.normalize.as_str()) {
-            return bad(
-                "data.normalize",
-                format!("'{}' (per_channel, per_pixel)", self.data.normalize),
-            );
+            return bad("data.normalize", format!("'{}' (per_channel, per_pixel)", self.data.normalize));
         }
         if !["multistep", "poly"].contains(&self.optim.schedule.as_str()) {
-            return bad(
-                "optim.schedule",
-                format!("'{}' (multistep, poly)", self.optim.schedule),
-            );
+            return bad("optim.schedule", format!("'{}' (multistep, poly)", self.optim.schedule));
         }
         let o = &self.optim;
         for (k, v) in [
@@ -260,10 +221,8 @@ impl TrainConfig {
 
 fn set_path(doc: &mut toml::Table, key: &str, val: toml::Value) -> Result<()> {
     let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts
-        .pop()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::Config(format!("--set: empty key in '{key}'")))?;
+    let last =
+        parts.pop().filter(|s| !s.is_empty()).ok_or_else(|| Error::Config(format!("--set: empty key in '{key}'")))?;
     let mut t = doc;
     for p in parts {
         t = t

@@ -47,9 +47,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn file(path: &std::path::Path, why: impl std::fmt::Display) -> Self {
-        Error::File {
-            path: path.to_path_buf(),
-            why: why.to_string(),
-        }
+        Error::File { path: path.to_path_buf(), why: why.to_string() }
     }
 }

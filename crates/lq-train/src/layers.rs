@@ -19,11 +19,7 @@ pub struct QuantSpec {
 
 impl QuantSpec {
     /// Full precision everywhere.
-    pub const FP: QuantSpec = QuantSpec {
-        method: Method::Lq,
-        w_bits: 32,
-        a_bits: 32,
-    };
+    pub const FP: QuantSpec = QuantSpec { method: Method::Lq, w_bits: 32, a_bits: 32 };
 }
 
 /// A bias-free 2-D convolution (square kernel) whose weights are quantized per output channel when asked.
@@ -51,11 +47,7 @@ impl QConv2d {
         spec: QuantSpec,
         fan: FanInOut,
     ) -> Result<Self> {
-        let init = Init::Kaiming {
-            dist: NormalOrUniform::Normal,
-            fan,
-            non_linearity: NonLinearity::ReLU,
-        };
+        let init = Init::Kaiming { dist: NormalOrUniform::Normal, fan, non_linearity: NonLinearity::ReLU };
         let w = p.var("w", &[c_out, c_in, k, k], init);
         let quant = match spec.w_bits {
             32 => None,
@@ -67,12 +59,7 @@ impl QConv2d {
                 (k * k * c_out) as usize,
             )?),
         };
-        Ok(QConv2d {
-            w,
-            stride,
-            padding: k / 2,
-            quant,
-        })
+        Ok(QConv2d { w, stride, padding: k / 2, quant })
     }
 
     /// Convolution with the (quantized) weights.
@@ -87,15 +74,7 @@ impl QConv2d {
 
 /// BatchNorm with the official settings: decay 0.9 (momentum 0.1), ε = 1e-5.
 pub fn batch_norm(p: &nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(
-        p,
-        c,
-        nn::BatchNormConfig {
-            momentum: 0.1,
-            eps: 1e-5,
-            ..Default::default()
-        },
-    )
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { momentum: 0.1, eps: 1e-5, ..Default::default() })
 }
 
 /// BN → ReLU → activation quantizer (none when `a_bits == 32` or `quantize` is false), spec §1.4.
@@ -118,10 +97,7 @@ impl BnReluQuant {
                 b,
             )?),
         };
-        Ok(BnReluQuant {
-            bn: batch_norm(&(p / "bn"), c),
-            quant,
-        })
+        Ok(BnReluQuant { bn: batch_norm(&(p / "bn"), c), quant })
     }
 
     /// `Q(relu(bn(x)))`.

@@ -5,18 +5,8 @@ use tch::Tensor;
 /// `multistep`: `lr · gamma^(number of milestones ≤ epoch)`; `poly`: linear from `lr` to `final_lr` over `epochs`.
 pub fn lr_at(epoch: f64, cfg: &crate::config::OptimConfig) -> f64 {
     match cfg.schedule.as_str() {
-        "poly" => {
-            cfg.final_lr + (cfg.lr - cfg.final_lr) * (1.0 - epoch / cfg.epochs as f64).max(0.0)
-        }
-        _ => {
-            cfg.lr
-                * cfg.gamma.powi(
-                    cfg.milestones
-                        .iter()
-                        .filter(|&&m| epoch >= m as f64)
-                        .count() as i32,
-                )
-        }
+        "poly" => cfg.final_lr + (cfg.lr - cfg.final_lr) * (1.0 - epoch / cfg.epochs as f64).max(0.0),
+        _ => cfg.lr * cfg.gamma.powi(cfg.milestones.iter().filter(|&&m| epoch >= m as f64).count() as i32),
     }
 }
 
@@ -59,31 +49,21 @@ impl Sgd {
             })
             .collect();
         params.sort_by(|a, b| a.name.cmp(&b.name));
-        Sgd {
-            params,
-            momentum,
-            nesterov,
-            weight_decay,
-        }
+        Sgd { params, momentum, nesterov, weight_decay }
     }
 
     /// Applies one update with learning rate `lr` and clears the gradients.
     pub fn step(&mut self, lr: f64) {
         tch::no_grad(|| {
             for p in &mut self.params {
-                let mut g = p.var.grad();
+                let g = p.var.grad();
                 if !g.defined() {
                     continue;
                 }
-                if p.decay && self.weight_decay > 0.0 {
-                    g = g + &p.var * self.weight_decay;
-                }
+                // Out of place: the gradient tensor itself must stay the plain loss gradient.
+                let g = if p.decay && self.weight_decay > 0.0 { g + &p.var * self.weight_decay } else { g };
                 let _ = p.buf.g_mul_scalar_(self.momentum).g_add_(&g);
-                let upd = if self.nesterov {
-                    g + &p.buf * self.momentum
-                } else {
-                    p.buf.shallow_clone()
-                };
+                let upd = if self.nesterov { g + &p.buf * self.momentum } else { p.buf.shallow_clone() };
                 let _ = p.var.g_sub_(&(upd * lr));
                 let _ = p.var.grad().zero_();
             }

@@ -38,86 +38,47 @@ pub struct Quantizer {
 
 impl Quantizer {
     /// Weight quantizer of a conv/linear with `c_out` output channels and `n_init = kh·kw·C_out` (spec §2.4).
-    pub fn weight(
-        name: &str,
-        method: Method,
-        bits: u32,
-        c_out: usize,
-        n_init: usize,
-    ) -> Result<Self> {
-        let e = |source| Error::Quant {
-            layer: name.into(),
-            source,
-        };
+    pub fn weight(name: &str, method: Method, bits: u32, c_out: usize, n_init: usize) -> Result<Self> {
+        let e = |source| Error::Quant { layer: name.into(), source };
         let state = match method {
             Method::Lq => QemState::weight(bits, c_out, n_init).map_err(e)?,
             // Per-layer bases, derived from the weights at every forward.
             _ => QemState::with_basis(bits, CodeSet::Signed, vec![1.0; bits as usize]),
         };
         if method == Method::Hwgq && bits != 1 {
-            return Err(Error::Config(format!(
-                "{name}: HWGQ weights are 1-bit, got {bits}"
-            )));
+            return Err(Error::Config(format!("{name}: HWGQ weights are 1-bit, got {bits}")));
         }
-        Ok(Quantizer {
-            name: name.into(),
-            method,
-            state,
-            last_mse: 0.0,
-        })
+        Ok(Quantizer { name: name.into(), method, state, last_mse: 0.0 })
     }
 
     /// Activation quantizer (one basis per layer).
     pub fn activation(name: &str, method: Method, bits: u32) -> Result<Self> {
-        let e = |source| Error::Quant {
-            layer: name.into(),
-            source,
-        };
+        let e = |source| Error::Quant { layer: name.into(), source };
         let state = match method {
             Method::Lq => QemState::activation(bits).map_err(e)?,
-            Method::Uniform => QemState::with_basis(
-                bits,
-                CodeSet::Binary,
-                baselines::uniform_activation_basis(bits).map_err(e)?,
-            ),
-            Method::Hwgq if bits == 2 => QemState::with_basis(
-                2,
-                CodeSet::Binary,
-                vec![baselines::HWGQ_STEP, 2.0 * baselines::HWGQ_STEP],
-            ),
-            Method::Hwgq => {
-                return Err(Error::Config(format!(
-                    "{name}: HWGQ activations are 2-bit, got {bits}"
-                )))
+            Method::Uniform => {
+                QemState::with_basis(bits, CodeSet::Binary, baselines::uniform_activation_basis(bits).map_err(e)?)
             }
+            Method::Hwgq if bits == 2 => {
+                QemState::with_basis(2, CodeSet::Binary, vec![baselines::HWGQ_STEP, 2.0 * baselines::HWGQ_STEP])
+            }
+            Method::Hwgq => return Err(Error::Config(format!("{name}: HWGQ activations are 2-bit, got {bits}"))),
         };
-        Ok(Quantizer {
-            name: name.into(),
-            method,
-            state,
-            last_mse: 0.0,
-        })
+        Ok(Quantizer { name: name.into(), method, state, last_mse: 0.0 })
     }
 
     fn err(&self, source: lq_quant::Error) -> Error {
-        Error::Quant {
-            layer: self.name.clone(),
-            source,
-        }
+        Error::Quant { layer: self.name.clone(), source }
     }
 
     /// The levels to use now: one per channel (LQ weights) or one per layer (data-derived for uniform/HWGQ weights).
     fn levels(&self, w_host: Option<&[f32]>) -> Result<Vec<Levels>> {
-        let fixed = |b: lq_quant::Result<Vec<f32>>| {
-            b.and_then(|b| Levels::from_basis(&b, CodeSet::Signed))
-                .map(|l| vec![l])
-        };
+        let fixed =
+            |b: lq_quant::Result<Vec<f32>>| b.and_then(|b| Levels::from_basis(&b, CodeSet::Signed)).map(|l| vec![l]);
         let r = match (self.method, self.state.code_set, w_host) {
             (Method::Hwgq, CodeSet::Binary, _) => Ok(vec![baselines::hwgq_activation()]),
             (Method::Hwgq, CodeSet::Signed, Some(w)) => fixed(baselines::hwgq_weight_basis(w)),
-            (Method::Uniform, CodeSet::Signed, Some(w)) => {
-                fixed(baselines::uniform_weight_basis(self.state.bits, w))
-            }
+            (Method::Uniform, CodeSet::Signed, Some(w)) => fixed(baselines::uniform_weight_basis(self.state.bits, w)),
             _ => self.state.levels(),
         };
         r.map_err(|e| self.err(e))
@@ -140,11 +101,7 @@ impl Quantizer {
     /// The quantized values (no gradient), updating the basis from this tensor when training an LQ quantizer.
     fn quantize(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let fit = train && self.method == Method::Lq;
-        let rows = if self.state.code_set == CodeSet::Signed {
-            x.size()[0] as usize
-        } else {
-            1
-        };
+        let rows = if self.state.code_set == CodeSet::Signed { x.size()[0] as usize } else { 1 };
         let xd = x.detach().contiguous();
         let on_cpu = x.device() == Device::Cpu && x.kind() == Kind::Float;
         let per_layer_weights = self.state.code_set == CodeSet::Signed && self.method != Method::Lq;
@@ -165,8 +122,7 @@ impl Quantizer {
             let q = Tensor::empty(x.size().as_slice(), (Kind::Float, Device::Cpu));
             // SAFETY: `q` is a fresh contiguous f32 tensor of the same number of elements, owned here.
             let y = unsafe { std::slice::from_raw_parts_mut(q.data_ptr() as *mut f32, q.numel()) };
-            let m = quantize(&levels, host.expect("cpu input"), y, None, train)
-                .map_err(|e| self.err(e))?;
+            let m = quantize(&levels, host.expect("cpu input"), y, None, train).map_err(|e| self.err(e))?;
             (q, m)
         } else {
             tensor_quantize(&xd, &levels, train)?
@@ -190,9 +146,7 @@ impl Quantizer {
             .sum();
         self.last_mse = sse / n.max(1) as f64;
         if fit {
-            self.state
-                .update(m, DEFAULT_RIDGE)
-                .map_err(|e| self.err(e))?;
+            self.state.update(m, DEFAULT_RIDGE).map_err(|e| self.err(e))?;
         } else if self.method != Method::Lq {
             // Keep the per-layer basis actually used, so checkpoints and the exporter see it.
             self.state.basis = basis_of(&levels[0]);
@@ -203,69 +157,36 @@ impl Quantizer {
 
 /// The basis that produced sorted levels: level of code `1<<j` relative to code 0.
 pub fn basis_of(l: &Levels) -> Vec<f32> {
-    let at = |code: u8| {
-        l.levels()[l
-            .codes()
-            .iter()
-            .position(|&c| c == code)
-            .expect("every code has a level")]
-    };
+    let at = |code: u8| l.levels()[l.codes().iter().position(|&c| c == code).expect("every code has a level")];
     let base = at(0);
-    let half = if l.code_set() == CodeSet::Signed {
-        0.5
-    } else {
-        1.0
-    };
+    let half = if l.code_set() == CodeSet::Signed { 0.5 } else { 1.0 };
     (0..l.bits()).map(|j| (at(1 << j) - base) * half).collect()
 }
 
 /// Quantization with tensor ops (any device): index = #thresholds below, value = gathered level; statistics by
 /// one-hot sums, copied to the host (2^K numbers per row).
-fn tensor_quantize(
-    x: &Tensor,
-    levels: &[Levels],
-    stats: bool,
-) -> Result<(Tensor, Option<Vec<Moments>>)> {
+fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Tensor, Option<Vec<Moments>>)> {
     let dev = x.device();
     let rows = levels.len() as i64;
     let flat = x.reshape([rows, -1]);
-    let thr: Vec<f32> = levels
-        .iter()
-        .flat_map(|l| l.thresholds().to_vec())
-        .collect();
+    let thr: Vec<f32> = levels.iter().flat_map(|l| l.thresholds().to_vec()).collect();
     let lv: Vec<f32> = levels.iter().flat_map(|l| l.levels().to_vec()).collect();
     let nl = levels[0].levels().len() as i64;
-    let thr = Tensor::from_slice(&thr)
-        .view([rows, 1, nl - 1])
-        .to_device(dev);
+    let thr = Tensor::from_slice(&thr).view([rows, 1, nl - 1]).to_device(dev);
     let lv = Tensor::from_slice(&lv).view([rows, nl]).to_device(dev);
-    let idx = flat
-        .unsqueeze(-1)
-        .gt_tensor(&thr)
-        .sum_dim_intlist(-1, false, Kind::Int64);
+    let idx = flat.unsqueeze(-1).gt_tensor(&thr).sum_dim_intlist(-1, false, Kind::Int64);
     let q = lv.gather(1, &idx, false).reshape(x.size().as_slice());
     if !stats {
         return Ok((q, None));
     }
     let onehot = idx.one_hot(nl).to_kind(Kind::Double);
     let xd = flat.to_kind(Kind::Double);
-    let count = Vec::<f64>::try_from(
-        &onehot
-            .sum_dim_intlist(1, false, Kind::Double)
-            .to_device(Device::Cpu)
-            .flatten(0, -1),
-    )?;
+    let count =
+        Vec::<f64>::try_from(&onehot.sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu).flatten(0, -1))?;
     let sum = Vec::<f64>::try_from(
-        &(onehot * xd.unsqueeze(-1))
-            .sum_dim_intlist(1, false, Kind::Double)
-            .to_device(Device::Cpu)
-            .flatten(0, -1),
+        &(onehot * xd.unsqueeze(-1)).sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu).flatten(0, -1),
     )?;
-    let sq = Vec::<f64>::try_from(
-        &(&xd * &xd)
-            .sum_dim_intlist(1, false, Kind::Double)
-            .to_device(Device::Cpu),
-    )?;
+    let sq = Vec::<f64>::try_from(&(&xd * &xd).sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu))?;
     let moments = levels
         .iter()
         .enumerate()

@@ -62,16 +62,13 @@ pub fn device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        s if s.starts_with("cuda:") && tch::Cuda::is_available() => s[5..]
-            .parse()
-            .map(Device::Cuda)
-            .map_err(|_| Error::Config(format!("run.device: bad device '{s}'"))),
+        s if s.starts_with("cuda:") && tch::Cuda::is_available() => {
+            s[5..].parse().map(Device::Cuda).map_err(|_| Error::Config(format!("run.device: bad device '{s}'")))
+        }
         s if s.starts_with("cuda") => Err(Error::Config(format!(
             "run.device = {s}: this libtorch has no CUDA device (see README: LQ_TORCH=cuda)"
         ))),
-        s => Err(Error::Config(format!(
-            "run.device: unknown device '{s}' (cpu, cuda, cuda:N)"
-        ))),
+        s => Err(Error::Config(format!("run.device: unknown device '{s}' (cpu, cuda, cuda:N)"))),
     }
 }
 
@@ -80,13 +77,7 @@ pub fn build_net(p: &nn::Path, cfg: &TrainConfig, classes: i64) -> Result<Box<dy
     let spec: QuantSpec = cfg.spec();
     Ok(match cfg.model.arch.as_str() {
         "vgg_small" => Box::new(VggSmall::new(p, classes, spec)?),
-        _ => Box::new(ResNetCifar::new(
-            p,
-            cfg.model.depth,
-            classes,
-            spec,
-            cfg.model.shortcut,
-        )?),
+        _ => Box::new(ResNetCifar::new(p, cfg.model.depth, classes, spec, cfg.model.shortcut)?),
     })
 }
 
@@ -96,20 +87,8 @@ impl Trainer {
         tch::manual_seed(cfg.run.seed as i64);
         let vs = nn::VarStore::new(device(&cfg.run.device)?);
         let net = build_net(&vs.root(), &cfg, classes)?;
-        let opt = Sgd::new(
-            &vs,
-            cfg.optim.momentum,
-            cfg.optim.nesterov,
-            cfg.optim.weight_decay,
-        );
-        Ok(Trainer {
-            cfg,
-            vs,
-            net,
-            opt,
-            epoch: 0,
-            best_acc: 0.0,
-        })
+        let opt = Sgd::new(&vs, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay);
+        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0 })
     }
 
     /// One training step on `batch` at learning rate `lr`.
@@ -119,24 +98,12 @@ impl Trainer {
         let loss = logits.cross_entropy_for_logits(&y);
         let l = loss.double_value(&[]);
         if !l.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                epoch: self.epoch,
-                step: 0,
-                loss: l,
-            });
+            return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
         }
         loss.backward();
         self.opt.step(lr);
-        let correct = logits
-            .argmax(-1, false)
-            .eq_tensor(&y)
-            .sum(Kind::Int64)
-            .int64_value(&[]) as usize;
-        Ok(Stats {
-            loss_sum: l * batch.y.len() as f64,
-            correct,
-            n: batch.y.len(),
-        })
+        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as usize;
+        Ok(Stats { loss_sum: l * batch.y.len() as f64, correct, n: batch.y.len() })
     }
 
     /// Evaluation forward (stored bases, BN running statistics, no updates).
@@ -151,19 +118,9 @@ impl Trainer {
         for b in loader.epoch(0) {
             let logits = self.logits(&b)?;
             let y = Tensor::from_slice(&b.y).to_device(logits.device());
-            let loss = logits
-                .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0)
-                .double_value(&[]);
-            let correct = logits
-                .argmax(-1, false)
-                .eq_tensor(&y)
-                .sum(Kind::Int64)
-                .int64_value(&[]) as usize;
-            s.add(Stats {
-                loss_sum: loss,
-                correct,
-                n: b.y.len(),
-            });
+            let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
+            let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as usize;
+            s.add(Stats { loss_sum: loss, correct, n: b.y.len() });
         }
         Ok(s)
     }
@@ -171,26 +128,14 @@ impl Trainer {
     fn tensors(&self, b: &Batch) -> (Tensor, Tensor) {
         let shape: Vec<i64> = b.shape.iter().map(|&d| d as i64).collect();
         let d = self.vs.device();
-        (
-            Tensor::from_slice(&b.x).view(shape.as_slice()).to_device(d),
-            Tensor::from_slice(&b.y).to_device(d),
-        )
+        (Tensor::from_slice(&b.x).view(shape.as_slice()).to_device(d), Tensor::from_slice(&b.y).to_device(d))
     }
 
     /// Saves the whole state to `path` (atomic).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut t: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(n, v)| (format!("model/{n}"), v))
-            .collect();
-        t.extend(
-            self.opt
-                .params
-                .iter()
-                .map(|p| (format!("momentum/{}", p.name), p.buf.shallow_clone())),
-        );
+        let mut t: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().map(|(n, v)| (format!("model/{n}"), v)).collect();
+        t.extend(self.opt.params.iter().map(|p| (format!("momentum/{}", p.name), p.buf.shallow_clone())));
         let meta = Meta {
             version: checkpoint::VERSION,
             epoch: self.epoch,
@@ -212,21 +157,13 @@ impl Trainer {
                 if src.size() != v.size() {
                     return Err(Error::file(
                         path,
-                        format!(
-                            "tensor {n}: shape {:?} in file, model has {:?}",
-                            src.size(),
-                            v.size()
-                        ),
+                        format!("tensor {n}: shape {:?} in file, model has {:?}", src.size(), v.size()),
                     ));
                 }
                 v.copy_(src);
             }
             for p in &mut tr.opt.params {
-                p.buf.copy_(
-                    tensors
-                        .get(&format!("momentum/{}", p.name))
-                        .ok_or_else(|| miss(&p.name))?,
-                );
+                p.buf.copy_(tensors.get(&format!("momentum/{}", p.name)).ok_or_else(|| miss(&p.name))?);
             }
             Ok(())
         })?;
@@ -249,15 +186,9 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
     let d = &cfg.data;
     let dir = Path::new(&d.dir);
     let (tr, te) = match d.dataset.as_str() {
-        "cifar100" => (
-            load_cifar(dir, Cifar::Hundred, true)?,
-            load_cifar(dir, Cifar::Hundred, false)?,
-        ),
+        "cifar100" => (load_cifar(dir, Cifar::Hundred, true)?, load_cifar(dir, Cifar::Hundred, false)?),
         "fashion" | "mnist" => (load_idx(dir, "train", true)?, load_idx(dir, "t10k", true)?),
-        _ => (
-            load_cifar(dir, Cifar::Ten, true)?,
-            load_cifar(dir, Cifar::Ten, false)?,
-        ),
+        _ => (load_cifar(dir, Cifar::Ten, true)?, load_cifar(dir, Cifar::Ten, false)?),
     };
     let lim = |ds: Dataset, n: usize| if n > 0 { ds.take(n) } else { ds };
     Ok((lim(tr, d.train_limit), lim(te, d.test_limit)))
@@ -278,16 +209,8 @@ pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Loader, Loa
         workers: cfg.data.workers,
         seed: cfg.run.seed,
     };
-    let test_cfg = LoaderConfig {
-        shuffle: false,
-        pad: 0,
-        drop_last: false,
-        ..base
-    };
-    (
-        Loader::new(Arc::new(train), norm.clone(), base),
-        Loader::new(Arc::new(test), norm, test_cfg),
-    )
+    let test_cfg = LoaderConfig { shuffle: false, pad: 0, drop_last: false, ..base };
+    (Loader::new(Arc::new(train), norm.clone(), base), Loader::new(Arc::new(test), norm, test_cfg))
 }
 
 /// Runs (or resumes) training into `out`: `metrics.jsonl`, `config.toml`, `last.safetensors`, `best.safetensors`.
@@ -307,11 +230,7 @@ pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Resul
         for (i, b) in train.epoch(tr.epoch as u64).take(steps).enumerate() {
             lr = lr_at(tr.epoch as f64 + i as f64 / steps as f64, &tr.cfg.optim);
             let st = tr.step(&b, lr).map_err(|e| match e {
-                Error::NonFiniteLoss { epoch, loss, .. } => Error::NonFiniteLoss {
-                    epoch,
-                    step: i,
-                    loss,
-                },
+                Error::NonFiniteLoss { epoch, loss, .. } => Error::NonFiniteLoss { epoch, step: i, loss },
                 e => e,
             })?;
             s.add(st);
@@ -320,7 +239,15 @@ pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Resul
         let test_s = tr.evaluate(test)?;
         tr.epoch += 1;
         let secs = t0.elapsed().as_secs_f64();
-        eprintln!("\repoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {lr:.4} | {secs:.1}s", tr.epoch, tr.cfg.optim.epochs, s.loss(), s.acc(), test_s.loss(), test_s.acc());
+        eprintln!(
+            "\repoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {lr:.4} | {secs:.1}s",
+            tr.epoch,
+            tr.cfg.optim.epochs,
+            s.loss(),
+            s.acc(),
+            test_s.loss(),
+            test_s.acc()
+        );
         let quant: Vec<_> = tr
             .net
             .quantizers()
@@ -333,10 +260,8 @@ pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Resul
         tr.best_acc = tr.best_acc.max(test_s.acc());
         tr.save(&out.join("last.safetensors"))?;
         if best {
-            std::fs::copy(out.join("last.safetensors"), out.join("best.tmp"))
-                .map_err(|e| Error::file(out, e))?;
-            std::fs::rename(out.join("best.tmp"), out.join("best.safetensors"))
-                .map_err(|e| Error::file(out, e))?;
+            std::fs::copy(out.join("last.safetensors"), out.join("best.tmp")).map_err(|e| Error::file(out, e))?;
+            std::fs::rename(out.join("best.tmp"), out.join("best.safetensors")).map_err(|e| Error::file(out, e))?;
         }
     }
     Ok(())
@@ -357,10 +282,6 @@ fn progress(tr: &Trainer, i: usize, steps: usize, s: &Stats, t0: Instant) {
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::file(path, e))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, e))?;
     writeln!(f, "{line}").map_err(|e| Error::file(path, e))
 }

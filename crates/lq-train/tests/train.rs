@@ -7,12 +7,8 @@ use lq_train::{trainer, Error, TrainConfig, Trainer};
 use tch::Tensor;
 
 fn cfg(sets: &[&str]) -> TrainConfig {
-    let mut s: Vec<String> = vec![
-        "model.depth=8".into(),
-        "optim.batch=8".into(),
-        "data.workers=1".into(),
-        "data.pad=2".into(),
-    ];
+    let mut s: Vec<String> =
+        vec!["model.depth=8".into(), "optim.batch=8".into(), "data.workers=1".into(), "data.pad=2".into()];
     s.extend(sets.iter().map(|x| x.to_string()));
     TrainConfig::load(None, &s).unwrap()
 }
@@ -21,32 +17,16 @@ fn cfg(sets: &[&str]) -> TrainConfig {
 fn dataset(n: usize, seed: u64) -> Dataset {
     let mut state = seed;
     let mut rnd = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) as u32
     };
-    let protos: Vec<Vec<u8>> = (0..10)
-        .map(|_| (0..3072).map(|_| (rnd() % 256) as u8).collect())
-        .collect();
+    let protos: Vec<Vec<u8>> = (0..10).map(|_| (0..3072).map(|_| (rnd() % 256) as u8).collect()).collect();
     let labels: Vec<u16> = (0..n).map(|i| (i % 10) as u16).collect();
     let images = labels
         .iter()
-        .flat_map(|&l| {
-            protos[l as usize]
-                .iter()
-                .map(|&p| p.saturating_add((rnd() % 32) as u8))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|&l| protos[l as usize].iter().map(|&p| p.saturating_add((rnd() % 32) as u8)).collect::<Vec<_>>())
         .collect();
-    Dataset {
-        images,
-        labels,
-        c: 3,
-        h: 32,
-        w: 32,
-        classes: 10,
-    }
+    Dataset { images, labels, c: 3, h: 32, w: 32, classes: 10 }
 }
 
 fn batch(n: usize) -> Batch {
@@ -68,18 +48,10 @@ fn every_model_and_mode_runs_forward_and_backward() {
         &["model.w_bits=3", "model.a_bits=3"],
         &["model.w_bits=4", "model.a_bits=4"],
         &["model.method=\"hwgq\"", "model.w_bits=1", "model.a_bits=2"],
-        &[
-            "model.method=\"uniform\"",
-            "model.w_bits=2",
-            "model.a_bits=2",
-        ],
+        &["model.method=\"uniform\"", "model.w_bits=2", "model.a_bits=2"],
     ];
     let b = batch(4);
-    for arch in [
-        &["model.shortcut=\"A\""][..],
-        &["model.shortcut=\"B\""],
-        &["model.arch=\"vgg_small\""],
-    ] {
+    for arch in [&["model.shortcut=\"A\""][..], &["model.shortcut=\"B\""], &["model.arch=\"vgg_small\""]] {
         for m in modes {
             let sets: Vec<&str> = arch.iter().chain(m.iter()).copied().collect();
             let mut tr = Trainer::new(cfg(&sets), 10).unwrap();
@@ -87,12 +59,7 @@ fn every_model_and_mode_runs_forward_and_backward() {
             assert!(s.loss().is_finite(), "{sets:?}");
             let logits = tr.logits(&b).unwrap();
             assert_eq!(logits.size(), [4, 10], "{sets:?}");
-            let grads = tr
-                .opt
-                .params
-                .iter()
-                .filter(|p| p.var.grad().defined())
-                .count();
+            let grads = tr.opt.params.iter().filter(|p| p.var.grad().defined()).count();
             assert!(grads > 0, "{sets:?}: no gradients");
         }
     }
@@ -113,13 +80,8 @@ fn a_few_steps_lower_the_loss() {
 #[test]
 fn qem_moves_bases_in_training_only() {
     let mut tr = Trainer::new(cfg(&["model.w_bits=2", "model.a_bits=2"]), 10).unwrap();
-    let snap = |tr: &Trainer| {
-        tr.net
-            .quantizers()
-            .iter()
-            .map(|q| (q.state.basis.clone(), q.state.steps))
-            .collect::<Vec<_>>()
-    };
+    let snap =
+        |tr: &Trainer| tr.net.quantizers().iter().map(|q| (q.state.basis.clone(), q.state.steps)).collect::<Vec<_>>();
     let b = batch(4);
     let before = snap(&tr);
     let _ = tr.logits(&b).unwrap();
@@ -127,19 +89,12 @@ fn qem_moves_bases_in_training_only() {
     tr.step(&b, 0.01).unwrap();
     let after = snap(&tr);
     assert!(after.iter().all(|(_, t)| *t == 1));
-    assert!(
-        before.iter().zip(&after).all(|(a, b)| a.0 != b.0),
-        "a basis did not move"
-    );
+    assert!(before.iter().zip(&after).all(|(a, b)| a.0 != b.0), "a basis did not move");
 }
 
 fn weights(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<_> = tr
-        .vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (n, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
-        .collect();
+    let mut v: Vec<_> =
+        tr.vs.variables().into_iter().map(|(n, t)| (n, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -147,28 +102,14 @@ fn weights(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn checkpoint_round_trip_and_exact_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(&[
-        "model.w_bits=2",
-        "model.a_bits=2",
-        "optim.epochs=2",
-        "data.train_limit=32",
-    ]);
+    let c = cfg(&["model.w_bits=2", "model.a_bits=2", "optim.epochs=2", "data.train_limit=32"]);
     let (tl, vl) = trainer::loaders(&c, dataset(32, 1), dataset(16, 2));
     // Two epochs straight.
     let mut straight = Trainer::new(c.clone(), 10).unwrap();
     trainer::run(&mut straight, &tl, &vl, &dir.path().join("a")).unwrap();
     // One epoch, "killed", resumed from the checkpoint for the second.
-    let mut first = Trainer::new(
-        TrainConfig {
-            optim: OptimConfig {
-                epochs: 1,
-                ..c.optim.clone()
-            },
-            ..c.clone()
-        },
-        10,
-    )
-    .unwrap();
+    let mut first =
+        Trainer::new(TrainConfig { optim: OptimConfig { epochs: 1, ..c.optim.clone() }, ..c.clone() }, 10).unwrap();
     trainer::run(&mut first, &tl, &vl, &dir.path().join("b")).unwrap();
     drop(first);
     let mut resumed = Trainer::load(&dir.path().join("b/last.safetensors"), 10).unwrap();
@@ -176,28 +117,13 @@ fn checkpoint_round_trip_and_exact_resume() {
     resumed.cfg.optim.epochs = 2;
     trainer::run(&mut resumed, &tl, &vl, &dir.path().join("b")).unwrap();
     // Compared with == (not assert_eq!) so a failure does not print every weight.
-    assert!(
-        weights(&straight) == weights(&resumed),
-        "resumed run differs"
-    );
-    let q = |t: &Trainer| {
-        t.net
-            .quantizers()
-            .iter()
-            .map(|q| q.state.clone())
-            .collect::<Vec<_>>()
-    };
-    assert!(
-        q(&straight) == q(&resumed),
-        "resumed quantizer states differ"
-    );
+    assert!(weights(&straight) == weights(&resumed), "resumed run differs");
+    let q = |t: &Trainer| t.net.quantizers().iter().map(|q| q.state.clone()).collect::<Vec<_>>();
+    assert!(q(&straight) == q(&resumed), "resumed quantizer states differ");
     // The reloaded checkpoint evaluates identically.
     let mut again = Trainer::load(&dir.path().join("a/last.safetensors"), 10).unwrap();
     let b = batch(4);
-    let diff = (straight.logits(&b).unwrap() - again.logits(&b).unwrap())
-        .abs()
-        .max()
-        .double_value(&[]);
+    let diff = (straight.logits(&b).unwrap() - again.logits(&b).unwrap()).abs().max().double_value(&[]);
     assert_eq!(diff, 0.0);
     let lines = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2);
@@ -207,12 +133,7 @@ fn checkpoint_round_trip_and_exact_resume() {
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(&[
-        "model.w_bits=32",
-        "model.a_bits=32",
-        "optim.epochs=3",
-        "data.train_limit=32",
-    ]);
+    let c = cfg(&["model.w_bits=32", "model.a_bits=32", "optim.epochs=3", "data.train_limit=32"]);
     let (tl, vl) = trainer::loaders(&c, dataset(32, 1), dataset(16, 2));
     let mut tr = Trainer::new(c, 10).unwrap();
     trainer::run(&mut tr, &tl, &vl, dir.path()).unwrap();
@@ -224,36 +145,20 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     });
     let e = trainer::run(&mut tr, &tl, &vl, dir.path()).unwrap_err();
     assert!(matches!(e, Error::NonFiniteLoss { epoch: 3, .. }), "{e}");
-    assert_eq!(
-        before,
-        std::fs::read(dir.path().join("last.safetensors")).unwrap()
-    );
+    assert_eq!(before, std::fs::read(dir.path().join("last.safetensors")).unwrap());
 }
 
 #[test]
 fn config_errors_name_the_key() {
-    let e = TrainConfig::load(None, &["optim.lrr=0.1".into()])
-        .unwrap_err()
-        .to_string();
+    let e = TrainConfig::load(None, &["optim.lrr=0.1".into()]).unwrap_err().to_string();
     assert!(e.contains("lrr"), "{e}");
-    let e = TrainConfig::load(None, &["model.w_bits=5.5".into()])
-        .unwrap_err()
-        .to_string();
+    let e = TrainConfig::load(None, &["model.w_bits=5.5".into()]).unwrap_err().to_string();
     assert!(e.contains("w_bits") || e.contains("integer"), "{e}");
-    let e = TrainConfig::load(None, &["model.a_bits=9".into()])
-        .unwrap_err()
-        .to_string();
+    let e = TrainConfig::load(None, &["model.a_bits=9".into()]).unwrap_err().to_string();
     assert!(e.contains("model.a_bits"), "{e}");
-    let e = TrainConfig::load(None, &["optim.lr=-1".into()])
-        .unwrap_err()
-        .to_string();
+    let e = TrainConfig::load(None, &["optim.lr=-1".into()]).unwrap_err().to_string();
     assert!(e.contains("optim.lr"), "{e}");
-    for f in std::fs::read_dir(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../configs/cifar10"
-    ))
-    .unwrap()
-    {
+    for f in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/cifar10")).unwrap() {
         let p = f.unwrap().path();
         TrainConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
@@ -266,30 +171,18 @@ fn schedules_follow_the_supplement() {
     assert_eq!(lr_at(81.9, &o), 0.1);
     assert!((lr_at(82.0, &o) - 0.01).abs() < 1e-12);
     assert!((lr_at(150.0, &o) - 0.001).abs() < 1e-12);
-    let p = OptimConfig {
-        schedule: "poly".into(),
-        epochs: 64,
-        lr: 0.1,
-        final_lr: 0.0,
-        ..o
-    };
+    let p = OptimConfig { schedule: "poly".into(), epochs: 64, lr: 0.1, final_lr: 0.0, ..o };
     assert!((lr_at(32.0, &p) - 0.05).abs() < 1e-12);
     assert_eq!(lr_at(64.0, &p), 0.0);
 }
 
 #[test]
 fn activation_ste_masks_above_top_level() {
-    let mut q =
-        lq_train::quant::Quantizer::activation("t", lq_train::quant::Method::Lq, 2).unwrap();
+    let mut q = lq_train::quant::Quantizer::activation("t", lq_train::quant::Method::Lq, 2).unwrap();
     let x = Tensor::from_slice(&[0.1f32, 1.0, 1.349, 2.0]).set_requires_grad(true);
     let y = q.forward_activation(&x, false).unwrap();
     y.sum(tch::Kind::Float).backward();
-    assert_eq!(
-        Vec::<f32>::try_from(&x.grad()).unwrap(),
-        vec![1.0, 1.0, 1.0, 0.0]
-    );
+    assert_eq!(Vec::<f32>::try_from(&x.grad()).unwrap(), vec![1.0, 1.0, 1.0, 0.0]);
     let v = Vec::<f32>::try_from(&y.detach()).unwrap();
-    assert!(
-        (v[0] - 0.0).abs() < 1e-6 && (v[1] - 0.89933).abs() < 1e-4 && (v[3] - 1.349).abs() < 1e-4
-    );
+    assert!((v[0] - 0.0).abs() < 1e-6 && (v[1] - 0.89933).abs() < 1e-4 && (v[3] - 1.349).abs() < 1e-4);
 }

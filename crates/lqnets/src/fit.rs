@@ -55,34 +55,17 @@ pub fn run(a: &FitArgs) -> Result<()> {
     }
     lq_quant::check_bits(a.bits).context("--bits")?;
     let rows = match a.kind {
-        Kind::Weight => *t
-            .shape
-            .first()
-            .context("weights need at least one axis (output channels)")?,
+        Kind::Weight => *t.shape.first().context("weights need at least one axis (output channels)")?,
         Kind::Activation => 1,
     };
-    let levels = fitted_levels(a, &t.shape, &t.data, rows)
-        .with_context(|| format!("fitting {}", a.input.display()))?;
+    let levels = fitted_levels(a, &t.shape, &t.data, rows).with_context(|| format!("fitting {}", a.input.display()))?;
     let mut y = vec![0.0; t.data.len()];
-    let rows_lv: Vec<Levels> = if levels.len() == rows {
-        levels.clone()
-    } else {
-        vec![levels[0].clone(); rows]
-    };
+    let rows_lv: Vec<Levels> = if levels.len() == rows { levels.clone() } else { vec![levels[0].clone(); rows] };
     let stats = quantize(&rows_lv, &t.data, &mut y, None, true)?.expect("fit requested");
     let mse: Vec<f64> = stats
         .iter()
-        .zip(
-            y.chunks(t.data.len() / rows)
-                .zip(t.data.chunks(t.data.len() / rows)),
-        )
-        .map(|(_, (q, x))| {
-            q.iter()
-                .zip(x)
-                .map(|(q, x)| (*q as f64 - *x as f64).powi(2))
-                .sum::<f64>()
-                / x.len() as f64
-        })
+        .zip(y.chunks(t.data.len() / rows).zip(t.data.chunks(t.data.len() / rows)))
+        .map(|(_, (q, x))| q.iter().zip(x).map(|(q, x)| (*q as f64 - *x as f64).powi(2)).sum::<f64>() / x.len() as f64)
         .collect();
     print(a, &levels, &mse);
     Ok(())
@@ -91,13 +74,8 @@ pub fn run(a: &FitArgs) -> Result<()> {
 /// The levels after fitting: one per output channel for LQ weights, else one.
 fn fitted_levels(a: &FitArgs, shape: &[usize], x: &[f32], rows: usize) -> Result<Vec<Levels>> {
     let k = a.bits;
-    let set = if a.kind == Kind::Weight {
-        CodeSet::Signed
-    } else {
-        CodeSet::Binary
-    };
-    let fixed =
-        |basis: Vec<f32>| -> Result<Vec<Levels>> { Ok(vec![Levels::from_basis(&basis, set)?]) };
+    let set = if a.kind == Kind::Weight { CodeSet::Signed } else { CodeSet::Binary };
+    let fixed = |basis: Vec<f32>| -> Result<Vec<Levels>> { Ok(vec![Levels::from_basis(&basis, set)?]) };
     match (a.method, a.kind) {
         (Method::Uniform, Kind::Weight) => fixed(baselines::uniform_weight_basis(k, x)?),
         (Method::Uniform, Kind::Activation) => fixed(baselines::uniform_activation_basis(k)?),
@@ -109,15 +87,9 @@ fn fitted_levels(a: &FitArgs, shape: &[usize], x: &[f32], rows: usize) -> Result
         (Method::Lq, _) => {
             let mut st = match a.kind {
                 // Official init uses n = kh·kw·C_out (spec §2.4); 2-D weights are FC layers with n = C_out.
-                Kind::Weight => QemState::weight(
-                    k,
-                    rows,
-                    if shape.len() == 4 {
-                        shape[0] * shape[2] * shape[3]
-                    } else {
-                        shape[0]
-                    },
-                )?,
+                Kind::Weight => {
+                    QemState::weight(k, rows, if shape.len() == 4 { shape[0] * shape[2] * shape[3] } else { shape[0] })?
+                }
                 Kind::Activation => QemState::activation(k)?,
             };
             for _ in 0..a.steps {
@@ -146,10 +118,7 @@ fn print(a: &FitArgs, levels: &[Levels], mse: &[f64]) {
         return;
     }
     let total = mse.iter().sum::<f64>() / mse.len() as f64;
-    println!(
-        "{:?} {:?} K={} steps={}: mean squared error {total:.6e}",
-        a.method, a.kind, a.bits, a.steps
-    );
+    println!("{:?} {:?} K={} steps={}: mean squared error {total:.6e}", a.method, a.kind, a.bits, a.steps);
     for (c, m) in mse.iter().enumerate() {
         let l = &levels[c.min(levels.len() - 1)];
         println!(
@@ -163,13 +132,7 @@ fn print(a: &FitArgs, levels: &[Levels], mse: &[f64]) {
 
 /// Recovers the basis from sorted levels: the level of code with only bit j set, relative to code 0.
 fn basis_of(l: &Levels) -> Vec<f32> {
-    let at = |code: u8| {
-        l.levels()[l
-            .codes()
-            .iter()
-            .position(|&c| c == code)
-            .expect("every code has a level")]
-    };
+    let at = |code: u8| l.levels()[l.codes().iter().position(|&c| c == code).expect("every code has a level")];
     let base = at(0);
     (0..l.bits())
         .map(|j| match l.code_set() {

@@ -44,11 +44,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let (train, test) = trainer::load_data(&tr.cfg)?;
     let (tl, vl) = trainer::loaders(&tr.cfg, train, test);
     trainer::run(&mut tr, &tl, &vl, &out)?;
-    eprintln!(
-        "done: best test accuracy {:.4}; checkpoints in {}",
-        tr.best_acc,
-        out.display()
-    );
+    eprintln!("done: best test accuracy {:.4}; checkpoints in {}", tr.best_acc, out.display());
     Ok(())
 }
 
@@ -75,13 +71,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     tr.cfg.data = cfg.data.clone();
     let (_, vl) = trainer::loaders(&cfg, train, test);
     let s = tr.evaluate(&vl)?;
-    println!(
-        "{}: {} images, loss {:.4}, top-1 accuracy {:.4}",
-        a.checkpoint.display(),
-        s.n,
-        s.loss(),
-        s.acc()
-    );
+    println!("{}: {} images, loss {:.4}, top-1 accuracy {:.4}", a.checkpoint.display(), s.n, s.loss(), s.acc());
     Ok(())
 }
 
@@ -107,9 +97,7 @@ pub struct BenchArgs {
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let n = a.batch * (a.steps + 2);
     let ds = Arc::new(Dataset {
-        images: (0..n * 3072)
-            .map(|i| (i * 2654435761usize >> 13) as u8)
-            .collect(),
+        images: (0..n * 3072).map(|i| ((i * 2654435761usize) >> 13) as u8).collect(),
         labels: (0..n).map(|i| (i % 10) as u16).collect(),
         c: 3,
         h: 32,
@@ -120,14 +108,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let loader = Loader::new(
         ds,
         norm,
-        LoaderConfig {
-            batch: a.batch,
-            shuffle: true,
-            pad: 4,
-            drop_last: true,
-            workers: 2,
-            seed: 1,
-        },
+        LoaderConfig { batch: a.batch, shuffle: true, pad: 4, drop_last: true, workers: 2, seed: 1 },
     );
     let mut fp_median = None;
     println!(
@@ -135,9 +116,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         "W/A", "median ms", "x FP", "img/s", "data wait ms", "peak RSS MB"
     );
     for s in a.settings.split(',') {
-        let (w, act) = s
-            .split_once('/')
-            .with_context(|| format!("--settings: '{s}' is not W/A"))?;
+        let (w, act) = s.split_once('/').with_context(|| format!("--settings: '{s}' is not W/A"))?;
         let sets = vec![
             format!("model.arch=\"{}\"", a.arch),
             format!("model.w_bits={w}"),
@@ -179,9 +158,7 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }

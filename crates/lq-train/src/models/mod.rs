@@ -21,15 +21,11 @@ pub trait Net {
 }
 
 /// Collects the quantizers found in a list of optional slots.
-pub(crate) fn collect<'a>(
-    slots: impl IntoIterator<Item = &'a Option<Quantizer>>,
-) -> Vec<&'a Quantizer> {
+pub(crate) fn collect<'a>(slots: impl IntoIterator<Item = &'a Option<Quantizer>>) -> Vec<&'a Quantizer> {
     slots.into_iter().filter_map(Option::as_ref).collect()
 }
 
 /// Mutable version of [`collect`].
-pub(crate) fn collect_mut<'a>(
-    slots: impl IntoIterator<Item = &'a mut Option<Quantizer>>,
-) -> Vec<&'a mut Quantizer> {
+pub(crate) fn collect_mut<'a>(slots: impl IntoIterator<Item = &'a mut Option<Quantizer>>) -> Vec<&'a mut Quantizer> {
     slots.into_iter().filter_map(Option::as_mut).collect()
 }

@@ -36,41 +36,18 @@ struct Block {
 }
 
 impl Block {
-    fn new(
-        p: &nn::Path,
-        c_in: i64,
-        c_out: i64,
-        stride: i64,
-        spec: QuantSpec,
-        shortcut: Shortcut,
-    ) -> Result<Self> {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, spec: QuantSpec, shortcut: Shortcut) -> Result<Self> {
         let change = stride != 1 || c_in != c_out;
         let proj = match (change, shortcut) {
             (true, Shortcut::B) => Some((
-                QConv2d::new(
-                    &(p / "proj"),
-                    c_in,
-                    c_out,
-                    1,
-                    stride,
-                    spec,
-                    FanInOut::FanOut,
-                )?,
+                QConv2d::new(&(p / "proj"), c_in, c_out, 1, stride, spec, FanInOut::FanOut)?,
                 batch_norm(&(p / "proj_bn"), c_out),
             )),
             _ => None,
         };
         Ok(Block {
             pre: BnReluQuant::new(&(p / "pre"), c_in, spec, true)?,
-            conv1: QConv2d::new(
-                &(p / "conv1"),
-                c_in,
-                c_out,
-                3,
-                stride,
-                spec,
-                FanInOut::FanOut,
-            )?,
+            conv1: QConv2d::new(&(p / "conv1"), c_in, c_out, 3, stride, spec, FanInOut::FanOut)?,
             mid: BnReluQuant::new(&(p / "mid"), c_out, spec, true)?,
             conv2: QConv2d::new(&(p / "conv2"), c_out, c_out, 3, 1, spec, FanInOut::FanOut)?,
             pad_to: (change && shortcut == Shortcut::A).then_some(c_out),
@@ -96,14 +73,7 @@ impl Block {
 
     fn slots(&self) -> [&Option<Quantizer>; 6] {
         let proj = self.proj.as_ref().map(|p| &p.0.quant).unwrap_or(&None);
-        [
-            &self.pre.quant,
-            &self.conv1.quant,
-            &self.mid.quant,
-            &self.conv2.quant,
-            proj,
-            &None,
-        ]
+        [&self.pre.quant, &self.conv1.quant, &self.mid.quant, &self.conv2.quant, proj, &None]
     }
 }
 
@@ -118,28 +88,14 @@ pub struct ResNetCifar {
 
 impl ResNetCifar {
     /// Depth 6n+2 (20, 32, 44, 56), stages of 16/32/64 channels, `classes` outputs.
-    pub fn new(
-        p: &nn::Path,
-        depth: usize,
-        classes: i64,
-        spec: QuantSpec,
-        shortcut: Shortcut,
-    ) -> Result<Self> {
+    pub fn new(p: &nn::Path, depth: usize, classes: i64, spec: QuantSpec, shortcut: Shortcut) -> Result<Self> {
         if depth < 8 || (depth - 2) % 6 != 0 {
             return Err(crate::Error::Config(format!(
                 "model.depth = {depth}: ResNet-CIFAR depth must be 6n+2 (20, 32, 44, 56)"
             )));
         }
         let n = (depth - 2) / 6;
-        let conv0 = QConv2d::new(
-            &(p / "conv0"),
-            3,
-            16,
-            3,
-            1,
-            QuantSpec { w_bits: 32, ..spec },
-            FanInOut::FanOut,
-        )?;
+        let conv0 = QConv2d::new(&(p / "conv0"), 3, 16, 3, 1, QuantSpec { w_bits: 32, ..spec }, FanInOut::FanOut)?;
         let mut blocks = Vec::new();
         let mut c_in = 16;
         for (s, c) in [16i64, 32, 64].into_iter().enumerate() {
@@ -158,12 +114,7 @@ impl ResNetCifar {
         }
         let head_bn = batch_norm(&(p / "head_bn"), 64);
         let fc = nn::linear(p / "fc", 64, classes, Default::default());
-        Ok(ResNetCifar {
-            conv0,
-            blocks,
-            head_bn,
-            fc,
-        })
+        Ok(ResNetCifar { conv0, blocks, head_bn, fc })
     }
 }
 
@@ -173,11 +124,7 @@ impl Net for ResNetCifar {
         for b in &mut self.blocks {
             h = b.forward(&h, train)?;
         }
-        let h = h.apply_t(&self.head_bn, train).relu().mean_dim(
-            [2i64, 3].as_slice(),
-            false,
-            tch::Kind::Float,
-        );
+        let h = h.apply_t(&self.head_bn, train).relu().mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float);
         Ok(self.fc.forward(&h))
     }
     fn quantizers(&self) -> Vec<&Quantizer> {
@@ -186,15 +133,9 @@ impl Net for ResNetCifar {
     fn quantizers_mut(&mut self) -> Vec<&mut Quantizer> {
         collect_mut(self.blocks.iter_mut().flat_map(|b| {
             let proj = b.proj.as_mut().map(|p| &mut p.0.quant);
-            [
-                Some(&mut b.pre.quant),
-                Some(&mut b.conv1.quant),
-                Some(&mut b.mid.quant),
-                Some(&mut b.conv2.quant),
-                proj,
-            ]
-            .into_iter()
-            .flatten()
+            [Some(&mut b.pre.quant), Some(&mut b.conv1.quant), Some(&mut b.mid.quant), Some(&mut b.conv2.quant), proj]
+                .into_iter()
+                .flatten()
         }))
     }
 }

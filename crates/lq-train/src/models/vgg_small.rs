@@ -24,28 +24,12 @@ impl VggSmall {
     pub fn new(p: &nn::Path, classes: i64, spec: QuantSpec) -> Result<Self> {
         let (mut convs, mut acts, mut c_in) = (Vec::new(), Vec::new(), 3);
         for (i, &c) in WIDTHS.iter().enumerate() {
-            let s = if i == 0 {
-                QuantSpec { w_bits: 32, ..spec }
-            } else {
-                spec
-            };
-            convs.push(QConv2d::new(
-                &(p / format!("conv{i}")),
-                c_in,
-                c,
-                3,
-                1,
-                s,
-                FanInOut::FanIn,
-            )?);
+            let s = if i == 0 { QuantSpec { w_bits: 32, ..spec } } else { spec };
+            convs.push(QConv2d::new(&(p / format!("conv{i}")), c_in, c, 3, 1, s, FanInOut::FanIn)?);
             acts.push(BnReluQuant::new(&(p / format!("act{i}")), c, spec, i < 5)?);
             c_in = c;
         }
-        Ok(VggSmall {
-            convs,
-            acts,
-            fc: nn::linear(p / "fc", 512 * 16, classes, Default::default()),
-        })
+        Ok(VggSmall { convs, acts, fc: nn::linear(p / "fc", 512 * 16, classes, Default::default()) })
     }
 }
 
@@ -62,19 +46,9 @@ impl Net for VggSmall {
         Ok(self.fc.forward(&h.flatten(1, -1)))
     }
     fn quantizers(&self) -> Vec<&Quantizer> {
-        collect(
-            self.convs
-                .iter()
-                .map(|c| &c.quant)
-                .chain(self.acts.iter().map(|a| &a.quant)),
-        )
+        collect(self.convs.iter().map(|c| &c.quant).chain(self.acts.iter().map(|a| &a.quant)))
     }
     fn quantizers_mut(&mut self) -> Vec<&mut Quantizer> {
-        collect_mut(
-            self.convs
-                .iter_mut()
-                .map(|c| &mut c.quant)
-                .chain(self.acts.iter_mut().map(|a| &mut a.quant)),
-        )
+        collect_mut(self.convs.iter_mut().map(|c| &mut c.quant).chain(self.acts.iter_mut().map(|a| &mut a.quant)))
     }
 }
