@@ -1,1 +1,18 @@
-//! placeholder
+//! The deployable side of lqnets: bit-packed LQ layers computed with AND + popcount, pure Rust, no libtorch.
+//!
+//! # Overview
+//! - [`Planes`]: activation codes as bit-planes packed along channels; [`ChannelQuant`] folds BN + ReLU into
+//!   per-channel thresholds so a conv output maps straight to codes.
+//! - [`BitConv`]: a quantized conv with packed weight planes; forward = bit im2col + binary GEMM + LQ epilogue.
+//! - [`kernels`]: the binary GEMM (portable and AVX2, chosen once at run time; [`Isa`] forces one).
+//! - [`naive`]: the dense reference the kernels are tested against.
+//!
+//! Identity used (spec §3): `Q(w)·Q(a) = Σ_ij v^w_i v^a_j (2·popc(bw_i ∧ ba_j) − popc(ba_j))`.
+#![deny(missing_docs)]
+
+pub use conv::{im2col, BitConv, ChannelQuant, Planes};
+pub use kernels::{BitGemm, Isa};
+
+mod conv;
+pub mod kernels;
+pub mod naive;

@@ -1,0 +1,53 @@
+//! Layer-level benchmark (bitops.md method): each candidate interleaved with the fp32 GEMM of the same shape,
+//! min of 7 reps each, reported as speed-up over fp32 measured in the same seconds.
+//! `RAYON_NUM_THREADS=1 cargo bench -p lq-engine --bench layer` (one thread; matrixmultiply also runs on one).
+//! Shapes: A = 3×3 conv 64→256 on 64×64 (GEMM 256×4096×576), B = 1024³ (1×1 conv 1024→1024 on 32×32).
+use lq_engine::{BitConv, BitGemm, ChannelQuant, Isa, Planes};
+use lq_quant::{CodeSet, Levels};
+use std::time::Instant;
+
+fn min_time(reps: usize, mut f: impl FnMut()) -> f64 {
+    (0..reps).map(|_| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    }).fold(f64::INFINITY, f64::min)
+}
+
+fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    // SAFETY: a is m×k, b is k×n, c is m×n, all row-major and sized by the caller.
+    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n as isize, 1) }
+}
+
+fn main() {
+    let isa = if std::env::args().any(|a| a == "--portable") { Isa::Portable } else { Isa::best() };
+    println!("kernel {isa:?}; threads {}", rayon::current_num_threads());
+    println!("{:<6} {:<4} {:>10} {:>10} {:>9} {:>10} {:>9}", "shape", "W/A", "fp32 ms", "kernel ms", "x fp32", "layer ms", "x fp32");
+    for (name, c_in, hw, c_out, k) in [("A", 64usize, 64usize, 256usize, 3usize), ("B", 1024, 32, 1024, 1)] {
+        let (m, n, kk) = (c_out, hw * hw, c_in * k * k);
+        let mut seed = 1u64;
+        let mut rnd = || { seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1); ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+        let a: Vec<f32> = (0..m * kk).map(|_| rnd()).collect();
+        let b: Vec<f32> = (0..kk * n).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..n * c_in).map(|_| rnd() + 0.5).collect();
+        let mut c = vec![0.0f32; m * n];
+        for (kw, ka) in [(1, 2), (2, 2), (3, 3), (1, 1)] {
+            let wb: Vec<f32> = (0..c_out).flat_map(|_| (0..kw).map(|i| 0.01 * (1 << i) as f32)).collect();
+            let conv = BitConv::pack(c_out, c_in, k, 1, &a, &wb).unwrap();
+            let ab: Vec<f32> = (0..ka).map(|j| 0.3 * (1 << j) as f32).collect();
+            let lv = Levels::from_basis(&ab, CodeSet::Binary).unwrap();
+            let cq = ChannelQuant::fold(&lv, &vec![1.0; c_in], &vec![0.0; c_in]);
+            let planes = Planes::quantize(&x, hw, hw, &cq);
+            let patches = lq_engine::im2col(&planes, k, 1, k / 2);
+            let g = BitGemm { c_out, kw, ka, words: k * k * planes.words(), w: &conv.bits, w_basis: &conv.basis, a_basis: &ab };
+            let mut out = vec![0.0f32; n * c_out];
+            let (mut tf, mut tk, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+            for _ in 0..7 {
+                tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
+                tk = tk.min(min_time(1, || g.run(isa, &patches, n, &mut out)));
+                tl = tl.min(min_time(1, || { let p = Planes::quantize(&x, hw, hw, &cq); std::hint::black_box(conv.forward(&p, &ab, isa)); }));
+            }
+            println!("{:<6} {:<4} {:>10.2} {:>10.2} {:>9.2} {:>10.2} {:>9.2}", name, format!("{kw}/{ka}"), tf * 1e3, tk * 1e3, tf / tk, tl * 1e3, tf / tl);
+        }
+    }
+}

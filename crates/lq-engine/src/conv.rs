@@ -1,0 +1,186 @@
+//! Bit-serial convolution: activation codes packed along channels per pixel, im2col in the bit domain as word
+//! copies, the binary GEMM of [`crate::kernels`] with the LQ epilogue. Feature maps are NHWC (one image).
+use crate::kernels::{BitGemm, Isa};
+use lq_quant::{CodeSet, Levels};
+
+/// Activation codes of one feature map as bit-planes: `[pixel][plane][word]`, channel `c` at bit `c % 64` of
+/// word `c / 64`. Padding pixels and channels beyond `c` are zero bits, i.e. the level of code 0, which is 0
+/// for activation (`{0,1}`) codes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planes {
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// Planes (bits K_a).
+    pub k: usize,
+    /// The bits.
+    pub data: Vec<u64>,
+}
+
+impl Planes {
+    /// Words per plane per pixel.
+    pub fn words(&self) -> usize {
+        self.c.div_ceil(64)
+    }
+
+    /// Quantizes an NHWC f32 map with per-channel thresholds and packs the codes: channel `ch` gets the code of
+    /// sorted level `#{l : sign·x > sign·τ[ch][l]}` (see [`ChannelQuant`]).
+    pub fn quantize(x: &[f32], h: usize, w: usize, q: &ChannelQuant) -> Planes {
+        let (c, k) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
+        let cw = c.div_ceil(64);
+        let t = q.codes.len() - 1;
+        let mut data = vec![0u64; h * w * k * cw];
+        for (p, (xs, out)) in x.chunks_exact(c).zip(data.chunks_exact_mut(k * cw)).enumerate() {
+            let _ = p;
+            for (ch, &v) in xs.iter().enumerate() {
+                let (s, taus) = (q.sign[ch], &q.tau[ch * t..(ch + 1) * t]);
+                let idx = taus.iter().filter(|&&tau| s * v > s * tau).count();
+                let code = q.codes[idx];
+                for j in 0..k {
+                    if (code >> j) & 1 == 1 {
+                        out[j * cw + ch / 64] |= 1 << (ch % 64);
+                    }
+                }
+            }
+        }
+        Planes { h, w, c, k, data }
+    }
+}
+
+/// Per-channel activation quantization with BN folded in: `Q(relu(scale·x + shift))` becomes a count of
+/// thresholds passed on the raw input, `τ = (t − shift)/scale` compared in the direction of `sign(scale)`
+/// (a zero scale gives ±∞ thresholds, a constant code). `codes` maps sorted level index to code.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelQuant {
+    /// `±1` per channel.
+    pub sign: Vec<f32>,
+    /// Folded thresholds `[C][2^K − 1]`.
+    pub tau: Vec<f32>,
+    /// Code of each sorted level (2^K).
+    pub codes: Vec<u8>,
+}
+
+impl ChannelQuant {
+    /// Folds per-channel BN (`y = scale·x + shift`) and ReLU into the thresholds of `levels`.
+    pub fn fold(levels: &Levels, scale: &[f32], shift: &[f32]) -> ChannelQuant {
+        let th = levels.thresholds();
+        let mut tau = Vec::with_capacity(scale.len() * th.len());
+        let mut sign = Vec::with_capacity(scale.len());
+        for (&a, &b) in scale.iter().zip(shift) {
+            sign.push(if a < 0.0 { -1.0 } else { 1.0 });
+            for &t in th {
+                // relu(y) > t  ⇔  y > t for the non-negative thresholds of activation levels.
+                let t = t.max(0.0);
+                tau.push(if a == 0.0 {
+                    if b > t {
+                        f32::NEG_INFINITY
+                    } else {
+                        f32::INFINITY
+                    }
+                } else {
+                    ((t as f64 - b as f64) / a as f64) as f32
+                });
+            }
+        }
+        ChannelQuant { sign, tau, codes: levels.codes().to_vec() }
+    }
+}
+
+/// A convolution with bit-packed quantized weights (square kernel, no bias).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BitConv {
+    /// Output channels.
+    pub c_out: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding.
+    pub pad: usize,
+    /// Weight planes K_w.
+    pub kw: usize,
+    /// Weight bits `[C_out][K_w][k·k·⌈C_in/64⌉]`, bit = +1.
+    pub bits: Vec<u64>,
+    /// Weight bases `[C_out][K_w]`.
+    pub basis: Vec<f32>,
+}
+
+impl BitConv {
+    /// Encodes OIHW weights with one basis per output channel (`basis` is `[C_out][K_w]`) and packs them.
+    pub fn pack(c_out: usize, c_in: usize, k: usize, stride: usize, w: &[f32], basis: &[f32]) -> lq_quant::Result<Self> {
+        let kw = basis.len() / c_out.max(1);
+        let cw = c_in.div_ceil(64);
+        let words = k * k * cw;
+        let mut bits = vec![0u64; c_out * kw * words];
+        for o in 0..c_out {
+            let lv = Levels::from_basis(&basis[o * kw..(o + 1) * kw], CodeSet::Signed)?;
+            for ci in 0..c_in {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let v = w[((o * c_in + ci) * k + ky) * k + kx];
+                        let code = lv.codes()[lv.index(v)];
+                        for i in 0..kw {
+                            if (code >> i) & 1 == 1 {
+                                bits[(o * kw + i) * words + (ky * k + kx) * cw + ci / 64] |= 1 << (ci % 64);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis: basis.to_vec() })
+    }
+
+    /// Output size for an input of `h × w`.
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
+    }
+
+    /// Convolution of packed activations with activation basis `a_basis`, NHWC f32 out.
+    pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
+        let (oh, ow) = self.out_hw(x.h, x.w);
+        let patches = im2col(x, self.k, self.stride, self.pad);
+        let g = BitGemm { c_out: self.c_out, kw: self.kw, ka: x.k, words: self.k * self.k * x.words(), w: &self.bits, w_basis: &self.basis, a_basis };
+        let mut out = vec![0.0f32; oh * ow * self.c_out];
+        g.run(isa, &patches, oh * ow, &mut out);
+        out
+    }
+}
+
+/// Bit-domain im2col: for each output pixel the k×k input pixels' plane words (zero outside), laid out for the
+/// kernels as `[group of 4 pixels][plane][word][lane]`.
+pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
+    let cw = x.words();
+    let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
+    let words = k * k * cw;
+    let rows = oh * ow;
+    let mut out = vec![0u64; rows.div_ceil(4) * x.k * words * 4];
+    for r in 0..rows {
+        let (oy, ox) = (r / ow, r % ow);
+        let (g, lane) = (r / 4, r % 4);
+        for ky in 0..k {
+            let iy = (oy * stride + ky) as isize - pad as isize;
+            if iy < 0 || iy >= x.h as isize {
+                continue;
+            }
+            for kx in 0..k {
+                let ix = (ox * stride + kx) as isize - pad as isize;
+                if ix < 0 || ix >= x.w as isize {
+                    continue;
+                }
+                let src = &x.data[(iy as usize * x.w + ix as usize) * x.k * cw..][..x.k * cw];
+                for j in 0..x.k {
+                    for c in 0..cw {
+                        out[((g * x.k + j) * words + (ky * k + kx) * cw + c) * 4 + lane] = src[j * cw + c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}

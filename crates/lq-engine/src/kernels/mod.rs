@@ -1,0 +1,103 @@
+//! Binary GEMM kernels behind one safe door, with the LQ epilogue fused.
+//!
+//! Computes, for every patch row `p` and output channel `o`,
+//! `out[p·C_out + o] = Σ_ij v^w_{o,i} v^a_j (2·popc(W_{o,i} ∧ A_{p,j}) − popc(A_{p,j}))`
+//! `            = 2·Σ_ij v^w_{o,i} v^a_j P_{o,i,p,j} − (Σ_i v^w_{o,i})·T_p`, with `T_p = Σ_j v^a_j popc(A_{p,j})`
+//! computed once per patch (spec §3). Operands: weights `[C_out][K_w][words]` (bit = +1), patches in groups of 4
+//! rows interleaved per word, `[group][K_a][words][4]` (bit = 1). The kernel is chosen once per process (AVX2
+//! when present, else portable); [`Isa`] lets tests and benchmarks force a path.
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+pub(crate) mod avx2;
+pub(crate) mod portable;
+
+/// Which kernel implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, `u64::count_ones`.
+    Portable,
+    /// AVX2 nibble-lookup popcount with byte accumulators (x86-64).
+    Avx2,
+}
+
+impl Isa {
+    /// The best kernel available on this CPU, detected once.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| if avx2::is_available() { Isa::Avx2 } else { Isa::Portable })
+    }
+    /// Whether this kernel runs on this CPU.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            Isa::Avx2 => avx2::is_available(),
+        }
+    }
+}
+
+/// The operands of one bit GEMM.
+pub struct BitGemm<'a> {
+    /// Output channels.
+    pub c_out: usize,
+    /// Weight planes K_w.
+    pub kw: usize,
+    /// Activation planes K_a.
+    pub ka: usize,
+    /// u64 words per plane row.
+    pub words: usize,
+    /// Weight bits `[C_out][K_w][words]`.
+    pub w: &'a [u64],
+    /// Weight bases `[C_out][K_w]`.
+    pub w_basis: &'a [f32],
+    /// Activation basis `[K_a]`.
+    pub a_basis: &'a [f32],
+}
+
+impl BitGemm<'_> {
+    /// `out[p·C_out + o]` for the `rows` patch rows of `a` (`[⌈rows/4⌉][K_a][words][4]`), multi-threaded over
+    /// groups of rows. Panics if the buffers are shorter than the shapes say (callers size them).
+    pub fn run(&self, isa: Isa, a: &[u64], rows: usize, out: &mut [f32]) {
+        let groups = rows.div_ceil(4);
+        assert!(a.len() >= groups * self.ka * self.words * 4 && out.len() >= rows * self.c_out);
+        assert!(self.w.len() >= self.c_out * self.kw * self.words && self.w_basis.len() >= self.c_out * self.kw);
+        let isa = if isa.is_available() { isa } else { Isa::Portable };
+        let sw: Vec<f32> = (0..self.c_out).map(|o| self.w_basis[o * self.kw..(o + 1) * self.kw].iter().sum()).collect();
+        const GB: usize = 8; // groups per parallel task (32 patch rows)
+        let ga = self.ka * self.words * 4;
+        out[..rows * self.c_out].par_chunks_mut(GB * 4 * self.c_out).enumerate().for_each(|(t, o)| {
+            let g0 = t * GB;
+            let r = (rows - g0 * 4).min(GB * 4);
+            let a = &a[g0 * ga..(g0 + r.div_ceil(4)) * ga];
+            match isa {
+                // SAFETY: `Isa::Avx2` passed `is_available()` above.
+                Isa::Avx2 => unsafe { avx2::gemm(self, a, r, &sw, o) },
+                Isa::Portable => portable::gemm(self, a, r, &sw, o),
+            }
+        });
+    }
+
+    /// `T_p = Σ_j v^a_j popc(A_{p,j})` for patch row `lane` of one group.
+    #[inline]
+    pub(crate) fn t_of(&self, group: &[u64], lane: usize) -> f32 {
+        (0..self.ka)
+            .map(|j| {
+                let c: u32 = (0..self.words).map(|k| group[(j * self.words + k) * 4 + lane].count_ones()).sum();
+                self.a_basis[j] * c as f32
+            })
+            .sum()
+    }
+
+    /// The epilogue for one (channel, row): `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`.
+    #[inline]
+    pub(crate) fn epilogue(&self, o: usize, p: impl Fn(usize, usize) -> u32, sw: f32, t: f32) -> f32 {
+        let vw = &self.w_basis[o * self.kw..(o + 1) * self.kw];
+        let mut s = 0.0f32;
+        for (i, &wi) in vw.iter().enumerate() {
+            for (j, &aj) in self.a_basis.iter().enumerate() {
+                s += wi * aj * p(i, j) as f32;
+            }
+        }
+        2.0 * s - sw * t
+    }
+}

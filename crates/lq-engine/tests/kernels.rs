@@ -1,0 +1,85 @@
+//! Every kernel path against the dense oracle on the dequantized values: random shapes incl. channel counts that
+//! are not multiples of 64, odd sizes, padding, stride 2, single pixels; all-zero and all-one planes.
+use lq_engine::{naive, BitConv, ChannelQuant, Isa, Planes};
+use lq_quant::{CodeSet, Levels};
+use proptest::prelude::*;
+
+fn isas() -> Vec<Isa> {
+    [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.is_available()).collect()
+}
+
+/// Runs one conv through every kernel and compares with the dense conv of the dequantized tensors.
+#[allow(clippy::too_many_arguments)]
+fn check(c_in: usize, c_out: usize, h: usize, w: usize, k: usize, stride: usize, kw: usize, ka: usize, seed: u64, x_scale: f32) {
+    let mut s = seed;
+    let mut rnd = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let wt: Vec<f32> = (0..c_out * c_in * k * k).map(|_| rnd()).collect();
+    let wb: Vec<f32> = (0..c_out * kw).map(|_| rnd().abs() + 0.05).collect();
+    let x: Vec<f32> = (0..h * w * c_in).map(|_| (rnd() + 0.5) * x_scale).collect();
+    let ab: Vec<f32> = (0..ka).map(|j| 0.2 * (1 << j) as f32 + rnd().abs() * 0.1).collect();
+    let alv = Levels::from_basis(&ab, CodeSet::Binary).unwrap();
+    // Reference: dequantize activations (identity BN) and weights, dense conv.
+    let xq: Vec<f32> = x.iter().map(|&v| alv.levels()[alv.index(v.max(0.0))]).collect();
+    let wq: Vec<f32> = wt
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let o = i / (c_in * k * k);
+            let lv = Levels::from_basis(&wb[o * kw..(o + 1) * kw], CodeSet::Signed).unwrap();
+            lv.levels()[lv.index(v)]
+        })
+        .collect();
+    let want = naive::conv(&xq, h, w, c_in, &wq, c_out, k, stride, k / 2);
+    let conv = BitConv::pack(c_out, c_in, k, stride, &wt, &wb).unwrap();
+    let planes = Planes::quantize(&x, h, w, &ChannelQuant::fold(&alv, &vec![1.0; c_in], &vec![0.0; c_in]));
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for isa in isas() {
+        let got = conv.forward(&planes, &ab, isa);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!((g - e).abs() <= 1e-5 * scale * (c_in * k * k) as f32, "{isa:?} c_in={c_in} c_out={c_out} {h}x{w} k={k} s={stride} W{kw}A{ka} [{i}]: {g} vs {e}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn bit_conv_matches_dense(c_in in 1usize..150, c_out in 1usize..12, h in 1usize..9, w in 1usize..9,
+                              k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
+                              kw in 1usize..5, ka in 1usize..5, seed in any::<u64>()) {
+        check(c_in, c_out, h, w, k, stride, kw, ka, seed, 1.5);
+    }
+}
+
+#[test]
+fn edge_shapes() {
+    for &c in &[16, 32, 63, 64, 65, 144] {
+        check(c, 5, 5, 3, 3, 1, 2, 2, 3, 1.5);
+        check(c, 9, 7, 7, 3, 2, 3, 3, 4, 1.5);
+    }
+    check(64, 256, 1, 1, 3, 1, 1, 2, 5, 1.5); // one pixel, all padding around
+    check(32, 8, 4, 4, 3, 1, 2, 2, 6, 0.0); // all-zero activation planes
+    check(32, 8, 4, 4, 3, 1, 2, 2, 7, 100.0); // all-one activation planes (top level everywhere)
+    check(512, 4, 2, 2, 3, 1, 4, 4, 8, 1.5); // 4608-bit rows: several byte-accumulator flushes
+}
+
+#[test]
+fn bn_folding_handles_negative_and_zero_scale() {
+    let lv = Levels::from_basis(&[0.5, 1.0], CodeSet::Binary).unwrap();
+    let (scale, shift) = ([2.0f32, -1.0, 0.0, 0.0], [0.1f32, 0.2, 0.9, -3.0]);
+    let q = ChannelQuant::fold(&lv, &scale, &shift);
+    let xs = [-1.0f32, -0.3, 0.0, 0.2, 0.4, 0.7, 1.3, 2.0];
+    for &x in &xs {
+        let p = Planes::quantize(&[x, x, x, x], 1, 1, &q);
+        for ch in 0..4 {
+            let y = (scale[ch] * x + shift[ch]).max(0.0);
+            let want = lv.codes()[lv.index(y)];
+            let got = (0..2).map(|j| (((p.data[j] >> ch) & 1) as u8) << j).sum::<u8>();
+            assert_eq!(got, want, "x={x} ch={ch}");
+        }
+    }
+}
