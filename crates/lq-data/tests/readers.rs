@@ -29,7 +29,8 @@ fn cifar10_round_trip_and_errors() {
     let train = load_cifar(d.path(), Cifar::Ten, true).unwrap();
     assert_eq!((train.len(), train.c, train.h, train.w), (20, 3, 32, 32));
     assert_eq!(train.labels[..4], [1, 2, 3, 4]);
-    assert_eq!(train.image(1)[5], 7 + 5); // record 1, pixel 5: (1·7 + 5) mod 251
+    // Record 1, pixel 5 holds (1·7 + 5) mod 251.
+    assert_eq!(train.image(1)[5], 7 + 5);
     // Truncated file.
     let bad = d.path().join("test_batch.bin");
     std::fs::write(&bad, &cifar_records(2, 1, 0)[..3073 + 100]).unwrap();

@@ -7,26 +7,51 @@ use lq_quant::{CodeSet, Levels};
 use std::time::Instant;
 
 fn min_time(reps: usize, mut f: impl FnMut()) -> f64 {
-    (0..reps).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).fold(f64::INFINITY, f64::min)
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     // SAFETY: a is m×k, b is k×n, c is m×n, all row-major and sized by the caller.
-    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n as isize, 1) }
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
 }
 
 fn main() {
     let isa = if std::env::args().any(|a| a == "--portable") { Isa::Portable } else { Isa::best() };
     println!("kernel {isa:?}; threads {}", rayon::current_num_threads());
-    println!("{:<6} {:<4} {:>10} {:>10} {:>9} {:>10} {:>9}", "shape", "W/A", "fp32 ms", "kernel ms", "x fp32", "layer ms", "x fp32");
+    println!(
+        "{:<6} {:<4} {:>10} {:>10} {:>9} {:>10} {:>9}",
+        "shape", "W/A", "fp32 ms", "kernel ms", "x fp32", "layer ms", "x fp32"
+    );
     for (name, c_in, hw, c_out, k) in [("A", 64usize, 64usize, 256usize, 3usize), ("B", 1024, 32, 1024, 1)] {
         let (m, n, kk) = (c_out, hw * hw, c_in * k * k);
         let mut seed = 1u64;
-        let mut rnd = || { seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1); ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
         let a: Vec<f32> = (0..m * kk).map(|_| rnd()).collect();
         let b: Vec<f32> = (0..kk * n).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..n * c_in).map(|_| rnd() + 0.5).collect();
@@ -39,15 +64,35 @@ fn main() {
             let cq = ChannelQuant::fold(&lv, &vec![1.0; c_in], &vec![0.0; c_in]);
             let planes = Planes::quantize(&x, hw, hw, &cq);
             let patches = lq_engine::im2col(&planes, k, 1, k / 2);
-            let g = BitGemm { c_out, kw, ka, words: k * k * planes.words(), w: &conv.bits, w_basis: &conv.basis, a_basis: &ab };
+            let g = BitGemm {
+                c_out,
+                kw,
+                ka,
+                words: k * k * planes.words(),
+                w: &conv.bits,
+                w_basis: &conv.basis,
+                a_basis: &ab,
+            };
             let mut out = vec![0.0f32; n * c_out];
             let (mut tf, mut tk, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
             for _ in 0..7 {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
                 tk = tk.min(min_time(1, || g.run(isa, &patches, n, &mut out)));
-                tl = tl.min(min_time(1, || { let p = Planes::quantize(&x, hw, hw, &cq); std::hint::black_box(conv.forward(&p, &ab, isa)); }));
+                tl = tl.min(min_time(1, || {
+                    let p = Planes::quantize(&x, hw, hw, &cq);
+                    std::hint::black_box(conv.forward(&p, &ab, isa));
+                }));
             }
-            println!("{:<6} {:<4} {:>10.2} {:>10.2} {:>9.2} {:>10.2} {:>9.2}", name, format!("{kw}/{ka}"), tf * 1e3, tk * 1e3, tf / tk, tl * 1e3, tf / tl);
+            println!(
+                "{:<6} {:<4} {:>10.2} {:>10.2} {:>9.2} {:>10.2} {:>9.2}",
+                name,
+                format!("{kw}/{ka}"),
+                tf * 1e3,
+                tk * 1e3,
+                tf / tk,
+                tl * 1e3,
+                tf / tl
+            );
         }
     }
 }

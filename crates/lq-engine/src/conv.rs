@@ -112,7 +112,14 @@ pub struct BitConv {
 
 impl BitConv {
     /// Encodes OIHW weights with one basis per output channel (`basis` is `[C_out][K_w]`) and packs them.
-    pub fn pack(c_out: usize, c_in: usize, k: usize, stride: usize, w: &[f32], basis: &[f32]) -> lq_quant::Result<Self> {
+    pub fn pack(
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        stride: usize,
+        w: &[f32],
+        basis: &[f32],
+    ) -> lq_quant::Result<Self> {
         let kw = basis.len() / c_out.max(1);
         let cw = c_in.div_ceil(64);
         let words = k * k * cw;
@@ -145,7 +152,15 @@ impl BitConv {
     pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
         let (oh, ow) = self.out_hw(x.h, x.w);
         let patches = im2col(x, self.k, self.stride, self.pad);
-        let g = BitGemm { c_out: self.c_out, kw: self.kw, ka: x.k, words: self.k * self.k * x.words(), w: &self.bits, w_basis: &self.basis, a_basis };
+        let g = BitGemm {
+            c_out: self.c_out,
+            kw: self.kw,
+            ka: x.k,
+            words: self.k * self.k * x.words(),
+            w: &self.bits,
+            w_basis: &self.basis,
+            a_basis,
+        };
         let mut out = vec![0.0f32; oh * ow * self.c_out];
         g.run(isa, &patches, oh * ow, &mut out);
         out

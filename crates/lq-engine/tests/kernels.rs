@@ -10,7 +10,18 @@ fn isas() -> Vec<Isa> {
 
 /// Runs one conv through every kernel and compares with the dense conv of the dequantized tensors.
 #[allow(clippy::too_many_arguments)]
-fn check(c_in: usize, c_out: usize, h: usize, w: usize, k: usize, stride: usize, kw: usize, ka: usize, seed: u64, x_scale: f32) {
+fn check(
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    kw: usize,
+    ka: usize,
+    seed: u64,
+    x_scale: f32,
+) {
     let mut s = seed;
     let mut rnd = move || {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -40,7 +51,10 @@ fn check(c_in: usize, c_out: usize, h: usize, w: usize, k: usize, stride: usize,
         let got = conv.forward(&planes, &ab, isa);
         assert_eq!(got.len(), want.len());
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-            assert!((g - e).abs() <= 1e-5 * scale * (c_in * k * k) as f32, "{isa:?} c_in={c_in} c_out={c_out} {h}x{w} k={k} s={stride} W{kw}A{ka} [{i}]: {g} vs {e}");
+            assert!(
+                (g - e).abs() <= 1e-5 * scale * (c_in * k * k) as f32,
+                "{isa:?} c_in={c_in} c_out={c_out} {h}x{w} k={k} s={stride} W{kw}A{ka} [{i}]: {g} vs {e}"
+            );
         }
     }
 }

@@ -31,8 +31,24 @@ pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: 
             }
         };
     }
-    go!((1, 1, 4), (1, 2, 4), (1, 3, 4), (1, 4, 4), (2, 1, 4), (2, 2, 4), (2, 3, 4), (2, 4, 4),
-        (3, 1, 3), (3, 2, 3), (3, 3, 3), (3, 4, 3), (4, 1, 4), (4, 2, 4), (4, 3, 4), (4, 4, 4))
+    go!(
+        (1, 1, 4),
+        (1, 2, 4),
+        (1, 3, 4),
+        (1, 4, 4),
+        (2, 1, 4),
+        (2, 2, 4),
+        (2, 3, 4),
+        (2, 4, 4),
+        (3, 1, 3),
+        (3, 2, 3),
+        (3, 3, 3),
+        (3, 4, 3),
+        (4, 1, 4),
+        (4, 2, 4),
+        (4, 3, 4),
+        (4, 4, 4)
+    )
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -44,7 +60,13 @@ pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: 
 /// channel at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn run<const KW: usize, const KA: usize, const R: usize>(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
+unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
+    g: &BitGemm,
+    a: &[u64],
+    rows: usize,
+    sw: &[f32],
+    out: &mut [f32],
+) {
     let (words, c_out) = (g.words, g.c_out);
     let ga = KA * words * 4;
     let ch = R / KW;
@@ -87,9 +109,16 @@ unsafe fn run<const KW: usize, const KA: usize, const R: usize>(g: &BitGemm, a: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn tile<const RR: usize, const KA: usize>(w: &[u64], a: &[u64], words: usize, counts: &mut [[[u64; 4]; KA]; RR]) {
+unsafe fn tile<const RR: usize, const KA: usize>(
+    w: &[u64],
+    a: &[u64],
+    words: usize,
+    counts: &mut [[[u64; 4]; KA]; RR],
+) {
     use std::arch::x86_64::*;
-    let lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    let lut = _mm256_setr_epi8(
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+    );
     let m = _mm256_set1_epi8(0x0f);
     let zero = _mm256_setzero_si256();
     let mut total = [[zero; KA]; RR];
