@@ -51,6 +51,10 @@ impl Normalize {
         let mean = sum.iter().map(|s| (s / ds.len().max(1) as f64) as f32).collect();
         Normalize { mean, scale: vec![1.0 / 128.0; ds.c], plane: ds.h * ds.w }
     }
+    /// The per-element mean (`[C·H·W]`, pixel units) and per-channel scale, for exporting.
+    pub fn parts(&self) -> (&[f32], &[f32]) {
+        (&self.mean, &self.scale)
+    }
     #[inline]
     fn apply(&self, i: usize, p: u8) -> f32 {
         (p as f32 - self.mean[i]) * self.scale[i / self.plane]

@@ -6,13 +6,21 @@
 //! - [`BitConv`]: a quantized conv with packed weight planes; forward = bit im2col + binary GEMM + LQ epilogue.
 //! - [`kernels`]: the binary GEMM (portable and AVX2, chosen once at run time; [`Isa`] forces one).
 //! - [`naive`]: the dense reference the kernels are tested against.
+//! - [`ModelFile`] (the deployable safetensors file) and [`Model`] (a validated network: ResNet-CIFAR with shortcut
+//!   A or B, VGG-Small) for end-to-end inference.
 //!
 //! Identity used (spec §3): `Q(w)·Q(a) = Σ_ij v^w_i v^a_j (2·popc(bw_i ∧ ba_j) − popc(ba_j))`.
 #![deny(missing_docs)]
 
 pub use conv::{im2col, BitConv, ChannelQuant, Planes};
+pub use error::{Error, Result};
 pub use kernels::{BitGemm, Isa};
+pub use model::{Arch, Data, Meta, ModelFile, FORMAT_VERSION};
+pub use runtime::Model;
 
 mod conv;
+mod error;
 pub mod kernels;
+pub mod model;
 pub mod naive;
+mod runtime;

@@ -6,6 +6,7 @@
 //! - [`layers`] and [`models`]: quantized conv, BN → ReLU → Q, and the CIFAR networks (pre-activation ResNet-20/
 //!   32/44/56 with shortcut A or B, VGG-Small).
 //! - [`Trainer`]: one step, evaluation, checkpoints that resume exactly; [`trainer::run`] is the epoch loop.
+//! - [`export::export`]: the trained network as an `lq-engine` model file (packed bits, folded BN).
 //! - [`TrainConfig`]: defaults ← TOML file ← `--set key=value`, unknown keys rejected.
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub use trainer::{Stats, Trainer};
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod export;
 pub mod layers;
 pub mod models;
 pub mod optim;

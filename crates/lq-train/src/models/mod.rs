@@ -18,6 +18,8 @@ pub trait Net {
     fn quantizers(&self) -> Vec<&Quantizer>;
     /// Every quantizer, mutable (checkpoint restore).
     fn quantizers_mut(&mut self) -> Vec<&mut Quantizer>;
+    /// Writes the network's tensors to an engine model file (see [`crate::export`]).
+    fn export(&self, f: &mut lq_engine::ModelFile) -> Result<()>;
 }
 
 /// Collects the quantizers found in a list of optional slots.

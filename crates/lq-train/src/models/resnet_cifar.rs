@@ -130,6 +130,25 @@ impl Net for ResNetCifar {
     fn quantizers(&self) -> Vec<&Quantizer> {
         collect(self.blocks.iter().flat_map(|b| b.slots()))
     }
+    fn export(&self, f: &mut lq_engine::ModelFile) -> Result<()> {
+        use crate::export::{put_act, put_bn, put_conv, put_tensor};
+        put_tensor(f, "conv0.w", &self.conv0.w)?;
+        let n = self.blocks.len() / 3;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("stage{}.block{}", i / n + 1, i % n);
+            put_act(f, &format!("{p}.pre"), &b.pre)?;
+            put_conv(f, &format!("{p}.conv1"), &b.conv1)?;
+            put_act(f, &format!("{p}.mid"), &b.mid)?;
+            put_conv(f, &format!("{p}.conv2"), &b.conv2)?;
+            if let Some((conv, bn)) = &b.proj {
+                put_conv(f, &format!("{p}.proj"), conv)?;
+                put_bn(f, &format!("{p}.proj_bn"), bn)?;
+            }
+        }
+        put_bn(f, "head_bn", &self.head_bn)?;
+        put_tensor(f, "fc.weight", &self.fc.ws)?;
+        put_tensor(f, "fc.bias", self.fc.bs.as_ref().expect("fc has a bias"))
+    }
     fn quantizers_mut(&mut self) -> Vec<&mut Quantizer> {
         collect_mut(self.blocks.iter_mut().flat_map(|b| {
             let proj = b.proj.as_mut().map(|p| &mut p.0.quant);

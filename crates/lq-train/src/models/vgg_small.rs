@@ -45,6 +45,19 @@ impl Net for VggSmall {
         }
         Ok(self.fc.forward(&h.flatten(1, -1)))
     }
+    fn export(&self, f: &mut lq_engine::ModelFile) -> Result<()> {
+        use crate::export::{put_act, put_bn, put_conv, put_tensor};
+        put_tensor(f, "conv0.w", &self.convs[0].w)?;
+        for (i, conv) in self.convs.iter().enumerate().skip(1) {
+            put_conv(f, &format!("conv{i}"), conv)?;
+        }
+        for (i, act) in self.acts.iter().enumerate().take(5) {
+            put_act(f, &format!("act{i}"), act)?;
+        }
+        put_bn(f, "act5", &self.acts[5].bn)?;
+        put_tensor(f, "fc.weight", &self.fc.ws)?;
+        put_tensor(f, "fc.bias", self.fc.bs.as_ref().expect("fc has a bias"))
+    }
     fn quantizers(&self) -> Vec<&Quantizer> {
         collect(self.convs.iter().map(|c| &c.quant).chain(self.acts.iter().map(|a| &a.quant)))
     }

@@ -1,0 +1,216 @@
+//! The deployable model file: one safetensors file whose JSON metadata (`lqnets`) holds the format version, the
+//! architecture and the input normalisation, and whose tensors hold, per layer:
+//!
+//! | tensor | dtype, shape | what |
+//! |---|---|---|
+//! | `X.bits` | U64 `[C_out, K_w, k·k·⌈C_in/64⌉]` | quantized conv X: weight bit-planes, bit 1 = +1 |
+//! | `X.basis` | F32 `[C_out, K_w]` | its per-channel weight bases |
+//! | `Y.tau`, `Y.sign` | F32 `[C, 2^K_a−1]`, `[C]` | BN→ReLU→Q unit Y folded into per-channel thresholds |
+//! | `Y.codes`, `Y.basis` | U8 `[2^K_a]`, F32 `[K_a]` | code of each sorted level, activation basis |
+//! | `Z.scale`, `Z.shift` | F32 `[C]` | a full-precision BN folded to `scale·x + shift` |
+//! | `conv0.w`, `fc.weight`, `fc.bias` | F32 | full-precision first conv (OIHW) and classifier |
+//!
+//! Loading validates the header, dtypes and every shape against the architecture: a truncated or hostile file
+//! gives an error, never a panic.
+use crate::conv::{BitConv, ChannelQuant};
+use crate::error::{Error, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Version of the file format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The network a file describes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Arch {
+    /// `resnet` or `vgg_small`.
+    pub kind: String,
+    /// ResNet depth (6n+2).
+    pub depth: usize,
+    /// ResNet shortcut `A` or `B`.
+    pub shortcut: String,
+    /// Output classes.
+    pub classes: usize,
+    /// Weight bits of the quantized layers.
+    pub w_bits: u32,
+    /// Activation bits.
+    pub a_bits: u32,
+    /// Input channels, height, width.
+    pub input: [usize; 3],
+}
+
+/// Metadata stored under the `lqnets` key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Format version.
+    pub version: u32,
+    /// Architecture.
+    pub arch: Arch,
+    /// Input normalisation: `(pixel − mean[i])·scale[channel]`, pixels in 0..255, mean is `[C·H·W]`.
+    pub mean: Vec<f32>,
+    /// Per-channel scale.
+    pub scale: Vec<f32>,
+}
+
+/// One stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// u64 words.
+    U64(Vec<u64>),
+    /// bytes.
+    U8(Vec<u8>),
+}
+
+/// Tensors by name with their shapes, plus the metadata: what export writes and load reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelFile {
+    /// Name → (shape, data).
+    pub tensors: BTreeMap<String, (Vec<usize>, Data)>,
+    /// Metadata (None only while being built).
+    pub meta: Option<Meta>,
+}
+
+impl ModelFile {
+    /// Adds a packed quantized conv under `name`.
+    pub fn put_conv(&mut self, name: &str, c: &BitConv) {
+        let words = c.bits.len() / (c.c_out * c.kw).max(1);
+        self.tensors.insert(format!("{name}.bits"), (vec![c.c_out, c.kw, words], Data::U64(c.bits.clone())));
+        self.tensors.insert(format!("{name}.basis"), (vec![c.c_out, c.kw], Data::F32(c.basis.clone())));
+    }
+    /// Adds a folded BN→ReLU→Q unit under `name`.
+    pub fn put_act(&mut self, name: &str, q: &ChannelQuant, basis: &[f32]) {
+        let c = q.sign.len();
+        self.tensors.insert(format!("{name}.tau"), (vec![c, q.codes.len() - 1], Data::F32(q.tau.clone())));
+        self.tensors.insert(format!("{name}.sign"), (vec![c], Data::F32(q.sign.clone())));
+        self.tensors.insert(format!("{name}.codes"), (vec![q.codes.len()], Data::U8(q.codes.clone())));
+        self.tensors.insert(format!("{name}.basis"), (vec![basis.len()], Data::F32(basis.to_vec())));
+    }
+    /// Adds an f32 tensor.
+    pub fn put_f32(&mut self, name: &str, shape: Vec<usize>, v: Vec<f32>) {
+        self.tensors.insert(name.to_string(), (shape, Data::F32(v)));
+    }
+
+    /// Writes the file (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let p = path.display().to_string();
+        let meta = self.meta.as_ref().ok_or_else(|| Error::Format { path: p.clone(), why: "no metadata".into() })?;
+        let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(n, (s, d))| {
+                let (dt, b) = match d {
+                    Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    Data::U64(v) => (Dtype::U64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    Data::U8(v) => (Dtype::U8, v.clone()),
+                };
+                (n.clone(), dt, s.clone(), b)
+            })
+            .collect();
+        let fmt = |why: String| Error::Format { path: p.clone(), why };
+        let views = bytes
+            .iter()
+            .map(|(n, dt, s, b)| Ok((n.as_str(), TensorView::new(*dt, s.clone(), b).map_err(|e| fmt(e.to_string()))?)))
+            .collect::<Result<Vec<_>>>()?;
+        let json = serde_json::to_string(meta).map_err(|e| fmt(e.to_string()))?;
+        let out = safetensors::serialize(views, &Some(HashMap::from([("lqnets".to_string(), json)])))
+            .map_err(|e| fmt(e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, out)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|source| Error::Io { path: p, source })
+    }
+
+    /// Reads and checks a file's structure (version, dtypes); shapes are checked when a [`crate::Model`] is built.
+    pub fn load(path: &Path) -> Result<Self> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: p.clone(), source })?;
+        Self::from_bytes(&bytes).map_err(|why| Error::Format { path: p, why })
+    }
+
+    /// Parses a file's bytes; any inconsistency is an error message.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("lqnets"))
+            .ok_or("no `lqnets` metadata: not an lqnets model")?;
+        let meta: Meta = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
+        if meta.version != FORMAT_VERSION {
+            return Err(format!("format version {} (this build reads {FORMAT_VERSION})", meta.version));
+        }
+        let mut tensors = BTreeMap::new();
+        for (name, v) in st.tensors() {
+            let d = v.data();
+            let data = match v.dtype() {
+                Dtype::F32 => {
+                    Data::F32(d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+                }
+                Dtype::U64 => {
+                    Data::U64(d.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+                }
+                Dtype::U8 => Data::U8(d.to_vec()),
+                other => return Err(format!("tensor `{name}`: unsupported dtype {other:?}")),
+            };
+            tensors.insert(name, (v.shape().to_vec(), data));
+        }
+        Ok(ModelFile { tensors, meta: Some(meta) })
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> std::result::Result<&Data, String> {
+        let (s, d) = self.tensors.get(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+        if s != shape {
+            return Err(format!("tensor `{name}` has shape {s:?}, the architecture needs {shape:?}"));
+        }
+        Ok(d)
+    }
+    /// An f32 tensor of exactly `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> std::result::Result<Vec<f32>, String> {
+        match self.get(name, shape)? {
+            Data::F32(v) => Ok(v.clone()),
+            _ => Err(format!("tensor `{name}` must be F32")),
+        }
+    }
+    /// A packed conv stored by [`ModelFile::put_conv`], checked against its geometry.
+    pub fn conv(
+        &self,
+        name: &str,
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        stride: usize,
+        kw: usize,
+    ) -> std::result::Result<BitConv, String> {
+        let words = k * k * c_in.div_ceil(64);
+        let bits = match self.get(&format!("{name}.bits"), &[c_out, kw, words])? {
+            Data::U64(v) => v.clone(),
+            _ => return Err(format!("tensor `{name}.bits` must be U64")),
+        };
+        let basis = self.f32(&format!("{name}.basis"), &[c_out, kw])?;
+        Ok(BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis })
+    }
+    /// A folded activation unit stored by [`ModelFile::put_act`]: (thresholds, basis).
+    pub fn act(&self, name: &str, c: usize, ka: usize) -> std::result::Result<(ChannelQuant, Vec<f32>), String> {
+        let n = 1usize << ka;
+        let codes = match self.get(&format!("{name}.codes"), &[n])? {
+            Data::U8(v) if v.iter().all(|&c| (c as usize) < n) => v.clone(),
+            _ => return Err(format!("tensor `{name}.codes` must be U8 codes below {n}")),
+        };
+        let q = ChannelQuant {
+            sign: self.f32(&format!("{name}.sign"), &[c])?,
+            tau: self.f32(&format!("{name}.tau"), &[c, n - 1])?,
+            codes,
+        };
+        Ok((q, self.f32(&format!("{name}.basis"), &[ka])?))
+    }
+    /// A folded full-precision BN: (scale, shift).
+    pub fn bn(&self, name: &str, c: usize) -> std::result::Result<(Vec<f32>, Vec<f32>), String> {
+        Ok((self.f32(&format!("{name}.scale"), &[c])?, self.f32(&format!("{name}.shift"), &[c])?))
+    }
+}
