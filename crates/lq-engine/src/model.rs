@@ -3,7 +3,7 @@
 //!
 //! | tensor | dtype, shape | what |
 //! |---|---|---|
-//! | `X.bits` | U64 `[C_out, K_w, k·k·⌈C_in/64⌉]` | quantized conv X: weight bit-planes, bit 1 = +1 |
+//! | `X.bits` | U8 `[C_out, K_w, ⌈k·k·C_in/8⌉]` | quantized conv X: weight bit-planes, bit 1 = +1, densely packed in (ky, kx, c_in) order, LSB first |
 //! | `X.basis` | F32 `[C_out, K_w]` | its per-channel weight bases |
 //! | `Y.tau`, `Y.sign` | F32 `[C, 2^K_a−1]`, `[C]` | BN→ReLU→Q unit Y folded into per-channel thresholds |
 //! | `Y.codes`, `Y.basis` | U8 `[2^K_a]`, F32 `[K_a]` | code of each sorted level, activation basis |
@@ -76,10 +76,21 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
-    /// Adds a packed quantized conv under `name`.
+    /// Adds a packed quantized conv under `name`, densely packed (no per-pixel word padding, so 16-channel layers
+    /// cost 16 bits per tap, not 64).
     pub fn put_conv(&mut self, name: &str, c: &BitConv) {
-        let words = c.bits.len() / (c.c_out * c.kw).max(1);
-        self.tensors.insert(format!("{name}.bits"), (vec![c.c_out, c.kw, words], Data::U64(c.bits.clone())));
+        let (taps, cw) = (c.k * c.k, c.c_in.div_ceil(64));
+        let (words, bytes) = (taps * cw, (taps * c.c_in).div_ceil(8));
+        let mut dense = vec![0u8; c.c_out * c.kw * bytes];
+        for row in 0..c.c_out * c.kw {
+            for d in 0..taps * c.c_in {
+                let (tap, ci) = (d / c.c_in, d % c.c_in);
+                if (c.bits[row * words + tap * cw + ci / 64] >> (ci % 64)) & 1 == 1 {
+                    dense[row * bytes + d / 8] |= 1 << (d % 8);
+                }
+            }
+        }
+        self.tensors.insert(format!("{name}.bits"), (vec![c.c_out, c.kw, bytes], Data::U8(dense)));
         self.tensors.insert(format!("{name}.basis"), (vec![c.c_out, c.kw], Data::F32(c.basis.clone())));
     }
     /// Adds a folded BN→ReLU→Q unit under `name`.
@@ -187,11 +198,22 @@ impl ModelFile {
         stride: usize,
         kw: usize,
     ) -> std::result::Result<BitConv, String> {
-        let words = k * k * c_in.div_ceil(64);
-        let bits = match self.get(&format!("{name}.bits"), &[c_out, kw, words])? {
-            Data::U64(v) => v.clone(),
-            _ => return Err(format!("tensor `{name}.bits` must be U64")),
+        let (taps, cw) = (k * k, c_in.div_ceil(64));
+        let (words, bytes) = (taps * cw, (taps * c_in).div_ceil(8));
+        let dense = match self.get(&format!("{name}.bits"), &[c_out, kw, bytes])? {
+            Data::U8(v) => v,
+            _ => return Err(format!("tensor `{name}.bits` must be U8")),
         };
+        // Expand to the kernels' layout: per tap ⌈C_in/64⌉ words.
+        let mut bits = vec![0u64; c_out * kw * words];
+        for row in 0..c_out * kw {
+            for d in 0..taps * c_in {
+                if (dense[row * bytes + d / 8] >> (d % 8)) & 1 == 1 {
+                    let (tap, ci) = (d / c_in, d % c_in);
+                    bits[row * words + tap * cw + ci / 64] |= 1 << (ci % 64);
+                }
+            }
+        }
         let basis = self.f32(&format!("{name}.basis"), &[c_out, kw])?;
         Ok(BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis })
     }

@@ -175,6 +175,15 @@ impl Model {
         pixels.iter().enumerate().map(|(i, &p)| (p as f32 - self.meta.mean[i]) * self.meta.scale[i / plane]).collect()
     }
 
+    /// Logits of `n` normalised CHW images (images in parallel; each image's kernels are parallel too).
+    pub fn forward_batch(&self, x: &[f32], n: usize, isa: Isa) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let size = x.len() / n.max(1);
+        let per: Vec<Vec<f32>> =
+            x.par_chunks(size.max(1)).take(n).map(|img| self.forward(img, isa)).collect::<Result<_>>()?;
+        Ok(per.concat())
+    }
+
     /// Logits of one normalised CHW image.
     pub fn forward(&self, chw: &[f32], isa: Isa) -> Result<Vec<f32>> {
         let [c, h, w] = self.meta.arch.input;

@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod deploy;
 mod fit;
 mod train;
 
@@ -22,6 +23,10 @@ enum Cmd {
     Train(train::TrainArgs),
     /// Test accuracy of a checkpoint.
     Eval(train::EvalArgs),
+    /// Export a checkpoint to the bit-op engine's model file.
+    Export(deploy::ExportArgs),
+    /// Run the bit-op engine on a CIFAR-format folder or a PNG image.
+    Infer(deploy::InferArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -31,6 +36,8 @@ enum Cmd {
 enum BenchCmd {
     /// Training step time per W/A setting vs full precision (ResNet-20, batch 128, synthetic data).
     Train(train::BenchArgs),
+    /// Engine inference latency vs libtorch fp32 (same architecture, same threads).
+    Infer(deploy::BenchInferArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,5 +56,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train::run(&a),
         Cmd::Eval(a) => train::eval(&a),
         Cmd::Bench(BenchCmd::Train(a)) => train::bench(&a),
+        Cmd::Export(a) => deploy::export(&a),
+        Cmd::Infer(a) => deploy::infer(&a),
+        Cmd::Bench(BenchCmd::Infer(a)) => deploy::bench_infer(&a),
     }
 }

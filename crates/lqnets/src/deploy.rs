@@ -1,0 +1,253 @@
+//! `lqnets export`, `lqnets infer` and `lqnets bench infer`: the bit-op engine side.
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lq_data::{load_cifar, Cifar, Dataset};
+use lq_engine::{Data, Isa, Model, ModelFile};
+use lq_train::{trainer, Trainer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Arguments of `lqnets export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Checkpoint written by `lqnets train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output model file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Training data folder for the input normalisation (default: the checkpoint's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// Loads a checkpoint and the normalisation its training used.
+fn load_trainer(ckpt: &Path, data: Option<&Path>) -> Result<(Trainer, lq_data::Normalize, Dataset)> {
+    let (_, meta) = lq_train::checkpoint::load(ckpt)?;
+    let mut cfg = meta.config;
+    if let Some(d) = data {
+        cfg.data.dir = d.display().to_string();
+    }
+    let (train, test) = trainer::load_data(&cfg)?;
+    let tr = Trainer::load(ckpt, train.classes as i64)?;
+    let norm = if cfg.data.normalize == "per_pixel" {
+        lq_data::Normalize::per_pixel_of(&train)
+    } else {
+        lq_data::Normalize::per_channel_of(&train)
+    };
+    Ok((tr, norm, test))
+}
+
+/// Runs `lqnets export` and prints the size accounting.
+pub fn export(a: &ExportArgs) -> Result<()> {
+    let (tr, norm, test) = load_trainer(&a.checkpoint, a.data.as_deref())?;
+    let f = lq_train::export::export(&tr, &norm, [test.c, test.h, test.w], test.classes)?;
+    f.save(&a.out)?;
+    // Quantized layers: every conv kernel but conv0 (the engine requires W <= 8 everywhere else).
+    let (mut q_fp32, mut fp) = (0usize, 0usize);
+    for (name, t) in tr.vs.variables() {
+        let bytes = t.numel() * 4;
+        match name.as_str() {
+            "conv0.w" | "fc.weight" | "fc.bias" => fp += bytes,
+            n if n.ends_with(".w") => q_fp32 += bytes,
+            _ => {}
+        }
+    }
+    let packed: usize = f
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with("conv0.") && !n.starts_with("fc."))
+        .map(|(_, (_, d))| match d {
+            Data::F32(v) => v.len() * 4,
+            Data::U64(v) => v.len() * 8,
+            Data::U8(v) => v.len(),
+        })
+        .sum();
+    let file = std::fs::metadata(&a.out)?.len() as usize;
+    let bound = 1.1 * (tr.cfg.model.w_bits as f64 / 32.0 * q_fp32 as f64 + fp as f64);
+    println!("wrote {} ({file} bytes)", a.out.display());
+    println!("  quantized layers: {q_fp32} bytes as fp32 -> {packed} bytes packed (bits, bases, thresholds)");
+    println!("  full-precision layers (conv0, fc): {fp} bytes");
+    println!(
+        "  bound 1.1 x (K_w/32 x quantized fp32 + FP layers) = {bound:.0} bytes: {}",
+        if (file as f64) <= bound { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+/// Arguments of `lqnets infer`.
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// Model file written by `lqnets export`.
+    #[arg(long)]
+    model: PathBuf,
+    /// A CIFAR-format folder (its test_batch.bin) or one PNG image of the model's input size.
+    #[arg(long)]
+    data: PathBuf,
+    /// Use at most N images of the folder.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Compare the engine's logits with this checkpoint's eval forward.
+    #[arg(long)]
+    check: Option<PathBuf>,
+    /// Force the portable kernel.
+    #[arg(long)]
+    portable: bool,
+}
+
+/// Runs `lqnets infer`.
+pub fn infer(a: &InferArgs) -> Result<()> {
+    let model = Model::load(&a.model)?;
+    let isa = if a.portable { Isa::Portable } else { Isa::best() };
+    let [c, h, w] = model.meta.arch.input;
+    if a.data.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        let px = read_png(&a.data, [c, h, w])?;
+        let logits = model.forward(&model.normalize(&px), isa)?;
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
+        println!(
+            "{}: top-1 class {} ({:.4}); top-5 {:?}",
+            a.data.display(),
+            idx[0],
+            logits[idx[0]],
+            &idx[..5.min(idx.len())]
+        );
+        return Ok(());
+    }
+    let mut ds = load_cifar(&a.data, if model.meta.arch.classes == 100 { Cifar::Hundred } else { Cifar::Ten }, false)?;
+    if let Some(n) = a.limit {
+        ds = ds.take(n);
+    }
+    let x: Vec<f32> = (0..ds.len()).flat_map(|i| model.normalize(ds.image(i))).collect();
+    let t = Instant::now();
+    let logits = model.forward_batch(&x, ds.len(), isa)?;
+    let secs = t.elapsed().as_secs_f64();
+    let k = model.meta.arch.classes;
+    let (mut top1, mut top5) = (0, 0);
+    for (i, l) in logits.chunks(k).enumerate() {
+        let mut idx: Vec<usize> = (0..k).collect();
+        idx.sort_by(|&x, &y| l[y].total_cmp(&l[x]));
+        top1 += (idx[0] == ds.labels[i] as usize) as usize;
+        top5 += idx[..5.min(k)].contains(&(ds.labels[i] as usize)) as usize;
+    }
+    let n = ds.len().max(1) as f64;
+    println!(
+        "{} images: top-1 {:.4}, top-5 {:.4} ({:.1} img/s, kernel {isa:?})",
+        ds.len(),
+        top1 as f64 / n,
+        top5 as f64 / n,
+        n / secs
+    );
+    if let Some(ck) = &a.check {
+        let (mut tr, _, _) = load_trainer(ck, None)?;
+        let b = lq_data::Batch { x, y: ds.labels.iter().map(|&l| l as i64).collect(), shape: [ds.len(), c, h, w] };
+        let want = Vec::<f32>::try_from(&tr.logits(&b)?.flatten(0, -1))?;
+        let (mut worst, mut same) = (0.0f32, 0);
+        for (g, w) in logits.chunks(k).zip(want.chunks(k)) {
+            let scale = w.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+            worst = worst.max(g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale);
+            let top = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0);
+            same += (top(g) == top(w)) as usize;
+        }
+        println!(
+            "check vs {}: max relative logit error {worst:.3e}; top-1 identical on {same}/{} images",
+            ck.display(),
+            ds.len()
+        );
+    }
+    Ok(())
+}
+
+fn read_png(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>> {
+    let dec = png::Decoder::new(std::fs::File::open(path).with_context(|| path.display().to_string())?);
+    let mut r = dec.read_info().with_context(|| format!("{}: not a PNG", path.display()))?;
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).with_context(|| format!("{}: corrupt PNG", path.display()))?;
+    if info.bit_depth != png::BitDepth::Eight || (info.width as usize, info.height as usize) != (w, h) {
+        bail!(
+            "{}: need an 8-bit {w}x{h} image, got {}x{} at {:?}",
+            path.display(),
+            info.width,
+            info.height,
+            info.bit_depth
+        );
+    }
+    let ch = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Grayscale => 1,
+        t => bail!("{}: unsupported colour type {t:?}", path.display()),
+    };
+    // HWC → CHW, grey replicated to every channel.
+    Ok((0..c * h * w).map(|i| buf[(i % (h * w)) * ch + if ch == 1 { 0 } else { (i / (h * w)).min(ch - 1) }]).collect())
+}
+
+/// Arguments of `lqnets bench infer`.
+#[derive(Args, Debug)]
+pub struct BenchInferArgs {
+    /// Model file (e.g. an exported ResNet-20 W2A2).
+    #[arg(long)]
+    model: PathBuf,
+    /// Batch sizes.
+    #[arg(long, default_value = "1,64")]
+    batches: String,
+    /// Threads for both the engine (rayon) and libtorch.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 7)]
+    reps: usize,
+}
+
+/// Engine latency vs the same architecture in full precision on libtorch (eval forward), same threads.
+pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
+    rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().ok();
+    tch::set_num_threads(a.threads as i32);
+    let model = Model::load(&a.model)?;
+    let arch = &model.meta.arch;
+    let sets = vec![
+        format!("model.arch=\"{}\"", arch.kind),
+        format!("model.depth={}", arch.depth),
+        format!("model.shortcut=\"{}\"", arch.shortcut),
+        "model.w_bits=32".into(),
+        "model.a_bits=32".into(),
+    ];
+    let mut fp = Trainer::new(lq_train::TrainConfig::load(None, &sets)?, arch.classes as i64)?;
+    println!(
+        "W{}A{} {} vs libtorch fp32, {} thread(s), kernel {:?}",
+        arch.w_bits,
+        arch.a_bits,
+        arch.kind,
+        a.threads,
+        Isa::best()
+    );
+    println!("{:>6} {:>14} {:>14} {:>9}", "batch", "libtorch ms", "engine ms", "speed-up");
+    for b in a.batches.split(',') {
+        let n: usize = b.trim().parse().with_context(|| format!("--batches: '{b}'"))?;
+        let [c, h, w] = arch.input;
+        let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
+        let batch = lq_data::Batch { x: x.clone(), y: vec![0; n], shape: [n, c, h, w] };
+        let (mut tt, mut te) = (f64::INFINITY, f64::INFINITY);
+        for r in 0..=a.reps {
+            let t = Instant::now();
+            let _ = fp.logits(&batch)?;
+            let t1 = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let _ = model.forward_batch(&x, n, Isa::best())?;
+            let t2 = t.elapsed().as_secs_f64();
+            if r > 0 {
+                (tt, te) = (tt.min(t1), te.min(t2));
+            }
+        }
+        println!("{n:>6} {:>14.2} {:>14.2} {:>9.2}", tt * 1e3, te * 1e3, tt / te);
+    }
+    Ok(())
+}
+
+/// Structure check of a model file without building it (used by `infer` errors and the fuzz target).
+#[allow(dead_code)]
+pub fn validate(bytes: &[u8]) -> Result<()> {
+    let f = ModelFile::from_bytes(bytes).map_err(anyhow::Error::msg)?;
+    Model::from_file(&f).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
