@@ -94,8 +94,10 @@ impl Quantizer {
     pub fn forward_activation(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let q_max = self.levels(None)?[0].max_level() as f64;
         let q = self.quantize(x, train)?;
-        let xm = x * x.le(q_max).to_kind(x.kind());
-        Ok(&xm + (q - &xm).detach())
+        // clamp_max passes the gradient where x <= q_max (ties included, like TF's `minimum`): one pass instead of
+        // building a mask.
+        let xc = x.clamp_max(q_max);
+        Ok(&xc + (q - &xc).detach())
     }
 
     /// The quantized values (no gradient), updating the basis from this tensor when training an LQ quantizer.
