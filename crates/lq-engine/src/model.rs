@@ -49,7 +49,8 @@ pub struct Meta {
     pub version: u32,
     /// Architecture.
     pub arch: Arch,
-    /// Input normalisation: `(pixel − mean[i])·scale[channel]`, pixels in 0..255, mean is `[C·H·W]`.
+    /// Input normalisation: `(pixel − mean)·scale[channel]`, pixels in 0..255; `mean` is per channel (`[C]`) or
+    /// per pixel (`[C·H·W]`, the official VGG-Small input).
     pub mean: Vec<f32>,
     /// Per-channel scale.
     pub scale: Vec<f32>,

@@ -110,7 +110,7 @@ impl Model {
             return Err(format!("engine needs 1..=8-bit weights and activations, file says W{kw}A{ka}"));
         }
         let [cin, h, w] = a.input;
-        if meta.mean.len() != cin * h * w || meta.scale.len() != cin {
+        if (meta.mean.len() != cin * h * w && meta.mean.len() != cin) || meta.scale.len() != cin {
             return Err("input normalisation does not match the input shape".into());
         }
         let act = |n: &str, c: usize| f.act(n, c, ka).map(|(q, basis)| Act { q, basis });
@@ -171,8 +171,10 @@ impl Model {
 
     /// Normalises u8 CHW pixels the way training did, into CHW f32.
     pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
-        let plane = self.meta.mean.len() / self.meta.scale.len();
-        pixels.iter().enumerate().map(|(i, &p)| (p as f32 - self.meta.mean[i]) * self.meta.scale[i / plane]).collect()
+        let [c, h, w] = self.meta.arch.input;
+        let per_pixel = self.meta.mean.len() == c * h * w;
+        let mean = |i: usize| if per_pixel { self.meta.mean[i] } else { self.meta.mean[i / (h * w)] };
+        pixels.iter().enumerate().map(|(i, &p)| (p as f32 - mean(i)) * self.meta.scale[i / (h * w)]).collect()
     }
 
     /// Logits of `n` normalised CHW images (images in parallel; each image's kernels are parallel too).

@@ -96,6 +96,13 @@ pub fn export(tr: &Trainer, norm: &Normalize, input: [usize; 3], classes: usize)
     let mut f = ModelFile::default();
     tr.net.export(&mut f)?;
     let (mean, scale) = norm.parts();
+    // A per-channel mean is stored as C numbers, not C·H·W.
+    let plane = mean.len() / scale.len().max(1);
+    let mean: Vec<f32> = if mean.chunks(plane.max(1)).all(|c| c.iter().all(|&v| v == c[0])) {
+        mean.iter().step_by(plane.max(1)).copied().collect()
+    } else {
+        mean.to_vec()
+    };
     let arch = Arch {
         kind: m.arch.clone(),
         depth: m.depth,
@@ -105,6 +112,6 @@ pub fn export(tr: &Trainer, norm: &Normalize, input: [usize; 3], classes: usize)
         a_bits: m.a_bits,
         input,
     };
-    f.meta = Some(Meta { version: FORMAT_VERSION, arch, mean: mean.to_vec(), scale: scale.to_vec() });
+    f.meta = Some(Meta { version: FORMAT_VERSION, arch, mean, scale: scale.to_vec() });
     Ok(f)
 }
