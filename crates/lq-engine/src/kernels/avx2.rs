@@ -6,11 +6,11 @@
 //! the tile's counts. Pays off as long as K_w·K_a is small (bitops.md §2.2: W3A3 is near fp32 parity).
 use super::BitGemm;
 
-/// Whether AVX2 is present (cached by the standard library).
+/// Whether AVX2 (and FMA, used by the epilogue) is present (cached by the standard library).
 pub(crate) fn is_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2")
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -57,9 +57,10 @@ pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: 
 }
 
 /// All output channels for `rows` patch rows: tiles of R weight rows (R/KW channels), the channel tail one
-/// channel at a time.
+/// channel at a time. The epilogue runs on 4 lanes at once: `Σ_ij c_{o,i,j}·P_ij − S_w·T` with the per-layer
+/// coefficients `c_{o,i,j} = 2·v^w_{o,i}·v^a_j` precomputed.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
     g: &BitGemm,
     a: &[u64],
@@ -67,42 +68,58 @@ unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
     sw: &[f32],
     out: &mut [f32],
 ) {
+    use std::arch::x86_64::*;
     let (words, c_out) = (g.words, g.c_out);
     let ga = KA * words * 4;
     let ch = R / KW;
+    let coef: Vec<f32> = (0..c_out * KW * KA).map(|x| 2.0 * g.w_basis[x / KA] * g.a_basis[x % KA]).collect();
+    // u64 lanes → their low 32 bits in the low 128 bits.
+    let lo32 = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     for grp in 0..rows.div_ceil(4) {
         let group = &a[grp * ga..(grp + 1) * ga];
         let lanes = (rows - grp * 4).min(4);
         let t: [f32; 4] = std::array::from_fn(|l| if l < lanes { g.t_of(group, l) } else { 0.0 });
+        let tv = _mm_loadu_ps(t.as_ptr());
         let mut o0 = 0;
         while o0 < c_out {
             let take = if c_out - o0 >= ch { ch } else { 1 };
             let w = &g.w[o0 * KW * words..(o0 + take) * KW * words];
-            let mut counts = [[[0u64; 4]; KA]; R];
+            let mut counts = [[_mm256_setzero_si256(); KA]; R];
             // SAFETY: `w` holds `take·KW` rows of `words` words, `group` K_a rows of `words`×4 words, and AVX2 is
             // enabled on this function.
             unsafe {
                 if take == ch {
-                    tile::<R, KA>(w, group, words, &mut counts);
+                    counts = tile::<R, KA>(w, group, words);
                 } else {
-                    let mut c1 = [[[0u64; 4]; KA]; KW];
-                    tile::<KW, KA>(w, group, words, &mut c1);
-                    counts[..KW].copy_from_slice(&c1);
+                    counts[..KW].copy_from_slice(&tile::<KW, KA>(w, group, words));
                 }
             }
-            for l in 0..lanes {
-                let row = &mut out[(grp * 4 + l) * c_out..];
-                for c in 0..take {
-                    let p = |i: usize, j: usize| counts[c * KW + i][j][l] as u32;
-                    row[o0 + c] = g.epilogue(o0 + c, p, sw[o0 + c], t[l]);
+            let mut res = [[0.0f32; 4]; R];
+            for c in 0..take {
+                let o = o0 + c;
+                let mut acc = _mm_mul_ps(_mm_set1_ps(-sw[o]), tv);
+                for i in 0..KW {
+                    for j in 0..KA {
+                        let p = _mm_cvtepi32_ps(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+                            counts[c * KW + i][j],
+                            lo32,
+                        )));
+                        acc = _mm_fmadd_ps(_mm_set1_ps(coef[(o * KW + i) * KA + j]), p, acc);
+                    }
                 }
+                // SAFETY: res[c] is 4 f32.
+                unsafe { _mm_storeu_ps(res[c].as_mut_ptr(), acc) };
+            }
+            for l in 0..lanes {
+                let row = &mut out[(grp * 4 + l) * c_out + o0..][..take];
+                row.iter_mut().zip(&res).for_each(|(o, r)| *o = r[l]);
             }
             o0 += take;
         }
     }
 }
 
-/// Popcounts of `RR` weight rows against the K_a planes of one group of 4 patch rows.
+/// Popcounts of `RR` weight rows against the K_a planes of one group of 4 patch rows, as u64 lanes.
 ///
 /// # Safety
 /// AVX2 must be available; `w.len() >= RR·words`, `a.len() >= KA·words·4`.
@@ -113,8 +130,7 @@ unsafe fn tile<const RR: usize, const KA: usize>(
     w: &[u64],
     a: &[u64],
     words: usize,
-    counts: &mut [[[u64; 4]; KA]; RR],
-) {
+) -> [[std::arch::x86_64::__m256i; KA]; RR] {
     use std::arch::x86_64::*;
     let lut = _mm256_setr_epi8(
         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -152,10 +168,5 @@ unsafe fn tile<const RR: usize, const KA: usize>(
         }
         k = end;
     }
-    for r in 0..RR {
-        for j in 0..KA {
-            // SAFETY: counts[r][j] is 4 u64 = 32 bytes.
-            unsafe { _mm256_storeu_si256(counts[r][j].as_mut_ptr() as *mut __m256i, total[r][j]) };
-        }
-    }
+    total
 }
