@@ -29,23 +29,31 @@ impl Planes {
     /// Quantizes an NHWC f32 map with per-channel thresholds and packs the codes: channel `ch` gets the code of
     /// sorted level `#{l : sign·x > sign·τ[ch][l]}` (see [`ChannelQuant`]).
     pub fn quantize(x: &[f32], h: usize, w: usize, q: &ChannelQuant) -> Planes {
+        use rayon::prelude::*;
         let (c, k) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
-        let cw = c.div_ceil(64);
-        let t = q.codes.len() - 1;
+        let (cw, t) = (c.div_ceil(64), q.codes.len() - 1);
+        // Signed thresholds, so the per-element test is one compare: sign·x > sign·τ.
+        let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
         let mut data = vec![0u64; h * w * k * cw];
-        for (p, (xs, out)) in x.chunks_exact(c).zip(data.chunks_exact_mut(k * cw)).enumerate() {
-            let _ = p;
-            for (ch, &v) in xs.iter().enumerate() {
-                let (s, taus) = (q.sign[ch], &q.tau[ch * t..(ch + 1) * t]);
-                let idx = taus.iter().filter(|&&tau| s * v > s * tau).count();
-                let code = q.codes[idx];
-                for j in 0..k {
-                    if (code >> j) & 1 == 1 {
-                        out[j * cw + ch / 64] |= 1 << (ch % 64);
+        data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
+            for (xs, out) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
+                for (cb, chunk) in xs.chunks(64).enumerate() {
+                    let mut planes = [0u64; 8];
+                    for (i, &v) in chunk.iter().enumerate() {
+                        let ch = cb * 64 + i;
+                        let sv = q.sign[ch] * v;
+                        let idx: usize = st[ch * t..(ch + 1) * t].iter().map(|&tau| (sv > tau) as usize).sum();
+                        let code = q.codes[idx] as u64;
+                        for (j, p) in planes.iter_mut().enumerate().take(k) {
+                            *p |= ((code >> j) & 1) << i;
+                        }
+                    }
+                    for j in 0..k {
+                        out[j * cw + cb] = planes[j];
                     }
                 }
             }
-        }
+        });
         Planes { h, w, c, k, data }
     }
 }
@@ -175,27 +183,29 @@ pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
     let words = k * k * cw;
     let rows = oh * ow;
     let mut out = vec![0u64; rows.div_ceil(4) * x.k * words * 4];
-    for r in 0..rows {
-        let (oy, ox) = (r / ow, r % ow);
-        let (g, lane) = (r / 4, r % 4);
-        for ky in 0..k {
-            let iy = (oy * stride + ky) as isize - pad as isize;
-            if iy < 0 || iy >= x.h as isize {
-                continue;
-            }
-            for kx in 0..k {
-                let ix = (ox * stride + kx) as isize - pad as isize;
-                if ix < 0 || ix >= x.w as isize {
+    use rayon::prelude::*;
+    out.par_chunks_mut(x.k * words * 4).enumerate().for_each(|(g, grp)| {
+        for lane in 0..4.min(rows - g * 4) {
+            let (oy, ox) = ((g * 4 + lane) / ow, (g * 4 + lane) % ow);
+            for ky in 0..k {
+                let iy = (oy * stride + ky) as isize - pad as isize;
+                if iy < 0 || iy >= x.h as isize {
                     continue;
                 }
-                let src = &x.data[(iy as usize * x.w + ix as usize) * x.k * cw..][..x.k * cw];
-                for j in 0..x.k {
-                    for c in 0..cw {
-                        out[((g * x.k + j) * words + (ky * k + kx) * cw + c) * 4 + lane] = src[j * cw + c];
+                for kx in 0..k {
+                    let ix = (ox * stride + kx) as isize - pad as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        continue;
+                    }
+                    let src = &x.data[(iy as usize * x.w + ix as usize) * x.k * cw..][..x.k * cw];
+                    for j in 0..x.k {
+                        for c in 0..cw {
+                            grp[(j * words + (ky * k + kx) * cw + c) * 4 + lane] = src[j * cw + c];
+                        }
                     }
                 }
             }
         }
-    }
+    });
     out
 }
