@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// Elements per parallel work item (per row, the remainder forms a shorter item).
 const CHUNK: usize = 1 << 16;
 /// Elements per inner block (statistics are flushed from registers once per block).
-const BLOCK: usize = 64;
+const BLOCK: usize = 2048;
 
 /// Quantizes `x`, viewed as `levels.len()` equal rows (one basis per row: weights use one row per output channel,
 /// activations one row for the whole tensor), into `y`. Writes the code of every element into `codes` if given,
