@@ -165,9 +165,9 @@ pub fn basis_of(l: &Levels) -> Vec<f32> {
     (0..l.bits()).map(|j| (at(1 << j) - base) * half).collect()
 }
 
-/// Quantization with tensor ops (any device): index = #thresholds below, value = gathered level; statistics by
+/// Quantization with tensor ops (any device; the CPU uses the fused pass instead and tests compare the two): index = #thresholds below, value = gathered level; statistics by
 /// one-hot sums, copied to the host (2^K numbers per row).
-fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Tensor, Option<Vec<Moments>>)> {
+pub fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Tensor, Option<Vec<Moments>>)> {
     let dev = x.device();
     let rows = levels.len() as i64;
     let flat = x.reshape([rows, -1]);
@@ -204,4 +204,38 @@ fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Tensor
         })
         .collect();
     Ok((q, Some(moments)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tensor-op path (used on CUDA) gives the fused CPU pass's values and statistics.
+    #[test]
+    fn tensor_path_equals_fused_pass() {
+        for (set, k, rows) in [(CodeSet::Signed, 2u32, 3usize), (CodeSet::Binary, 3, 1), (CodeSet::Signed, 4, 2)] {
+            let n = 257;
+            let x: Vec<f32> = (0..rows * n)
+                .map(|i| ((i * 7919 % 1000) as f32 / 400.0 - 1.0) * if set == CodeSet::Binary { -1.0 } else { 1.0 })
+                .map(|v| if set == CodeSet::Binary { v.abs() } else { v })
+                .collect();
+            let levels: Vec<Levels> = (0..rows)
+                .map(|r| {
+                    Levels::from_basis(&(0..k).map(|j| 0.1 * (r + 1) as f32 * (1 << j) as f32).collect::<Vec<_>>(), set)
+                        .unwrap()
+                })
+                .collect();
+            let mut y = vec![0.0; x.len()];
+            let m = quantize(&levels, &x, &mut y, None, true).unwrap().unwrap();
+            let (q, tm) =
+                tensor_quantize(&Tensor::from_slice(&x).view([rows as i64, n as i64]), &levels, true).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&q.flatten(0, -1)).unwrap(), y);
+            let tm = tm.unwrap();
+            for (a, b) in m.iter().zip(&tm) {
+                assert_eq!(a.count, b.count);
+                assert!(a.sum.iter().zip(&b.sum).all(|(p, q)| (p - q).abs() < 1e-9 * (1.0 + p.abs())));
+                assert!((a.sum_sq - b.sum_sq).abs() < 1e-9 * (1.0 + a.sum_sq));
+            }
+        }
+    }
 }

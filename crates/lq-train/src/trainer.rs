@@ -57,8 +57,35 @@ pub struct Trainer {
     pub best_acc: f64,
 }
 
+/// Makes libtorch's CUDA backend available when the binary was linked against `libtorch_cpu` only (the default
+/// CPU build, or a linker that dropped `libtorch_cuda` as unneeded): loading `libtorch_cuda.so` registers it.
+/// The library is searched on the usual path (`LD_LIBRARY_PATH`, e.g. a CUDA torch's `torch/lib`). Returns whether
+/// CUDA is available afterwards. Call it before anything asks libtorch about CUDA.
+pub fn load_cuda_backend() -> bool {
+    // Before any CUDA query: libtorch caches the CUDA hooks it finds at the first one.
+    {
+        // SAFETY: dlopen with a constant, NUL-terminated name; the handle is intentionally kept for the process;
+        // dlerror returns a NUL-terminated message or null.
+        unsafe {
+            if libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL).is_null() {
+                let e = libc::dlerror();
+                if !e.is_null() {
+                    eprintln!(
+                        "warning: cannot load libtorch_cuda.so: {}",
+                        std::ffi::CStr::from_ptr(e).to_string_lossy()
+                    );
+                }
+            }
+        }
+    }
+    tch::Cuda::is_available()
+}
+
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn device(s: &str) -> Result<Device> {
+    if s.starts_with("cuda") {
+        load_cuda_backend();
+    }
     match s {
         "cpu" => Ok(Device::Cpu),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
@@ -84,8 +111,9 @@ pub fn build_net(p: &nn::Path, cfg: &TrainConfig, classes: i64) -> Result<Box<dy
 impl Trainer {
     /// A fresh run: seeded weights, zero momentum, initial bases.
     pub fn new(cfg: TrainConfig, classes: i64) -> Result<Self> {
+        let dev = device(&cfg.run.device)?; // first: seeding queries libtorch's CUDA hooks
         tch::manual_seed(cfg.run.seed as i64);
-        let vs = nn::VarStore::new(device(&cfg.run.device)?);
+        let vs = nn::VarStore::new(dev);
         let net = build_net(&vs.root(), &cfg, classes)?;
         let opt = Sgd::new(&vs, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay);
         Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0 })

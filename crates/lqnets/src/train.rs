@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Model architecture (resnet or vgg_small).
     #[arg(long, default_value = "resnet")]
     arch: String,
+    /// Device (cpu, cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Runs `lqnets bench train`: median step time per W/A setting as a ratio to full precision in the same run,
@@ -122,6 +125,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             format!("model.w_bits={w}"),
             format!("model.a_bits={act}"),
             format!("optim.batch={}", a.batch),
+            format!("run.device=\"{}\"", a.device),
         ];
         let cfg = TrainConfig::load(None, &sets)?;
         let mut tr = Trainer::new(cfg, 10)?;
