@@ -174,9 +174,13 @@ impl Trainer {
         checkpoint::save(path, &t, &meta)
     }
 
-    /// Restores a run from a checkpoint (its config included).
-    pub fn load(path: &Path, classes: i64) -> Result<Self> {
-        let (tensors, meta) = checkpoint::load(path)?;
+    /// Restores a run from a checkpoint (its config included); `device` overrides the saved `run.device` (a run
+    /// trained on CUDA evaluates on a CPU machine).
+    pub fn load(path: &Path, classes: i64, device: Option<&str>) -> Result<Self> {
+        let (tensors, mut meta) = checkpoint::load(path)?;
+        if let Some(d) = device {
+            meta.config.run.device = d.to_string();
+        }
         let mut tr = Trainer::new(meta.config.clone(), classes)?;
         let miss = |n: &str| Error::file(path, format!("checkpoint lacks tensor {n}"));
         tch::no_grad(|| -> Result<()> {

@@ -29,7 +29,7 @@ fn load_trainer(ckpt: &Path, data: Option<&Path>) -> Result<(Trainer, lq_data::N
         cfg.data.dir = d.display().to_string();
     }
     let (train, test) = trainer::load_data(&cfg)?;
-    let tr = Trainer::load(ckpt, train.classes as i64)?;
+    let tr = Trainer::load(ckpt, train.classes as i64, Some("cpu"))?;
     let norm = if cfg.data.normalize == "per_pixel" {
         lq_data::Normalize::per_pixel_of(&train)
     } else {

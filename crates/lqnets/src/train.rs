@@ -31,7 +31,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             // The class count comes from the data: read the checkpoint's config first.
             let (_, meta) = lq_train::checkpoint::load(&dir.join("last.safetensors"))?;
             let (train, _) = trainer::load_data(&meta.config)?;
-            let tr = Trainer::load(&dir.join("last.safetensors"), train.classes as i64)?;
+            let tr = Trainer::load(&dir.join("last.safetensors"), train.classes as i64, None)?;
             eprintln!("resuming {} after epoch {}", dir.display(), tr.epoch);
             (tr, dir.clone())
         }
@@ -57,6 +57,9 @@ pub struct EvalArgs {
     /// Dataset folder (default: the one in the checkpoint's config).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Device to evaluate on (cpu, cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Runs `lqnets eval`: test loss and accuracy of a checkpoint.
@@ -67,7 +70,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         cfg.data.dir = d.display().to_string();
     }
     let (train, test) = trainer::load_data(&cfg)?;
-    let mut tr = Trainer::load(&a.checkpoint, train.classes as i64)?;
+    let mut tr = Trainer::load(&a.checkpoint, train.classes as i64, Some(&a.device))?;
     tr.cfg.data = cfg.data.clone();
     let (_, vl) = trainer::loaders(&cfg, train, test);
     let s = tr.evaluate(&vl)?;
