@@ -68,7 +68,7 @@ fn main() {
                 c_out,
                 kw,
                 ka,
-                words: k * k * planes.words(),
+                words: lq_engine::patch_words(c_in, k),
                 w: &conv.bits,
                 w_basis: &conv.basis,
                 a_basis: &ab,

@@ -97,6 +97,28 @@ impl ChannelQuant {
     }
 }
 
+/// Where bit `(tap, ci)` of a patch row lives, as (word, bit). When `C_in` divides 64 or is a multiple of it the
+/// row is dense, `tap·C_in + ci` (a 3×3 conv over 16 channels takes 3 words, not 9); otherwise each tap starts a
+/// new word.
+#[inline]
+pub fn patch_bit(c_in: usize, tap: usize, ci: usize) -> (usize, usize) {
+    if c_in % 64 == 0 || 64 % c_in == 0 {
+        let d = tap * c_in + ci;
+        (d / 64, d % 64)
+    } else {
+        (tap * c_in.div_ceil(64) + ci / 64, ci % 64)
+    }
+}
+
+/// Words per plane of a patch row of a `k×k` conv over `c_in` channels (see [`patch_bit`]).
+pub fn patch_words(c_in: usize, k: usize) -> usize {
+    if c_in % 64 == 0 || 64 % c_in == 0 {
+        (k * k * c_in).div_ceil(64)
+    } else {
+        k * k * c_in.div_ceil(64)
+    }
+}
+
 /// A convolution with bit-packed quantized weights (square kernel, no bias).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BitConv {
@@ -112,7 +134,7 @@ pub struct BitConv {
     pub pad: usize,
     /// Weight planes K_w.
     pub kw: usize,
-    /// Weight bits `[C_out][K_w][k·k·⌈C_in/64⌉]`, bit = +1.
+    /// Weight bits `[C_out][K_w][patch_words]`, bit = +1, laid out by [`patch_bit`].
     pub bits: Vec<u64>,
     /// Weight bases `[C_out][K_w]`.
     pub basis: Vec<f32>,
@@ -129,8 +151,7 @@ impl BitConv {
         basis: &[f32],
     ) -> lq_quant::Result<Self> {
         let kw = basis.len() / c_out.max(1);
-        let cw = c_in.div_ceil(64);
-        let words = k * k * cw;
+        let words = patch_words(c_in, k);
         let mut bits = vec![0u64; c_out * kw * words];
         for o in 0..c_out {
             let lv = Levels::from_basis(&basis[o * kw..(o + 1) * kw], CodeSet::Signed)?;
@@ -141,7 +162,8 @@ impl BitConv {
                         let code = lv.codes()[lv.index(v)];
                         for i in 0..kw {
                             if (code >> i) & 1 == 1 {
-                                bits[(o * kw + i) * words + (ky * k + kx) * cw + ci / 64] |= 1 << (ci % 64);
+                                let (wd, b) = patch_bit(c_in, ky * k + kx, ci);
+                                bits[(o * kw + i) * words + wd] |= 1 << b;
                             }
                         }
                     }
@@ -164,7 +186,7 @@ impl BitConv {
             c_out: self.c_out,
             kw: self.kw,
             ka: x.k,
-            words: self.k * self.k * x.words(),
+            words: patch_words(x.c, self.k),
             w: &self.bits,
             w_basis: &self.basis,
             a_basis,
@@ -175,12 +197,15 @@ impl BitConv {
     }
 }
 
-/// Bit-domain im2col: for each output pixel the k×k input pixels' plane words (zero outside), laid out for the
-/// kernels as `[group of 4 pixels][plane][word][lane]`.
+/// Bit-domain im2col: for each output pixel the k×k input pixels' plane bits (zero outside) in the [`patch_bit`]
+/// layout, as word copies (or shifted words for narrow channels), arranged for the kernels as
+/// `[group of 4 pixels][plane][word][lane]`.
 pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
     let cw = x.words();
     let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
-    let words = k * k * cw;
+    let words = patch_words(x.c, k);
+    // Channels narrower than a word are placed densely, shifted to their tap's bit offset (see `patch_bit`).
+    let narrow = x.c < 64 && 64 % x.c == 0;
     let rows = oh * ow;
     let mut out = vec![0u64; rows.div_ceil(4) * x.k * words * 4];
     use rayon::prelude::*;
@@ -198,9 +223,15 @@ pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
                         continue;
                     }
                     let src = &x.data[(iy as usize * x.w + ix as usize) * x.k * cw..][..x.k * cw];
+                    let tap = ky * k + kx;
                     for j in 0..x.k {
-                        for c in 0..cw {
-                            grp[(j * words + (ky * k + kx) * cw + c) * 4 + lane] = src[j * cw + c];
+                        if narrow {
+                            let (wd, b) = patch_bit(x.c, tap, 0);
+                            grp[(j * words + wd) * 4 + lane] |= src[j] << b;
+                        } else {
+                            for c in 0..cw {
+                                grp[(j * words + tap * cw + c) * 4 + lane] = src[j * cw + c];
+                            }
                         }
                     }
                 }

@@ -12,7 +12,7 @@
 //! Identity used (spec §3): `Q(w)·Q(a) = Σ_ij v^w_i v^a_j (2·popc(bw_i ∧ ba_j) − popc(ba_j))`.
 #![deny(missing_docs)]
 
-pub use conv::{im2col, BitConv, ChannelQuant, Planes};
+pub use conv::{im2col, patch_bit, patch_words, BitConv, ChannelQuant, Planes};
 pub use error::{Error, Result};
 pub use kernels::{BitGemm, Isa};
 pub use model::{Arch, Data, Meta, ModelFile, FORMAT_VERSION};

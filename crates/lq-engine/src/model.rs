@@ -12,7 +12,7 @@
 //!
 //! Loading validates the header, dtypes and every shape against the architecture: a truncated or hostile file
 //! gives an error, never a panic.
-use crate::conv::{BitConv, ChannelQuant};
+use crate::conv::{patch_bit, patch_words, BitConv, ChannelQuant};
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -80,13 +80,13 @@ impl ModelFile {
     /// Adds a packed quantized conv under `name`, densely packed (no per-pixel word padding, so 16-channel layers
     /// cost 16 bits per tap, not 64).
     pub fn put_conv(&mut self, name: &str, c: &BitConv) {
-        let (taps, cw) = (c.k * c.k, c.c_in.div_ceil(64));
-        let (words, bytes) = (taps * cw, (taps * c.c_in).div_ceil(8));
+        let (taps, words) = (c.k * c.k, patch_words(c.c_in, c.k));
+        let bytes = (taps * c.c_in).div_ceil(8);
         let mut dense = vec![0u8; c.c_out * c.kw * bytes];
         for row in 0..c.c_out * c.kw {
             for d in 0..taps * c.c_in {
-                let (tap, ci) = (d / c.c_in, d % c.c_in);
-                if (c.bits[row * words + tap * cw + ci / 64] >> (ci % 64)) & 1 == 1 {
+                let (wd, b) = patch_bit(c.c_in, d / c.c_in, d % c.c_in);
+                if (c.bits[row * words + wd] >> b) & 1 == 1 {
                     dense[row * bytes + d / 8] |= 1 << (d % 8);
                 }
             }
@@ -199,19 +199,19 @@ impl ModelFile {
         stride: usize,
         kw: usize,
     ) -> std::result::Result<BitConv, String> {
-        let (taps, cw) = (k * k, c_in.div_ceil(64));
-        let (words, bytes) = (taps * cw, (taps * c_in).div_ceil(8));
+        let (taps, words) = (k * k, patch_words(c_in, k));
+        let bytes = (taps * c_in).div_ceil(8);
         let dense = match self.get(&format!("{name}.bits"), &[c_out, kw, bytes])? {
             Data::U8(v) => v,
             _ => return Err(format!("tensor `{name}.bits` must be U8")),
         };
-        // Expand to the kernels' layout: per tap ⌈C_in/64⌉ words.
+        // Expand to the kernels' layout (`patch_bit`).
         let mut bits = vec![0u64; c_out * kw * words];
         for row in 0..c_out * kw {
             for d in 0..taps * c_in {
                 if (dense[row * bytes + d / 8] >> (d % 8)) & 1 == 1 {
-                    let (tap, ci) = (d / c_in, d % c_in);
-                    bits[row * words + tap * cw + ci / 64] |= 1 << (ci % 64);
+                    let (wd, b) = patch_bit(c_in, d / c_in, d % c_in);
+                    bits[row * words + wd] |= 1 << b;
                 }
             }
         }
