@@ -29,12 +29,30 @@ impl Planes {
     /// Quantizes an NHWC f32 map with per-channel thresholds and packs the codes: channel `ch` gets the code of
     /// sorted level `#{l : sign·x > sign·τ[ch][l]}` (see [`ChannelQuant`]).
     pub fn quantize(x: &[f32], h: usize, w: usize, q: &ChannelQuant) -> Planes {
+        Self::quantize_with(Isa::best(), x, h, w, q)
+    }
+
+    /// [`Planes::quantize`] with a chosen implementation (AVX2 handles K_a ≤ 3 and channel counts that are
+    /// multiples of 8; anything else runs the portable loop).
+    pub fn quantize_with(isa: Isa, x: &[f32], h: usize, w: usize, q: &ChannelQuant) -> Planes {
         use rayon::prelude::*;
         let (c, k) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
         let (cw, t) = (c.div_ceil(64), q.codes.len() - 1);
         // Signed thresholds, so the per-element test is one compare: sign·x > sign·τ.
         let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
         let mut data = vec![0u64; h * w * k * cw];
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && isa.is_available() && k <= 3 && c % 8 == 0 {
+            // Thresholds transposed to [t][C] so 8 channels load at once.
+            let stt: Vec<f32> = (0..t * c).map(|i| st[(i % c) * t + i / c]).collect();
+            data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
+                // SAFETY: AVX2 is available (checked above); `xs` holds whole pixels of `c` channels and `out`
+                // the matching `k·cw` words per pixel.
+                unsafe { avx2_pack(xs, out, &q.sign, &stt, &q.codes, c, k) }
+            });
+            return Planes { h, w, c, k, data };
+        }
+        let _ = isa;
         data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
             for (xs, out) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
                 for (cb, chunk) in xs.chunks(64).enumerate() {
@@ -55,6 +73,41 @@ impl Planes {
             }
         });
         Planes { h, w, c, k, data }
+    }
+}
+
+/// AVX2 packing of whole pixels: 8 channels per step, threshold compares counted into the sorted index, the
+/// code looked up with a lane permute, each plane's bits taken with `movemask`.
+///
+/// # Safety
+/// AVX2 must be available; `c % 8 == 0`, `k <= 3`, `xs.len()` a multiple of `c`, `out` holding `k·⌈c/64⌉` words
+/// per pixel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_pack(xs: &[f32], out: &mut [u64], sign: &[f32], stt: &[f32], codes: &[u8], c: usize, k: usize) {
+    use std::arch::x86_64::*;
+    let t = codes.len() - 1;
+    let cw = c.div_ceil(64);
+    let mut tab = [0i32; 8];
+    tab.iter_mut().zip(codes).for_each(|(d, &s)| *d = s as i32);
+    let tab = _mm256_loadu_si256(tab.as_ptr() as *const __m256i);
+    let one = _mm256_set1_epi32(1);
+    for (px, o) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
+        for c8 in (0..c).step_by(8) {
+            // SAFETY (loads): c8 + 8 <= c for `px`, `sign` and each row of `stt`.
+            let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(sign.as_ptr().add(c8)));
+            let mut idx = _mm256_setzero_si256();
+            for l in 0..t {
+                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(stt.as_ptr().add(l * c + c8)));
+                idx = _mm256_sub_epi32(idx, _mm256_castps_si256(m));
+            }
+            let code = _mm256_permutevar8x32_epi32(tab, idx);
+            for j in 0..k {
+                let bit = _mm256_and_si256(_mm256_srlv_epi32(code, _mm256_set1_epi32(j as i32)), one);
+                let mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u64;
+                o[j * cw + c8 / 64] |= mask << (c8 % 64);
+            }
+        }
     }
 }
 

@@ -97,3 +97,20 @@ fn bn_folding_handles_negative_and_zero_scale() {
         }
     }
 }
+
+/// The AVX2 activation packer equals the portable one (K_a 1..3 take the vector path, 4 falls back).
+#[test]
+fn activation_packing_paths_agree() {
+    for (c, ka) in [(16usize, 2usize), (32, 1), (64, 3), (72, 2), (24, 4), (5, 2)] {
+        let x: Vec<f32> = (0..7 * 5 * c).map(|i| ((i * 7919 % 997) as f32 / 300.0) - 1.0).collect();
+        let basis: Vec<f32> = (0..ka).map(|j| 0.3 * (1 << j) as f32).collect();
+        let lv = Levels::from_basis(&basis, CodeSet::Binary).unwrap();
+        let scale: Vec<f32> = (0..c).map(|i| if i % 3 == 0 { -0.7 } else { 1.3 }).collect();
+        let shift: Vec<f32> = (0..c).map(|i| (i % 5) as f32 * 0.1).collect();
+        let q = ChannelQuant::fold(&lv, &scale, &shift);
+        let a = Planes::quantize_with(Isa::Portable, &x, 7, 5, &q);
+        for isa in isas() {
+            assert_eq!(Planes::quantize_with(isa, &x, 7, 5, &q), a, "c={c} ka={ka} {isa:?}");
+        }
+    }
+}
