@@ -126,6 +126,15 @@ impl Levels {
     pub fn thresholds(&self) -> &[f32] {
         &self.thresholds
     }
+    /// The basis these levels come from: the level of the code with only bit j set, relative to code 0 (halved for
+    /// signed codes, where flipping bit j moves the level by 2·v_j). Works for levels built with explicit
+    /// thresholds too (HWGQ gives `[0.538, 1.076]`).
+    pub fn basis(&self) -> Vec<f32> {
+        let at = |code: u8| self.levels[self.codes.iter().position(|&c| c == code).expect("every code has a level")];
+        let (base, half) = (at(0), if self.code_set == CodeSet::Signed { 0.5 } else { 1.0 });
+        (0..self.bits()).map(|j| (at(1 << j) - base) * half).collect()
+    }
+
     /// Largest level: the activation STE passes gradients only where `x <= max_level`.
     pub fn max_level(&self) -> f32 {
         *self.levels.last().expect("levels are never empty")

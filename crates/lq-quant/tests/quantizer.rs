@@ -226,6 +226,9 @@ fn hwgq_levels_and_mask() {
     let mut y = [0.0; 5];
     h.quantize(&[-1.0, 0.0, 0.001, 0.9, 9.0], &mut y, None, None).unwrap();
     assert_eq!(y, [0.0, 0.0, 0.538, 1.076, 1.614]);
+    assert_eq!(h.basis(), vec![0.538, 1.076]);
+    let back = Levels::from_basis(&[0.3, 0.7, 0.1], CodeSet::Signed).unwrap().basis();
+    assert!(back.iter().zip([0.3, 0.7, 0.1]).all(|(a, b)| (a - b).abs() < 1e-6), "{back:?}");
     let mut mask = [0.0; 3];
     ste_mask(&[0.5, 1.614, 1.7], h.max_level(), &mut mask).unwrap();
     assert_eq!(mask, [1.0, 1.0, 0.0]);

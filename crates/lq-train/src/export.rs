@@ -72,7 +72,7 @@ pub fn put_act(f: &mut ModelFile, name: &str, a: &BnReluQuant) -> Result<()> {
         .ok_or_else(|| Error::Config(format!("{name}: the engine needs quantized activations (a_bits <= 8)")))?;
     let lv = act_levels(q)?;
     let (scale, shift) = bn_affine(&a.bn)?;
-    f.put_act(name, &ChannelQuant::fold(&lv, &scale, &shift), &crate::quant::basis_of(&lv));
+    f.put_act(name, &ChannelQuant::fold(&lv, &scale, &shift), &lv.basis());
     Ok(())
 }
 

@@ -138,31 +138,16 @@ impl Quantizer {
     /// Keeps the error of this forward for the metrics and runs the QEM basis update.
     fn record(&mut self, levels: &[Levels], m: &[Moments], fit: bool) -> Result<()> {
         let n: u64 = m.iter().map(Moments::n).sum();
-        let sse: f64 = m
-            .iter()
-            .zip(levels)
-            .map(|(m, l)| {
-                let basis = basis_of(l);
-                m.mse(&basis, l.code_set()) * m.n() as f64
-            })
-            .sum();
+        let sse: f64 = m.iter().zip(levels).map(|(m, l)| m.mse(&l.basis(), l.code_set()) * m.n() as f64).sum();
         self.last_mse = sse / n.max(1) as f64;
         if fit {
             self.state.update(m, DEFAULT_RIDGE).map_err(|e| self.err(e))?;
         } else if self.method != Method::Lq {
             // Keep the per-layer basis actually used, so checkpoints and the exporter see it.
-            self.state.basis = basis_of(&levels[0]);
+            self.state.basis = levels[0].basis();
         }
         Ok(())
     }
-}
-
-/// The basis that produced sorted levels: level of code `1<<j` relative to code 0.
-pub fn basis_of(l: &Levels) -> Vec<f32> {
-    let at = |code: u8| l.levels()[l.codes().iter().position(|&c| c == code).expect("every code has a level")];
-    let base = at(0);
-    let half = if l.code_set() == CodeSet::Signed { 0.5 } else { 1.0 };
-    (0..l.bits()).map(|j| (at(1 << j) - base) * half).collect()
 }
 
 /// Quantization with tensor ops (any device; the CPU uses the fused pass instead and tests compare the two): index = #thresholds below, value = gathered level; statistics by

@@ -2,7 +2,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lq_data::{load_cifar, Cifar, Dataset};
-use lq_engine::{Data, Isa, Model, ModelFile};
+use lq_engine::{Data, Isa, Model};
 use lq_train::{trainer, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -241,13 +241,5 @@ pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
         }
         println!("{n:>6} {:>14.2} {:>14.2} {:>9.2}", tt * 1e3, te * 1e3, tt / te);
     }
-    Ok(())
-}
-
-/// Structure check of a model file without building it (used by `infer` errors and the fuzz target).
-#[allow(dead_code)]
-pub fn validate(bytes: &[u8]) -> Result<()> {
-    let f = ModelFile::from_bytes(bytes).map_err(anyhow::Error::msg)?;
-    Model::from_file(&f).map_err(anyhow::Error::msg)?;
     Ok(())
 }

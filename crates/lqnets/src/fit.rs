@@ -104,7 +104,7 @@ fn fitted_levels(a: &FitArgs, shape: &[usize], x: &[f32], rows: usize) -> Result
 }
 
 fn print(a: &FitArgs, levels: &[Levels], mse: &[f64]) {
-    let basis: Vec<Vec<f32>> = levels.iter().map(basis_of).collect();
+    let basis: Vec<Vec<f32>> = levels.iter().map(Levels::basis).collect();
     let lv: Vec<&[f32]> = levels.iter().map(|l| l.levels()).collect();
     let th: Vec<&[f32]> = levels.iter().map(|l| l.thresholds()).collect();
     let per_channel = a.kind == Kind::Weight;
@@ -123,21 +123,9 @@ fn print(a: &FitArgs, levels: &[Levels], mse: &[f64]) {
         let l = &levels[c.min(levels.len() - 1)];
         println!(
             "  [{c}] mse {m:.6e}  basis {:?}  levels {:?}  thresholds {:?}",
-            basis_of(l),
+            l.basis(),
             l.levels(),
             l.thresholds()
         );
     }
-}
-
-/// Recovers the basis from sorted levels: the level of code with only bit j set, relative to code 0.
-fn basis_of(l: &Levels) -> Vec<f32> {
-    let at = |code: u8| l.levels()[l.codes().iter().position(|&c| c == code).expect("every code has a level")];
-    let base = at(0);
-    (0..l.bits())
-        .map(|j| match l.code_set() {
-            CodeSet::Binary => at(1 << j) - base,
-            CodeSet::Signed => (at(1 << j) - base) / 2.0,
-        })
-        .collect()
 }
