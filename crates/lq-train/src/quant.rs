@@ -102,6 +102,9 @@ impl Quantizer {
 
     /// The quantized values (no gradient), updating the basis from this tensor when training an LQ quantizer.
     fn quantize(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.numel() == 0 {
+            return Ok(x.detach().zeros_like());
+        }
         let fit = train && self.method == Method::Lq;
         let rows = if self.state.code_set == CodeSet::Signed { x.size()[0] as usize } else { 1 };
         let xd = x.detach().contiguous();
@@ -110,7 +113,7 @@ impl Quantizer {
         let host_copy = (!on_cpu && per_layer_weights)
             .then(|| Vec::<f32>::try_from(&xd.flatten(0, -1).to_device(Device::Cpu)))
             .transpose()?;
-        // SAFETY: `xd` is a contiguous f32 CPU tensor that outlives `host`, and nothing writes to it meanwhile.
+        // SAFETY: `xd` is a non-empty contiguous f32 CPU tensor that outlives `host`, and nothing writes to it meanwhile.
         let host: Option<&[f32]> = if on_cpu {
             Some(unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, xd.numel()) })
         } else {
