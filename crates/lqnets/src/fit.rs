@@ -59,13 +59,15 @@ pub fn run(a: &FitArgs) -> Result<()> {
         Kind::Activation => 1,
     };
     let levels = fitted_levels(a, &t.shape, &t.data, rows).with_context(|| format!("fitting {}", a.input.display()))?;
+    // Per-layer bases (uniform, HWGQ) apply to every channel: report them per channel like LQ's.
+    let levels: Vec<Levels> = if levels.len() == rows { levels } else { vec![levels[0].clone(); rows] };
     let mut y = vec![0.0; t.data.len()];
-    let rows_lv: Vec<Levels> = if levels.len() == rows { levels.clone() } else { vec![levels[0].clone(); rows] };
-    let stats = quantize(&rows_lv, &t.data, &mut y, None, true)?.expect("fit requested");
-    let mse: Vec<f64> = stats
-        .iter()
-        .zip(y.chunks(t.data.len() / rows).zip(t.data.chunks(t.data.len() / rows)))
-        .map(|(_, (q, x))| q.iter().zip(x).map(|(q, x)| (*q as f64 - *x as f64).powi(2)).sum::<f64>() / x.len() as f64)
+    quantize(&levels, &t.data, &mut y, None, false)?;
+    let n = t.data.len() / rows;
+    let mse: Vec<f64> = y
+        .chunks(n)
+        .zip(t.data.chunks(n))
+        .map(|(q, x)| q.iter().zip(x).map(|(q, x)| (*q as f64 - *x as f64).powi(2)).sum::<f64>() / n as f64)
         .collect();
     print(a, &levels, &mse);
     Ok(())
@@ -120,7 +122,7 @@ fn print(a: &FitArgs, levels: &[Levels], mse: &[f64]) {
     let total = mse.iter().sum::<f64>() / mse.len() as f64;
     println!("{:?} {:?} K={} steps={}: mean squared error {total:.6e}", a.method, a.kind, a.bits, a.steps);
     for (c, m) in mse.iter().enumerate() {
-        let l = &levels[c.min(levels.len() - 1)];
+        let l = &levels[c];
         println!(
             "  [{c}] mse {m:.6e}  basis {:?}  levels {:?}  thresholds {:?}",
             l.basis(),
