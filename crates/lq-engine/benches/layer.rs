@@ -2,6 +2,7 @@
 //! min of 7 reps each, reported as speed-up over fp32 measured in the same seconds.
 //! `RAYON_NUM_THREADS=1 cargo bench -p lq-engine --bench layer` (one thread; matrixmultiply also runs on one).
 //! Shapes: A = 3×3 conv 64→256 on 64×64 (GEMM 256×4096×576), B = 1024³ (1×1 conv 1024→1024 on 32×32).
+use lq_engine::kernels::lut;
 use lq_engine::{BitConv, BitGemm, ChannelQuant, Isa, Planes};
 use lq_quant::{CodeSet, Levels};
 use std::time::Instant;
@@ -40,10 +41,13 @@ fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
 
 fn main() {
     let isa = if std::env::args().any(|a| a == "--portable") { Isa::Portable } else { Isa::best() };
-    println!("kernel {isa:?}; threads {}", rayon::current_num_threads());
     println!(
-        "{:<6} {:<4} {:>10} {:>10} {:>9} {:>10} {:>9}",
-        "shape", "W/A", "fp32 ms", "kernel ms", "x fp32", "layer ms", "x fp32"
+        "layer path {isa:?}; threads {}; popc = popcount kernel, lut = table kernel",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<6} {:<4} {:>8} {:>8} {:>7} {:>8} {:>7} {:>8} {:>7}",
+        "shape", "W/A", "fp32 ms", "popc ms", "x fp32", "lut ms", "x fp32", "layer ms", "x fp32"
     );
     for (name, c_in, hw, c_out, k) in [("A", 64usize, 64usize, 256usize, 3usize), ("B", 1024, 32, 1024, 1)] {
         let (m, n, kk) = (c_out, hw * hw, c_in * k * k);
@@ -74,25 +78,46 @@ fn main() {
                 a_basis: &ab,
             };
             let mut out = vec![0.0f32; n * c_out];
-            let (mut tf, mut tk, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+            let plan = lut::plan(c_in, c_out, kw, ka).filter(|_| isa != Isa::Portable);
+            let lw = plan.map_or(vec![], |p| lut::pack_weights(&conv.bits, c_out, kw, g.words, p.lanes));
+            let rows = lut::im2col(&planes, k, 1, k / 2, &ab, plan.map_or(1, |p| p.rows()));
+            let popc = if isa == Isa::Portable { Isa::Portable } else { Isa::Avx2 };
+            let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
             for _ in 0..7 {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
-                tk = tk.min(min_time(1, || g.run(isa, &patches, n, &mut out)));
+                tk = tk.min(min_time(1, || g.run(popc, &patches, n, &mut out)));
+                if let Some(plan) = plan {
+                    tt = tt.min(min_time(1, || lut::run(&g, plan, &lw, &rows, n, &mut out)));
+                }
                 tl = tl.min(min_time(1, || {
                     let p = Planes::quantize(&x, hw, hw, &cq);
                     std::hint::black_box(conv.forward(&p, &ab, isa));
                 }));
             }
             println!(
-                "{:<6} {:<4} {:>10.2} {:>10.2} {:>9.2} {:>10.2} {:>9.2}",
+                "{:<6} {:<4} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>7.2} {:>8.2} {:>7.2}",
                 name,
                 format!("{kw}/{ka}"),
                 tf * 1e3,
                 tk * 1e3,
                 tf / tk,
+                tt * 1e3,
+                tf / tt,
                 tl * 1e3,
                 tf / tl
             );
+            if std::env::var_os("LQ_BENCH_GLUE").is_some() {
+                let tq = min_time(5, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq))));
+                let ti = min_time(5, || drop(std::hint::black_box(lq_engine::im2col(&planes, k, 1, k / 2))));
+                let p = plan.map_or(1, |p| p.rows());
+                let tr = min_time(5, || drop(std::hint::black_box(lut::im2col(&planes, k, 1, k / 2, &ab, p))));
+                println!(
+                    "       glue: quantize {:.2} ms, im2col {:.2} ms, lut im2col {:.2} ms",
+                    tq * 1e3,
+                    ti * 1e3,
+                    tr * 1e3
+                );
+            }
         }
     }
 }

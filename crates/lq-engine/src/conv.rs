@@ -1,6 +1,6 @@
 //! Bit-serial convolution: activation codes packed along channels per pixel, im2col in the bit domain as word
 //! copies, the binary GEMM of [`crate::kernels`] with the LQ epilogue. Feature maps are NHWC (one image).
-use crate::kernels::{BitGemm, Isa};
+use crate::kernels::{lut, BitGemm, Isa};
 use lq_quant::{CodeSet, Levels};
 
 /// Activation codes of one feature map as bit-planes: `[pixel][plane][word]`, channel `c` at bit `c % 64` of
@@ -42,7 +42,7 @@ impl Planes {
         let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
         let mut data = vec![0u64; h * w * k * cw];
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && isa.is_available() && k <= 3 && c % 8 == 0 {
+        if matches!(isa, Isa::Avx2 | Isa::Avx2Lut) && isa.is_available() && k <= 3 && c % 8 == 0 {
             // Thresholds transposed to [t][C] so 8 channels load at once.
             let stt: Vec<f32> = (0..t * c).map(|i| st[(i % c) * t + i / c]).collect();
             data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
@@ -191,6 +191,24 @@ pub struct BitConv {
     pub bits: Vec<u64>,
     /// Weight bases `[C_out][K_w]`.
     pub basis: Vec<f32>,
+    /// The weights in the LUT kernel's layout, made on first use.
+    lut: LutWeights,
+}
+
+/// Lazily built LUT-kernel weights; derived data, so ignored by `==` and `Debug`.
+#[derive(Clone, Default)]
+struct LutWeights(std::sync::OnceLock<Vec<u8>>);
+
+impl PartialEq for LutWeights {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for LutWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LutWeights")
+    }
 }
 
 impl BitConv {
@@ -223,7 +241,12 @@ impl BitConv {
                 }
             }
         }
-        Ok(BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis: basis.to_vec() })
+        Ok(BitConv::new(c_out, c_in, k, stride, kw, bits, basis.to_vec()))
+    }
+
+    /// A conv from weight bits already in the [`patch_bit`] layout (`[C_out][K_w][patch_words]`), same padding.
+    pub fn new(c_out: usize, c_in: usize, k: usize, stride: usize, kw: usize, bits: Vec<u64>, basis: Vec<f32>) -> Self {
+        BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis, lut: LutWeights::default() }
     }
 
     /// Output size for an input of `h × w`.
@@ -234,7 +257,6 @@ impl BitConv {
     /// Convolution of packed activations with activation basis `a_basis`, NHWC f32 out.
     pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
         let (oh, ow) = self.out_hw(x.h, x.w);
-        let patches = im2col(x, self.k, self.stride, self.pad);
         let g = BitGemm {
             c_out: self.c_out,
             kw: self.kw,
@@ -244,8 +266,16 @@ impl BitConv {
             w_basis: &self.basis,
             a_basis,
         };
-        let mut out = vec![0.0f32; oh * ow * self.c_out];
-        g.run(isa, &patches, oh * ow, &mut out);
+        let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
+        match lut::plan(x.c, self.c_out, self.kw, x.k) {
+            Some(plan) if isa == Isa::Avx2Lut => {
+                let lw =
+                    self.lut.0.get_or_init(|| lut::pack_weights(&self.bits, self.c_out, self.kw, g.words, plan.lanes));
+                let a = lut::im2col(x, self.k, self.stride, self.pad, a_basis, plan.rows());
+                lut::run(&g, plan, lw, &a, rows, &mut out);
+            }
+            _ => g.run(isa, &im2col(x, self.k, self.stride, self.pad), rows, &mut out),
+        }
         out
     }
 }

@@ -216,7 +216,7 @@ impl ModelFile {
             }
         }
         let basis = self.f32(&format!("{name}.basis"), &[c_out, kw])?;
-        Ok(BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis })
+        Ok(BitConv::new(c_out, c_in, k, stride, kw, bits, basis))
     }
     /// A folded activation unit stored by [`ModelFile::put_act`]: (thresholds, basis).
     pub fn act(&self, name: &str, c: usize, ka: usize) -> std::result::Result<(ChannelQuant, Vec<f32>), String> {

@@ -181,13 +181,19 @@ impl Model {
     pub fn forward_batch(&self, x: &[f32], n: usize, isa: Isa) -> Result<Vec<f32>> {
         use rayon::prelude::*;
         let size = x.len() / n.max(1);
-        let per: Vec<Vec<f32>> =
-            x.par_chunks(size.max(1)).take(n).map(|img| self.forward(img, isa)).collect::<Result<_>>()?;
+        // On a pool worker, so the many small parallel loops of a layer do not each wake the pool from outside.
+        let per: Vec<Vec<f32>> = rayon::scope(|_| {
+            x.par_chunks(size.max(1)).take(n).map(|img| self.forward_one(img, isa)).collect::<Result<_>>()
+        })?;
         Ok(per.concat())
     }
 
     /// Logits of one normalised CHW image.
     pub fn forward(&self, chw: &[f32], isa: Isa) -> Result<Vec<f32>> {
+        rayon::scope(|_| self.forward_one(chw, isa))
+    }
+
+    fn forward_one(&self, chw: &[f32], isa: Isa) -> Result<Vec<f32>> {
         let [c, h, w] = self.meta.arch.input;
         if chw.len() != c * h * w {
             return Err(Error::Input(format!("{} values, the model takes {c}x{h}x{w}", chw.len())));

@@ -5,7 +5,7 @@ use lq_quant::{CodeSet, Levels};
 use proptest::prelude::*;
 
 fn isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.is_available()).collect()
+    [Isa::Portable, Isa::Avx2, Isa::Avx2Lut].into_iter().filter(|i| i.is_available()).collect()
 }
 
 /// Runs one conv through every kernel and compares with the dense conv of the dequantized tensors.
@@ -67,6 +67,15 @@ proptest! {
                               kw in 1usize..5, ka in 1usize..5, seed in any::<u64>()) {
         check(c_in, c_out, h, w, k, stride, kw, ka, seed, 1.5);
     }
+
+    /// Whole 16-channel blocks, where the LUT kernel runs (16 or 32 lanes, one or two blocks per tile, row tails
+    /// of every tile).
+    #[test]
+    fn lut_blocks_match_dense(c_in in 1usize..100, blocks in 1usize..9, h in 1usize..7, w in 1usize..7,
+                              k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
+                              kw in 1usize..5, ka in 1usize..5, seed in any::<u64>()) {
+        check(c_in, 16 * blocks, h, w, k, stride, kw, ka, seed, 1.5);
+    }
 }
 
 #[test]
@@ -79,6 +88,12 @@ fn edge_shapes() {
     check(32, 8, 4, 4, 3, 1, 2, 2, 6, 0.0); // all-zero activation planes
     check(32, 8, 4, 4, 3, 1, 2, 2, 7, 100.0); // all-one activation planes (top level everywhere)
     check(512, 4, 2, 2, 3, 1, 4, 4, 8, 1.5); // 4608-bit rows: several byte-accumulator flushes
+    for (kw, ka) in [(1, 1), (1, 2), (1, 4), (2, 2), (3, 3), (4, 3)] {
+        check(512, 64, 3, 2, 3, 1, kw, ka, 9, 1.5); // LUT kernel: 1152 groups, 19 widenings
+        check(16, 32, 5, 5, 3, 1, kw, ka, 10, 100.0); // LUT kernel, all-one planes
+        check(16, 16, 5, 5, 3, 1, kw, ka, 11, 1.5); // 16 lanes: two rows per register
+        check(512, 48, 2, 3, 3, 2, kw, ka, 12, 1.5); // 16 lanes, several widenings and K chunks
+    }
 }
 
 #[test]

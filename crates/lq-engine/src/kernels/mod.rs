@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 pub(crate) mod avx2;
+pub mod lut;
 pub(crate) mod portable;
 
 /// Which kernel implementation runs.
@@ -19,19 +20,22 @@ pub enum Isa {
     Portable,
     /// AVX2 nibble-lookup popcount with byte accumulators (x86-64).
     Avx2,
+    /// AVX2 table lookup over weight nibbles ([`lut`]) for layers whose output channels fill 32-lane blocks,
+    /// the AVX2 popcount kernel for the others.
+    Avx2Lut,
 }
 
 impl Isa {
     /// The best kernel available on this CPU, detected once.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| if avx2::is_available() { Isa::Avx2 } else { Isa::Portable })
+        *BEST.get_or_init(|| if avx2::is_available() { Isa::Avx2Lut } else { Isa::Portable })
     }
     /// Whether this kernel runs on this CPU.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
-            Isa::Avx2 => avx2::is_available(),
+            Isa::Avx2 | Isa::Avx2Lut => avx2::is_available(),
         }
     }
 }
@@ -71,7 +75,7 @@ impl BitGemm<'_> {
             let a = &a[g0 * ga..(g0 + r.div_ceil(4)) * ga];
             match isa {
                 // SAFETY: `Isa::Avx2` passed `is_available()` above.
-                Isa::Avx2 => unsafe { avx2::gemm(self, a, r, &sw, o) },
+                Isa::Avx2 | Isa::Avx2Lut => unsafe { avx2::gemm(self, a, r, &sw, o) },
                 Isa::Portable => portable::gemm(self, a, r, &sw, o),
             }
         });
