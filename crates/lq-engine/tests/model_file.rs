@@ -72,6 +72,19 @@ fn round_trip_runs_and_is_identical() {
     assert_eq!(a.len(), 10);
     assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-5 * (1.0 + p.abs())));
     assert!(m.forward(&x[..100], Isa::best()).is_err());
+    // A batch gives each image's own logits (images share GEMMs but not pixels: padding, pooling, shortcuts).
+    let imgs: Vec<f32> = (0..5)
+        .flat_map(|s| m.normalize(&(0..3072).map(|i| ((i * 37 + s * 101) % 256) as u8).collect::<Vec<_>>()))
+        .collect();
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx2Lut].into_iter().filter(|i| i.is_available()) {
+        let batch = m.forward_batch(&imgs, 5, isa).unwrap();
+        for (i, img) in imgs.chunks(3072).enumerate() {
+            let one = m.forward(img, isa).unwrap();
+            let got = &batch[i * 10..(i + 1) * 10];
+            assert!(one.iter().zip(got).all(|(p, q)| (p - q).abs() <= 1e-5 * (1.0 + p.abs())), "{isa:?} image {i}");
+        }
+    }
+    assert!(m.forward_batch(&imgs, 4, Isa::best()).is_err());
     std::fs::remove_dir_all(dir).ok();
 }
 
