@@ -1,7 +1,8 @@
 //! Layer-level benchmark (bitops.md method): each candidate interleaved with the fp32 GEMM of the same shape,
 //! min of 7 reps each, reported as speed-up over fp32 measured in the same seconds.
 //! `RAYON_NUM_THREADS=1 cargo bench -p lq-engine --bench layer` (one thread; matrixmultiply also runs on one).
-//! Shapes: A = 3×3 conv 64→256 on 64×64 (GEMM 256×4096×576), B = 1024³ (1×1 conv 1024→1024 on 32×32).
+//! Shapes: A = 3×3 conv 64→256 on 64×64 (GEMM 256×4096×576), B = 1024³ (1×1 conv 1024→1024 on 32×32);
+//! with `-- --resnet20` the three 3×3 layer shapes of ResNet-20 at batch 1 (16, 32, 64 channels).
 use lq_engine::kernels::lut;
 use lq_engine::{BitConv, BitGemm, ChannelQuant, Isa, Planes};
 use lq_quant::{CodeSet, Levels};
@@ -40,6 +41,12 @@ fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
 }
 
 fn main() {
+    // Measured on a pool worker, as the runtime runs (parallel loops started from outside the pool would each
+    // pay a cross-thread wake-up).
+    rayon::scope(|_| run());
+}
+
+fn run() {
     let isa = if std::env::args().any(|a| a == "--portable") { Isa::Portable } else { Isa::best() };
     println!(
         "layer path {isa:?}; threads {}; popc = popcount kernel, lut = table kernel",
@@ -49,7 +56,13 @@ fn main() {
         "{:<6} {:<4} {:>8} {:>8} {:>7} {:>8} {:>7} {:>8} {:>7}",
         "shape", "W/A", "fp32 ms", "popc ms", "x fp32", "lut ms", "x fp32", "layer ms", "x fp32"
     );
-    for (name, c_in, hw, c_out, k) in [("A", 64usize, 64usize, 256usize, 3usize), ("B", 1024, 32, 1024, 1)] {
+    let resnet = std::env::args().any(|a| a == "--resnet20");
+    let shapes: &[(&str, usize, usize, usize, usize)] = if resnet {
+        &[("R16", 16, 32, 16, 3), ("R32", 32, 16, 32, 3), ("R64", 64, 8, 64, 3)]
+    } else {
+        &[("A", 64, 64, 256, 3), ("B", 1024, 32, 1024, 1)]
+    };
+    for &(name, c_in, hw, c_out, k) in shapes {
         let (m, n, kk) = (c_out, hw * hw, c_in * k * k);
         let mut seed = 1u64;
         let mut rnd = || {
@@ -83,7 +96,7 @@ fn main() {
             let rows = lut::im2col(&planes, k, 1, k / 2, &ab, plan.map_or(1, |p| p.rows()));
             let popc = if isa == Isa::Portable { Isa::Portable } else { Isa::Avx2 };
             let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
-            for _ in 0..7 {
+            for _ in 0..if resnet { 101 } else { 7 } {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
                 tk = tk.min(min_time(1, || g.run(popc, &patches, n, &mut out)));
                 if let Some(plan) = plan {
@@ -107,10 +120,10 @@ fn main() {
                 tf / tl
             );
             if std::env::var_os("LQ_BENCH_GLUE").is_some() {
-                let tq = min_time(5, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq))));
-                let ti = min_time(5, || drop(std::hint::black_box(lq_engine::im2col(&planes, k, 1, k / 2))));
+                let tq = min_time(25, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq))));
+                let ti = min_time(25, || drop(std::hint::black_box(lq_engine::im2col(&planes, k, 1, k / 2))));
                 let p = plan.map_or(1, |p| p.rows());
-                let tr = min_time(5, || drop(std::hint::black_box(lut::im2col(&planes, k, 1, k / 2, &ab, p))));
+                let tr = min_time(25, || drop(std::hint::black_box(lut::im2col(&planes, k, 1, k / 2, &ab, p))));
                 println!(
                     "       glue: quantize {:.2} ms, im2col {:.2} ms, lut im2col {:.2} ms",
                     tq * 1e3,

@@ -1,6 +1,7 @@
 //! Bit-serial convolution: activation codes packed along channels per pixel, im2col in the bit domain as word
 //! copies, the binary GEMM of [`crate::kernels`] with the LQ epilogue. Feature maps are NHWC (one image).
 use crate::kernels::{lut, BitGemm, Isa};
+use crate::scratch::Buf;
 use lq_quant::{CodeSet, Levels};
 
 /// Activation codes of one feature map as bit-planes: `[pixel][plane][word]`, channel `c` at bit `c % 64` of
@@ -256,6 +257,11 @@ impl BitConv {
 
     /// Convolution of packed activations with activation basis `a_basis`, NHWC f32 out.
     pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
+        // On a pool worker (a no-op when already on one), so the layer's parallel loops run without wake-ups.
+        rayon::scope(|_| self.forward_here(x, a_basis, isa))
+    }
+
+    fn forward_here(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
         let (oh, ow) = self.out_hw(x.h, x.w);
         let g = BitGemm {
             c_out: self.c_out,
@@ -274,7 +280,11 @@ impl BitConv {
                 let a = lut::im2col(x, self.k, self.stride, self.pad, a_basis, plan.rows());
                 lut::run(&g, plan, lw, &a, rows, &mut out);
             }
-            _ => g.run(isa, &im2col(x, self.k, self.stride, self.pad), rows, &mut out),
+            _ => {
+                let mut a = Buf::<u64>::zeroed(im2col_len(x, self.k, self.stride, self.pad));
+                im2col_into(x, self.k, self.stride, self.pad, &mut a);
+                g.run(isa, &a, rows, &mut out);
+            }
         }
         out
     }
@@ -284,13 +294,24 @@ impl BitConv {
 /// layout, as word copies (or shifted words for narrow channels), arranged for the kernels as
 /// `[group of 4 pixels][plane][word][lane]`.
 pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
+    let mut out = vec![0u64; im2col_len(x, k, stride, pad)];
+    im2col_into(x, k, stride, pad, &mut out);
+    out
+}
+
+fn im2col_len(x: &Planes, k: usize, stride: usize, pad: usize) -> usize {
+    let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
+    (oh * ow).div_ceil(4) * x.k * patch_words(x.c, k) * 4
+}
+
+/// [`im2col`] into a zeroed buffer of the right length.
+fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64]) {
     let cw = x.words();
     let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
     let words = patch_words(x.c, k);
     // Channels narrower than a word are placed densely, shifted to their tap's bit offset (see `patch_bit`).
     let narrow = x.c < 64 && 64 % x.c == 0;
     let rows = oh * ow;
-    let mut out = vec![0u64; rows.div_ceil(4) * x.k * words * 4];
     use rayon::prelude::*;
     out.par_chunks_mut(x.k * words * 4).enumerate().for_each(|(g, grp)| {
         for lane in 0..4.min(rows - g * 4) {
@@ -321,5 +342,4 @@ pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
             }
         }
     });
-    out
 }

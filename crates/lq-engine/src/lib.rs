@@ -24,3 +24,4 @@ pub mod kernels;
 pub mod model;
 pub mod naive;
 mod runtime;
+mod scratch;

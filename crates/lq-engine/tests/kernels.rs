@@ -92,6 +92,9 @@ fn edge_shapes() {
         check(512, 64, 3, 2, 3, 1, kw, ka, 9, 1.5); // LUT kernel: 1152 groups, 19 widenings
         check(16, 32, 5, 5, 3, 1, kw, ka, 10, 100.0); // LUT kernel, all-one planes
         check(16, 16, 5, 5, 3, 1, kw, ka, 11, 1.5); // 16 lanes: two rows per register
+        check(32, 32, 6, 5, 3, 2, kw, ka, 13, 1.5); // 8-group taps, stride 2
+        check(64, 64, 4, 4, 3, 1, kw, ka, 14, 1.5); // 16-group taps
+        check(8, 32, 3, 4, 3, 1, kw, ka, 15, 1.5); // 2-group taps (run-time length)
         check(512, 48, 2, 3, 3, 2, kw, ka, 12, 1.5); // 16 lanes, several widenings and K chunks
     }
 }

@@ -11,12 +11,13 @@
 //! popcount kernels.
 use super::BitGemm;
 use crate::conv::Planes;
+use crate::scratch::Buf;
 
 /// The 4-bit groups of a patch row and their table offsets (`16·nibble`, one byte each), laid out `[row][K_a][group]`, plus
 /// `T_row = Σ_j v^a_j popc(A_row,j)`.
 pub struct LutRows {
-    offs: Vec<u8>,
-    t: Vec<f32>,
+    offs: Buf<u8>,
+    t: Buf<f32>,
 }
 
 /// How the kernel tiles a layer.
@@ -70,53 +71,85 @@ pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, words: usize, lanes: 
 }
 
 /// The bit-domain im2col of [`crate::im2col`] in this kernel's operand form: each pixel's planes are expanded to
-/// table offsets once, `[K_a][pixel][run]` with `run` = the groups of one tap (`C/4` for channels that divide 64,
-/// whole words otherwise, matching [`crate::patch_bit`]); a patch row then takes the `k` horizontally adjacent
-/// taps of each kernel row as one contiguous copy per plane. Rows are padded with zero rows (offset 0 is the
-/// all-zero table) to a multiple of `pad_rows`.
+/// table offsets once into a zero-bordered map, `[K_a][padded pixel][run]` with `run` = the groups of one tap
+/// (`C/4` for channels that divide 64, whole words otherwise, matching [`crate::patch_bit`]); a patch row then
+/// takes the `k` horizontally adjacent taps of each kernel row as one contiguous copy per plane, with no bounds
+/// logic. Rows are padded with zero rows (offset 0 is the all-zero table) to a multiple of `pad_rows`.
 pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize, a_basis: &[f32], pad_rows: usize) -> LutRows {
+    // The common 3×3 runs get copies of compile-time length (a few moves); the rest a general short copy.
+    let run = if x.c < 64 && 64 % x.c == 0 { x.c / 4 } else { x.words() * 16 };
+    match (run, k) {
+        (4, 3) => im2col_run::<4>(x, k, stride, pad, a_basis, pad_rows),
+        (8, 3) => im2col_run::<8>(x, k, stride, pad, a_basis, pad_rows),
+        (16, 3) => im2col_run::<16>(x, k, stride, pad, a_basis, pad_rows),
+        _ => im2col_run::<0>(x, k, stride, pad, a_basis, pad_rows),
+    }
+}
+
+/// [`im2col`] with the run length fixed at compile time (`RUN > 0`, 3×3 kernels) or taken at run time (`0`).
+fn im2col_run<const RUN: usize>(
+    x: &Planes,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    a_basis: &[f32],
+    pad_rows: usize,
+) -> LutRows {
     use rayon::prelude::*;
-    let (cw, ka, npix) = (x.words(), x.k, x.h * x.w);
-    let run = if x.c < 64 && 64 % x.c == 0 { x.c / 4 } else { cw * 16 };
-    let mut pix = vec![0u8; ka * npix * run];
-    let mut tpix = vec![0.0f32; npix];
-    tpix.par_iter_mut().enumerate().for_each(|(p, t)| {
-        let src = &x.data[p * ka * cw..][..ka * cw];
-        *t = (0..ka).map(|j| a_basis[j] * src[j * cw..][..cw].iter().map(|w| w.count_ones()).sum::<u32>() as f32).sum();
-    });
-    pix.par_chunks_mut(run).enumerate().for_each(|(i, o)| {
-        let (j, p) = (i / npix, i % npix);
-        let src = &x.data[(p * ka + j) * cw..][..cw];
-        for (o, &w) in o.chunks_mut(16).zip(src) {
-            let b = (spread(w as u32) as u128 | (spread((w >> 32) as u32) as u128) << 64).to_le_bytes();
-            o.copy_from_slice(&b[..o.len()]);
-        }
-    });
-    let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
-    let rows = oh * ow;
-    let groups = crate::patch_words(x.c, k) * 16;
-    let n = rows.div_ceil(pad_rows) * pad_rows;
-    let mut offs = vec![0u8; n * groups * ka];
-    let mut t = vec![0.0f32; n];
-    offs.par_chunks_mut(groups * ka).zip(t.par_iter_mut()).take(rows).enumerate().for_each(|(r, (o, t))| {
-        let (oy, ox) = (r / ow, r % ow);
-        // Taps kx0..kx1 of each kernel row fall inside the image.
-        let x0 = (ox * stride) as isize - pad as isize;
-        let kx0 = (-x0).max(0) as usize;
-        let kx1 = (x.w as isize - x0).clamp(0, k as isize) as usize;
-        if kx0 >= kx1 {
-            return;
-        }
-        for ky in 0..k {
-            let iy = (oy * stride + ky) as isize - pad as isize;
-            if iy < 0 || iy >= x.h as isize {
-                continue;
+    let (cw, ka) = (x.words(), x.k);
+    let (hp, wp) = (x.h + 2 * pad, x.w + 2 * pad);
+    let run = if RUN > 0 {
+        RUN
+    } else if x.c < 64 && 64 % x.c == 0 {
+        x.c / 4
+    } else {
+        cw * 16
+    };
+    let mut pix = Buf::<u8>::zeroed(ka * hp * wp * run);
+    // Per padded pixel and plane the number of set bits (integer sums per patch: exact and without a chain of
+    // dependent float adds).
+    let mut cnt = Buf::<u32>::zeroed(ka * hp * wp);
+    for (j, (pix, cnt)) in pix.chunks_mut(hp * wp * run).zip(cnt.chunks_mut(hp * wp)).enumerate() {
+        let rows = pix.par_chunks_mut(wp * run).zip(cnt.par_chunks_mut(wp)).skip(pad).take(x.h);
+        rows.enumerate().for_each(|(y, (pix, cnt))| {
+            for (xx, (o, c)) in pix.chunks_mut(run).zip(cnt.iter_mut()).skip(pad).take(x.w).enumerate() {
+                let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
+                *c = src.iter().map(|w| w.count_ones()).sum::<u32>();
+                for (o, &w) in o.chunks_mut(16).zip(src) {
+                    let b = (spread(w as u32) as u128 | (spread((w >> 32) as u32) as u128) << 64).to_le_bytes();
+                    if RUN > 0 && RUN <= 16 {
+                        o[..RUN].copy_from_slice(&b[..RUN]);
+                    } else {
+                        copy_small(o, &b[..o.len()]);
+                    }
+                }
             }
-            let p0 = iy as usize * x.w + (x0 + kx0 as isize) as usize;
-            *t += tpix[p0..p0 + kx1 - kx0].iter().sum::<f32>();
-            let len = (kx1 - kx0) * run;
+        });
+    }
+    let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+    let groups = crate::patch_words(x.c, k) * 16;
+    let n = (oh * ow).div_ceil(pad_rows) * pad_rows;
+    let mut offs = Buf::<u8>::zeroed(n * groups * ka);
+    let mut t = Buf::<f32>::zeroed(n);
+    let (len, plane) = (k * run, hp * wp * run);
+    // One task per output row of the image.
+    let line = offs.par_chunks_mut(ow * groups * ka).zip(t.par_chunks_mut(ow)).take(oh).enumerate();
+    line.for_each(|(oy, (offs, t))| {
+        for (ox, (o, t)) in offs.chunks_mut(groups * ka).zip(t).enumerate() {
             for j in 0..ka {
-                copy_small(&mut o[j * groups + (ky * k + kx0) * run..][..len], &pix[(j * npix + p0) * run..][..len]);
+                let mut c = 0;
+                for ky in 0..k {
+                    let p0 = (oy * stride + ky) * wp + ox * stride;
+                    let (d, s) = (&mut o[j * groups + ky * len..], &pix[j * plane + p0 * run..]);
+                    if RUN > 0 {
+                        c += cnt[j * hp * wp + p0..][..3].iter().sum::<u32>();
+                        d[..3 * RUN].copy_from_slice(&s[..3 * RUN]);
+                    } else {
+                        c += cnt[j * hp * wp + p0..][..k].iter().sum::<u32>();
+                        copy_small(&mut d[..len], &s[..len]);
+                    }
+                }
+                *t += a_basis[j] * c as f32;
             }
         }
     });
@@ -137,7 +170,7 @@ fn spread(w: u32) -> u64 {
 #[inline]
 fn copy_small(d: &mut [u8], s: &[u8]) {
     let n = d.len();
-    assert_eq!(n, s.len());
+    debug_assert_eq!(n, s.len());
     fn mv<const W: usize>(d: &mut [u8], s: &[u8], at: usize) {
         d[at..at + W].copy_from_slice(&s[at..at + W]);
     }
@@ -313,7 +346,11 @@ unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize,
                         if L == 32 {
                             _mm256_broadcastsi128_si256(ld(p))
                         } else {
-                            _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld(2 * p)), ld(2 * p + 1))
+                            // Two broadcasts (load-port only) and a blend (any vector pipe) keep the insert off
+                            // the two shuffle pipes that the table lookups saturate.
+                            let (lo, hi) =
+                                (_mm256_broadcastsi128_si256(ld(2 * p)), _mm256_broadcastsi128_si256(ld(2 * p + 1)));
+                            _mm256_blend_epi32::<0xF0>(lo, hi)
                         }
                     };
                     for b in 0..B {
