@@ -13,7 +13,8 @@ use super::BitGemm;
 use crate::conv::Planes;
 use crate::scratch::Buf;
 
-/// The 4-bit groups of a patch row and their table offsets (`16·nibble`, one byte each), laid out `[row][K_a][group]`, plus
+/// The 4-bit groups of the patch rows as table offsets (`16·nibble`, one byte each), laid out `[row][K_a][group]`
+/// (with 16 lanes `[row pair][K_a][group]`, the byte `16·nibble_even + nibble_odd`), plus
 /// `T_row = Σ_j v^a_j popc(A_row,j)`.
 pub struct LutRows {
     offs: Buf<u8>,
@@ -75,14 +76,14 @@ pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, words: usize, lanes: 
 /// (`C/4` for channels that divide 64, whole words otherwise, matching [`crate::patch_bit`]); a patch row then
 /// takes the `k` horizontally adjacent taps of each kernel row as one contiguous copy per plane, with no bounds
 /// logic. Rows are padded with zero rows (offset 0 is the all-zero table) to a multiple of `pad_rows`.
-pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize, a_basis: &[f32], pad_rows: usize) -> LutRows {
+pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize, a_basis: &[f32], plan: Plan) -> LutRows {
     // The common 3×3 runs get copies of compile-time length (a few moves); the rest a general short copy.
     let run = if x.c < 64 && 64 % x.c == 0 { x.c / 4 } else { x.words() * 16 };
     match (run, k) {
-        (4, 3) => im2col_run::<4>(x, k, stride, pad, a_basis, pad_rows),
-        (8, 3) => im2col_run::<8>(x, k, stride, pad, a_basis, pad_rows),
-        (16, 3) => im2col_run::<16>(x, k, stride, pad, a_basis, pad_rows),
-        _ => im2col_run::<0>(x, k, stride, pad, a_basis, pad_rows),
+        (4, 3) => im2col_run::<4>(x, k, stride, pad, a_basis, plan),
+        (8, 3) => im2col_run::<8>(x, k, stride, pad, a_basis, plan),
+        (16, 3) => im2col_run::<16>(x, k, stride, pad, a_basis, plan),
+        _ => im2col_run::<0>(x, k, stride, pad, a_basis, plan),
     }
 }
 
@@ -93,7 +94,7 @@ fn im2col_run<const RUN: usize>(
     stride: usize,
     pad: usize,
     a_basis: &[f32],
-    pad_rows: usize,
+    plan: Plan,
 ) -> LutRows {
     use rayon::prelude::*;
     let (cw, ka) = (x.words(), x.k);
@@ -128,7 +129,7 @@ fn im2col_run<const RUN: usize>(
     }
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     let groups = crate::patch_words(x.c, k) * 16;
-    let n = (oh * ow).div_ceil(pad_rows) * pad_rows;
+    let n = (oh * ow).div_ceil(plan.rows()) * plan.rows();
     let mut offs = Buf::<u8>::zeroed(n * groups * ka);
     let mut t = Buf::<f32>::zeroed(n);
     let (len, plane) = (k * run, hp * wp * run);
@@ -153,6 +154,16 @@ fn im2col_run<const RUN: usize>(
             }
         }
     });
+    if plan.lanes == 16 {
+        // Rows 2p and 2p+1 share a register (low and high half): one byte indexes their pair of tables.
+        let per = groups * ka;
+        let mut pairs = Buf::<u8>::zeroed(n / 2 * per);
+        pairs.par_chunks_mut(per).zip(offs.par_chunks(2 * per)).for_each(|(o, rows)| {
+            let (a, b) = rows.split_at(per);
+            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a | b >> 4);
+        });
+        return LutRows { offs: pairs, t };
+    }
     LutRows { offs, t }
 }
 
@@ -272,7 +283,8 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
                 let w = &lw[blk * groups * KW * 32..(blk + B) * groups * KW * 32];
                 for (tt, o) in o.chunks_mut(r * c_out).enumerate() {
                     let r0 = (t * per_task + tt) * r;
-                    let (offs, tv) = (&a.offs[r0 * per..(r0 + r) * per], &a.t[r0..r0 + r]);
+                    let lr = r0 * L / 32; // offset rows: one per row, or per row pair with 16 lanes
+                    let (offs, tv) = (&a.offs[lr * per..(lr + P) * per], &a.t[r0..r0 + r]);
                     // SAFETY: AVX2 was checked by `plan`; the slices hold `r` rows of offsets, `B` weight blocks,
                     // and `o` holds `o.len() / c_out` whole rows.
                     unsafe { tile::<KW, KA, P, B, L>(w, offs, groups, gr.clone(), tv, &coef, &sw, blk * L, o) };
@@ -290,6 +302,21 @@ static TABLES: Tables = Tables({
     let mut i = 0;
     while i < 256 {
         t[i] = ((i >> 4) & i & 15).count_ones() as u8;
+        i += 1;
+    }
+    t
+});
+
+/// For 16 lanes: entry `16·a + b` is `[t_a | t_b]`, the tables of two rows' nibbles in one 32-byte load.
+#[repr(align(64))]
+struct Pairs([[u8; 32]; 256]);
+static PAIRS: Pairs = Pairs({
+    let mut t = [[0u8; 32]; 256];
+    let mut i = 0;
+    while i < 256 * 32 {
+        let (e, w) = (i / 32, i % 32);
+        let a = if w < 16 { e >> 4 } else { e & 15 };
+        t[e][w] = (a & w & 15).count_ones() as u8;
         i += 1;
     }
     t
@@ -319,7 +346,7 @@ unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize,
     let zero = _mm256_setzero_si256();
     // i16 totals [b][i][p][j] as (unpacklo, unpackhi) of the byte accumulators.
     let mut wide = [[[[[zero; 2]; KA]; P]; KW]; B];
-    let tab = TABLES.0.as_ptr();
+    let (tab, pairs) = (TABLES.0.as_ptr(), PAIRS.0.as_ptr() as *const u8);
     let (wp, op) = (w.as_ptr(), offs.as_ptr());
     let per = groups * KA;
     let (first, c_out) = (gr.start == 0, sw.len());
@@ -339,18 +366,11 @@ unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize,
                 for j in 0..KA {
                     // SAFETY: offsets index one of the 16 tables of `TABLES`; rows are within `offs`.
                     let t = unsafe {
-                        let ld = |row: usize| {
-                            let off = *op.add(row * per + j * groups + gi) as usize;
-                            _mm_load_si128(tab.add(off) as *const __m128i)
-                        };
+                        let off = *op.add(p * per + j * groups + gi) as usize;
                         if L == 32 {
-                            _mm256_broadcastsi128_si256(ld(p))
+                            _mm256_broadcastsi128_si256(_mm_load_si128(tab.add(off) as *const __m128i))
                         } else {
-                            // Two broadcasts (load-port only) and a blend (any vector pipe) keep the insert off
-                            // the two shuffle pipes that the table lookups saturate.
-                            let (lo, hi) =
-                                (_mm256_broadcastsi128_si256(ld(2 * p)), _mm256_broadcastsi128_si256(ld(2 * p + 1)));
-                            _mm256_blend_epi32::<0xF0>(lo, hi)
+                            _mm256_load_si256(pairs.add(off * 32) as *const __m256i)
                         }
                     };
                     for b in 0..B {
