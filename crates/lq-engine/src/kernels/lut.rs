@@ -270,15 +270,16 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
             }
         }
     }
-    // A task is up to 16 row tiles; K is cut into chunks of KC groups so that one block's weights for a chunk
-    // (≤ 32 KB) stay in L1 while the task's tiles pass over them (1×1 convs over 1024 channels have 2304 groups).
-    const KC: usize = 252;
+    // A task is up to 16 row tiles; K is cut into equal chunks of at most 24 KB of a tile's weights, so that they
+    // stay in L1 while the task's tiles pass over them (1×1 convs over 4096 channels have 1024 groups).
+    let chunks = (groups * KW * B * 32).div_ceil(24 << 10);
+    let kc = groups.div_ceil(chunks);
     let r = P * 32 / L; // patch rows per tile
     let per_task = rows.div_ceil(r).div_ceil(4 * rayon::current_num_threads()).clamp(1, 16);
     let per = groups * KA;
     out[..rows * c_out].par_chunks_mut(per_task * r * c_out).enumerate().for_each(|(t, o)| {
-        for g0 in (0..groups).step_by(KC) {
-            let gr = g0..(g0 + KC).min(groups);
+        for g0 in (0..groups).step_by(kc) {
+            let gr = g0..(g0 + kc).min(groups);
             for blk in (0..c_out / L).step_by(B) {
                 let w = &lw[blk * groups * KW * 32..(blk + B) * groups * KW * 32];
                 for (tt, o) in o.chunks_mut(r * c_out).enumerate() {
