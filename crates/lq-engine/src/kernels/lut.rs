@@ -295,14 +295,16 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
     });
 }
 
-/// 16 tables `popc(w ∧ a)` for `w` in 0..16, one per activation nibble `a`, aligned for `vbroadcasti128`.
+/// 16 tables `popc(w ∧ a)` for `w` in 0..16, one per activation nibble `a`, each already in both 128-bit halves:
+/// a plain 32-byte load (`vbroadcasti128` from memory costs a shuffle-pipe uop on Zen 3, and the lookups keep
+/// those pipes busy). Offset `16·a` addresses entry `a` with scale 2.
 #[repr(align(64))]
-struct Tables([u8; 256]);
+struct Tables([u8; 512]);
 static TABLES: Tables = Tables({
-    let mut t = [0u8; 256];
+    let mut t = [0u8; 512];
     let mut i = 0;
-    while i < 256 {
-        t[i] = ((i >> 4) & i & 15).count_ones() as u8;
+    while i < 512 {
+        t[i] = ((i >> 5) & i & 15).count_ones() as u8;
         i += 1;
     }
     t
@@ -369,7 +371,7 @@ unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize,
                     let t = unsafe {
                         let off = *op.add(p * per + j * groups + gi) as usize;
                         if L == 32 {
-                            _mm256_broadcastsi128_si256(_mm_load_si128(tab.add(off) as *const __m128i))
+                            _mm256_load_si256(tab.add(2 * off) as *const __m256i)
                         } else {
                             _mm256_load_si256(pairs.add(off * 32) as *const __m256i)
                         }
