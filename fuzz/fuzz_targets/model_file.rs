@@ -7,7 +7,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(m) = lq_engine::Model::from_file(&f) {
             let [c, h, w] = m.meta.arch.input;
             if c * h * w <= 1 << 16 {
-                let _ = m.forward(&vec![0.5; c * h * w], lq_engine::Isa::Portable);
+                let x = vec![0.5; c * h * w];
+                let _ = m.forward(&x, lq_engine::Isa::Portable);
+                let _ = m.forward(&x, lq_engine::Isa::best());
             }
         }
     }

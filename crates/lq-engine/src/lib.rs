@@ -4,7 +4,9 @@
 //! - [`Planes`]: activation codes as bit-planes packed along channels; [`ChannelQuant`] folds BN + ReLU into
 //!   per-channel thresholds so a conv output maps straight to codes.
 //! - [`BitConv`]: a quantized conv with packed weight planes; forward = bit im2col + binary GEMM + LQ epilogue.
-//! - [`kernels`]: the binary GEMM (portable and AVX2, chosen once at run time; [`Isa`] forces one).
+//! - [`kernels`]: the binary GEMM: an AVX2 table-lookup kernel ([`kernels::lut`]) for layers with whole
+//!   16-channel blocks, an AVX2 popcount kernel for the rest, a portable one without AVX2 (chosen once at run
+//!   time; [`Isa`] forces one).
 //! - [`naive`]: the dense reference the kernels are tested against.
 //! - [`ModelFile`] (the deployable safetensors file) and [`Model`] (a validated network: ResNet-CIFAR with shortcut
 //!   A or B, VGG-Small) for end-to-end inference.

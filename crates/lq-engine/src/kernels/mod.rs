@@ -3,9 +3,11 @@
 //! Computes, for every patch row `p` and output channel `o`,
 //! `out[p·C_out + o] = Σ_ij v^w_{o,i} v^a_j (2·popc(W_{o,i} ∧ A_{p,j}) − popc(A_{p,j}))`
 //! `            = 2·Σ_ij v^w_{o,i} v^a_j P_{o,i,p,j} − (Σ_i v^w_{o,i})·T_p`, with `T_p = Σ_j v^a_j popc(A_{p,j})`
-//! computed once per patch (spec §3). Operands: weights `[C_out][K_w][words]` (bit = +1), patches in groups of 4
-//! rows interleaved per word, `[group][K_a][words][4]` (bit = 1). The kernel is chosen once per process (AVX2
-//! when present, else portable); [`Isa`] lets tests and benchmarks force a path.
+//! computed once per patch (spec §3). Operands of the popcount kernels: weights `[C_out][K_w][words]` (bit = +1),
+//! patches in groups of 4 rows interleaved per word, `[group][K_a][words][4]` (bit = 1); the table kernel
+//! ([`lut`]) has its own operand layout. [`Isa::best`] picks the table kernel where AVX2 is present (it falls back
+//! to the AVX2 popcount kernel per layer where its shape rules it out), else the portable kernel; [`Isa`] lets
+//! tests and benchmarks force a path.
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -20,8 +22,8 @@ pub enum Isa {
     Portable,
     /// AVX2 nibble-lookup popcount with byte accumulators (x86-64).
     Avx2,
-    /// AVX2 table lookup over weight nibbles ([`lut`]) for layers whose output channels fill 32-lane blocks,
-    /// the AVX2 popcount kernel for the others.
+    /// AVX2 table lookup over weight nibbles ([`lut`]) for layers [`lut::plan`] accepts (output channels in
+    /// whole 16-channel blocks, at most 4 bits a side), the AVX2 popcount kernel for the others.
     Avx2Lut,
 }
 
