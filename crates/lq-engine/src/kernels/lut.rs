@@ -130,40 +130,54 @@ fn im2col_run<const RUN: usize>(
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     let groups = crate::patch_words(x.c, k) * 16;
     let n = (oh * ow).div_ceil(plan.rows()) * plan.rows();
-    let mut offs = Buf::<u8>::zeroed(n * groups * ka);
-    let mut t = Buf::<f32>::zeroed(n);
-    let (len, plane) = (k * run, hp * wp * run);
-    // One task per output row of the image.
-    let line = offs.par_chunks_mut(ow * groups * ka).zip(t.par_chunks_mut(ow)).take(oh).enumerate();
-    line.for_each(|(oy, (offs, t))| {
-        for (ox, (o, t)) in offs.chunks_mut(groups * ka).zip(t).enumerate() {
-            for j in 0..ka {
-                let mut c = 0;
-                for ky in 0..k {
-                    let p0 = (oy * stride + ky) * wp + ox * stride;
-                    let (d, s) = (&mut o[j * groups + ky * len..], &pix[j * plane + p0 * run..]);
-                    if RUN > 0 {
-                        c += cnt[j * hp * wp + p0..][..3].iter().sum::<u32>();
-                        d[..3 * RUN].copy_from_slice(&s[..3 * RUN]);
-                    } else {
-                        c += cnt[j * hp * wp + p0..][..k].iter().sum::<u32>();
-                        copy_small(&mut d[..len], &s[..len]);
-                    }
+    let (len, plane, per) = (k * run, hp * wp * run, groups * ka);
+    // Patch row (oy, ox) into `o` (its tail groups stay as they are: zero), T into `t`.
+    let fill = |oy: usize, ox: usize, o: &mut [u8], t: &mut f32| {
+        *t = 0.0;
+        for j in 0..ka {
+            let mut c = 0;
+            for ky in 0..k {
+                let p0 = (oy * stride + ky) * wp + ox * stride;
+                let (d, s) = (&mut o[j * groups + ky * len..], &pix[j * plane + p0 * run..]);
+                if RUN > 0 {
+                    c += cnt[j * hp * wp + p0..][..3].iter().sum::<u32>();
+                    d[..3 * RUN].copy_from_slice(&s[..3 * RUN]);
+                } else {
+                    c += cnt[j * hp * wp + p0..][..k].iter().sum::<u32>();
+                    copy_small(&mut d[..len], &s[..len]);
                 }
-                *t += a_basis[j] * c as f32;
             }
+            *t += a_basis[j] * c as f32;
         }
-    });
+    };
+    let mut t = Buf::<f32>::zeroed(n);
     if plan.lanes == 16 {
         // Rows 2p and 2p+1 share a register (low and high half): one byte indexes their pair of tables.
-        let per = groups * ka;
         let mut pairs = Buf::<u8>::zeroed(n / 2 * per);
-        pairs.par_chunks_mut(per).zip(offs.par_chunks(2 * per)).for_each(|(o, rows)| {
-            let (a, b) = rows.split_at(per);
-            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a | b >> 4);
-        });
+        let it = pairs.par_chunks_mut(per).zip(t.par_chunks_mut(2)).enumerate();
+        it.for_each_init(
+            || vec![0u8; 2 * per],
+            |two, (q, (o, t))| {
+                for (h, (row, t)) in two.chunks_mut(per).zip(t).enumerate() {
+                    match 2 * q + h {
+                        r if r < oh * ow => fill(r / ow, r % ow, row, t),
+                        _ => row.fill(0),
+                    }
+                }
+                let (a, b) = two.split_at(per);
+                o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a | b >> 4);
+            },
+        );
         return LutRows { offs: pairs, t };
     }
+    let mut offs = Buf::<u8>::zeroed(n * per);
+    // One task per output row of the image.
+    let line = offs.par_chunks_mut(ow * per).zip(t.par_chunks_mut(ow)).take(oh).enumerate();
+    line.for_each(|(oy, (offs, t))| {
+        for (ox, (o, t)) in offs.chunks_mut(per).zip(t).enumerate() {
+            fill(oy, ox, o, t);
+        }
+    });
     LutRows { offs, t }
 }
 
