@@ -93,14 +93,14 @@ fn run() {
             let mut out = vec![0.0f32; n * c_out];
             let plan = lut::plan(c_in, c_out, kw, ka).filter(|_| isa != Isa::Portable);
             let lw = plan.map_or(vec![], |p| lut::pack_weights(&conv.bits, c_out, kw, g.words, p.lanes));
-            let rows = plan.map(|p| lut::im2col(&planes, k, 1, k / 2, &ab, p));
+            let rows = plan.map(|p| lut::input(&planes, k, 1, k / 2, &ab, p));
             let popc = if isa == Isa::Portable { Isa::Portable } else { Isa::Avx2 };
             let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
             for _ in 0..if resnet { 101 } else { 7 } {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
                 tk = tk.min(min_time(1, || g.run(popc, &patches, n, &mut out)));
                 if let Some(plan) = plan {
-                    tt = tt.min(min_time(1, || lut::run(&g, plan, &lw, rows.as_ref().unwrap(), n, &mut out)));
+                    tt = tt.min(min_time(1, || lut::run(&g, plan, &lw, rows.as_ref().unwrap(), &mut out)));
                 }
                 tl = tl.min(min_time(1, || {
                     let p = Planes::quantize(&x, hw, hw, &cq);
@@ -123,10 +123,10 @@ fn run() {
                 let tq = min_time(25, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq))));
                 let ti = min_time(25, || drop(std::hint::black_box(lq_engine::im2col(&planes, k, 1, k / 2))));
                 let tr = plan.map_or(0.0, |p| {
-                    min_time(25, || drop(std::hint::black_box(lut::im2col(&planes, k, 1, k / 2, &ab, p))))
+                    min_time(25, || drop(std::hint::black_box(lut::input(&planes, k, 1, k / 2, &ab, p))))
                 });
                 println!(
-                    "       glue: quantize {:.2} ms, im2col {:.2} ms, lut im2col {:.2} ms",
+                    "       glue: quantize {:.2} ms, im2col {:.2} ms, lut input {:.2} ms",
                     tq * 1e3,
                     ti * 1e3,
                     tr * 1e3

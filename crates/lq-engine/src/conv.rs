@@ -277,8 +277,8 @@ impl BitConv {
             Some(plan) if isa == Isa::Avx2Lut => {
                 let lw =
                     self.lut.0.get_or_init(|| lut::pack_weights(&self.bits, self.c_out, self.kw, g.words, plan.lanes));
-                let a = lut::im2col(x, self.k, self.stride, self.pad, a_basis, plan);
-                lut::run(&g, plan, lw, &a, rows, &mut out);
+                let a = lut::input(x, self.k, self.stride, self.pad, a_basis, plan);
+                lut::run(&g, plan, lw, &a, &mut out);
             }
             _ => {
                 let mut a = Buf::<u64>::zeroed(im2col_len(x, self.k, self.stride, self.pad));

@@ -4,39 +4,44 @@
 //! popcount results of a group. Per 256 binary MACs that is 2 shuffles + 2 byte adds, against the popcount
 //! kernel's 2 ANDs + 2 shuffles + 2 adds: the AND moved into the table choice, so ~1.5× fewer vector ops.
 //!
-//! The 32 byte lanes are 32 output channels, or for 16-channel layers 16 channels × 2 patch rows (each 128-bit
-//! half shuffles its own row's table). A tile is `B` channel blocks × `K_w` planes × `P` lane-rows × `K_a` planes
-//! of byte accumulators (≤ 12 of 16 registers), widened to i16 every 63 groups (a byte gains at most 4 per group).
-//! The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T` recombination as the
-//! popcount kernels.
+//! The 32 byte lanes are 32 output channels, or for 16-channel layers 16 channels × 2 adjacent output pixels (each
+//! 128-bit half shuffles its own pixel's table, the pair's tables come from one 32-byte entry). A tile is `B`
+//! channel blocks × `K_w` planes × `P` lane rows × `K_a` planes of byte accumulators (≤ 12 of 16 registers),
+//! widened to i16 every 63 groups (a byte gains at most 4 per group). There is no im2col: the kernel reads patch
+//! rows straight from a zero-bordered map of table offsets ([`LutInput`]), where a kernel row's `k` taps are
+//! consecutive bytes. The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`
+//! recombination as the popcount kernels.
 use super::BitGemm;
 use crate::conv::Planes;
 use crate::scratch::Buf;
 
-/// The 4-bit groups of the patch rows as table offsets (`16·nibble`, one byte each), laid out `[row][K_a][group]`
-/// (with 16 lanes `[row pair][K_a][group]`, the byte `16·nibble_even + nibble_odd`), plus
-/// `T_row = Σ_j v^a_j popc(A_row,j)`.
-pub struct LutRows {
-    offs: Buf<u8>,
+/// The kernel's activation operand: every pixel's planes as table offsets (`16·nibble`, one byte per 4-bit group)
+/// in a zero-bordered map `[K_a][padded pixel][run]`, `run` = the groups of one tap (`C/4` for channels that divide
+/// 64, whole words otherwise, matching [`crate::patch_bit`]). The kernel reads patch rows straight from it (an
+/// implicit im2col: the `k` taps of a kernel row are `k·run` consecutive bytes). With 16 lanes each entry also
+/// holds, in its low nibble, the nibble of the pixel `stride` to the right: the two output pixels that share a
+/// register then read one byte. `t` is `T = Σ_j v^a_j popc(A_j)` per output pixel.
+pub struct LutInput {
+    map: Buf<u8>,
     t: Buf<f32>,
+    k: usize,
+    stride: usize,
+    run: usize,
+    wp: usize,
+    plane: usize,
+    oh: usize,
+    ow: usize,
 }
 
 /// How the kernel tiles a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// Accumulator rows per tile (each is 1 patch row with 32 lanes, 2 with 16).
+    /// Lane rows per tile (each is 1 output pixel with 32 lanes, 2 horizontally adjacent ones with 16).
     pub p: usize,
     /// Channel blocks per tile.
     pub b: usize,
-    /// Channels per block: 32, or 16 (two patch rows per register).
+    /// Channels per block: 32, or 16 (two output pixels per register).
     pub lanes: usize,
-}
-
-impl Plan {
-    /// Patch rows per tile; [`im2col`] pads to a multiple of it.
-    pub fn rows(&self) -> usize {
-        self.p * 32 / self.lanes
-    }
 }
 
 /// The tile for a layer, or `None` where the kernel does not apply: no AVX2, `C_out` not whole 16-channel blocks,
@@ -71,31 +76,27 @@ pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, words: usize, lanes: 
     out
 }
 
-/// The bit-domain im2col of [`crate::im2col`] in this kernel's operand form: each pixel's planes are expanded to
-/// table offsets once into a zero-bordered map, `[K_a][padded pixel][run]` with `run` = the groups of one tap
-/// (`C/4` for channels that divide 64, whole words otherwise, matching [`crate::patch_bit`]); a patch row then
-/// takes the `k` horizontally adjacent taps of each kernel row as one contiguous copy per plane, with no bounds
-/// logic. Rows are padded with zero rows (offset 0 is the all-zero table) to a multiple of `pad_rows`.
-pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize, a_basis: &[f32], plan: Plan) -> LutRows {
-    // The common 3×3 runs get copies of compile-time length (a few moves); the rest a general short copy.
+/// The operand for a `k×k` conv with `stride` and zero padding `pad` over `x` (see [`LutInput`]).
+pub fn input(x: &Planes, k: usize, stride: usize, pad: usize, a_basis: &[f32], plan: Plan) -> LutInput {
+    // The common runs get copies of compile-time length; the rest a general short copy.
     let run = if x.c < 64 && 64 % x.c == 0 { x.c / 4 } else { x.words() * 16 };
-    match (run, k) {
-        (4, 3) => im2col_run::<4>(x, k, stride, pad, a_basis, plan),
-        (8, 3) => im2col_run::<8>(x, k, stride, pad, a_basis, plan),
-        (16, 3) => im2col_run::<16>(x, k, stride, pad, a_basis, plan),
-        _ => im2col_run::<0>(x, k, stride, pad, a_basis, plan),
+    match run {
+        4 => input_run::<4>(x, k, stride, pad, a_basis, plan),
+        8 => input_run::<8>(x, k, stride, pad, a_basis, plan),
+        16 => input_run::<16>(x, k, stride, pad, a_basis, plan),
+        _ => input_run::<0>(x, k, stride, pad, a_basis, plan),
     }
 }
 
-/// [`im2col`] with the run length fixed at compile time (`RUN > 0`, 3×3 kernels) or taken at run time (`0`).
-fn im2col_run<const RUN: usize>(
+/// [`input`] with the run length fixed at compile time (`RUN > 0`) or taken at run time (`0`).
+fn input_run<const RUN: usize>(
     x: &Planes,
     k: usize,
     stride: usize,
     pad: usize,
     a_basis: &[f32],
     plan: Plan,
-) -> LutRows {
+) -> LutInput {
     use rayon::prelude::*;
     let (cw, ka) = (x.words(), x.k);
     let (hp, wp) = (x.h + 2 * pad, x.w + 2 * pad);
@@ -106,14 +107,14 @@ fn im2col_run<const RUN: usize>(
     } else {
         cw * 16
     };
-    let mut pix = Buf::<u8>::zeroed(ka * hp * wp * run);
-    // Per padded pixel and plane the number of set bits (integer sums per patch: exact and without a chain of
-    // dependent float adds).
+    let plane = hp * wp * run;
+    let mut map = Buf::<u8>::zeroed(ka * plane);
+    // Per padded pixel and plane the number of set bits (integer sums per patch: exact, no float add chains).
     let mut cnt = Buf::<u32>::zeroed(ka * hp * wp);
-    for (j, (pix, cnt)) in pix.chunks_mut(hp * wp * run).zip(cnt.chunks_mut(hp * wp)).enumerate() {
-        let rows = pix.par_chunks_mut(wp * run).zip(cnt.par_chunks_mut(wp)).skip(pad).take(x.h);
-        rows.enumerate().for_each(|(y, (pix, cnt))| {
-            for (xx, (o, c)) in pix.chunks_mut(run).zip(cnt.iter_mut()).skip(pad).take(x.w).enumerate() {
+    for (j, (map, cnt)) in map.chunks_mut(plane).zip(cnt.chunks_mut(hp * wp)).enumerate() {
+        let rows = map.par_chunks_mut(wp * run).zip(cnt.par_chunks_mut(wp)).skip(pad).take(x.h);
+        rows.enumerate().for_each(|(y, (map, cnt))| {
+            for (xx, (o, c)) in map.chunks_mut(run).zip(cnt.iter_mut()).skip(pad).take(x.w).enumerate() {
                 let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
                 *c = src.iter().map(|w| w.count_ones()).sum::<u32>();
                 for (o, &w) in o.chunks_mut(16).zip(src) {
@@ -125,60 +126,32 @@ fn im2col_run<const RUN: usize>(
                     }
                 }
             }
+            if plan.lanes == 16 {
+                // Low nibble: the pixel `stride` to the right (zero past the row's end).
+                for xx in 0..wp {
+                    for g in 0..run {
+                        let right = if xx + stride < wp { map[(xx + stride) * run + g] >> 4 } else { 0 };
+                        map[xx * run + g] |= right;
+                    }
+                }
+            }
         });
     }
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let groups = crate::patch_words(x.c, k) * 16;
-    let n = (oh * ow).div_ceil(plan.rows()) * plan.rows();
-    let (len, plane, per) = (k * run, hp * wp * run, groups * ka);
-    // Patch row (oy, ox) into `o` (its tail groups stay as they are: zero), T into `t`.
-    let fill = |oy: usize, ox: usize, o: &mut [u8], t: &mut f32| {
-        *t = 0.0;
-        for j in 0..ka {
-            let mut c = 0;
-            for ky in 0..k {
-                let p0 = (oy * stride + ky) * wp + ox * stride;
-                let (d, s) = (&mut o[j * groups + ky * len..], &pix[j * plane + p0 * run..]);
-                if RUN > 0 {
-                    c += cnt[j * hp * wp + p0..][..3].iter().sum::<u32>();
-                    d[..3 * RUN].copy_from_slice(&s[..3 * RUN]);
-                } else {
-                    c += cnt[j * hp * wp + p0..][..k].iter().sum::<u32>();
-                    copy_small(&mut d[..len], &s[..len]);
-                }
-            }
-            *t += a_basis[j] * c as f32;
-        }
-    };
-    let mut t = Buf::<f32>::zeroed(n);
-    if plan.lanes == 16 {
-        // Rows 2p and 2p+1 share a register (low and high half): one byte indexes their pair of tables.
-        let mut pairs = Buf::<u8>::zeroed(n / 2 * per);
-        let it = pairs.par_chunks_mut(per).zip(t.par_chunks_mut(2)).enumerate();
-        it.for_each_init(
-            || vec![0u8; 2 * per],
-            |two, (q, (o, t))| {
-                for (h, (row, t)) in two.chunks_mut(per).zip(t).enumerate() {
-                    match 2 * q + h {
-                        r if r < oh * ow => fill(r / ow, r % ow, row, t),
-                        _ => row.fill(0),
-                    }
-                }
-                let (a, b) = two.split_at(per);
-                o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a | b >> 4);
-            },
-        );
-        return LutRows { offs: pairs, t };
-    }
-    let mut offs = Buf::<u8>::zeroed(n * per);
-    // One task per output row of the image.
-    let line = offs.par_chunks_mut(ow * per).zip(t.par_chunks_mut(ow)).take(oh).enumerate();
-    line.for_each(|(oy, (offs, t))| {
-        for (ox, (o, t)) in offs.chunks_mut(per).zip(t).enumerate() {
-            fill(oy, ox, o, t);
+    let mut t = Buf::<f32>::zeroed(oh * ow);
+    t.par_chunks_mut(ow).enumerate().for_each(|(oy, t)| {
+        for (ox, t) in t.iter_mut().enumerate() {
+            *t = (0..ka)
+                .map(|j| {
+                    let c: u32 = (0..k)
+                        .map(|ky| cnt[j * hp * wp + (oy * stride + ky) * wp + ox * stride..][..k].iter().sum::<u32>())
+                        .sum();
+                    a_basis[j] * c as f32
+                })
+                .sum();
         }
     });
-    LutRows { offs, t }
+    LutInput { map, t, k, stride, run, wp, plane, oh, ow }
 }
 
 /// The 8 nibbles of `w` as the high nibbles of 8 bytes (nibble `g` → byte `g`): the table offsets `16·nibble`.
@@ -213,13 +186,14 @@ fn copy_small(d: &mut [u8], s: &[u8]) {
     }
 }
 
-/// `out[p·C_out + o]` for all rows of `a` (see [`BitGemm::run`]); `lw` from [`pack_weights`] and `a` from
-/// [`im2col`], both made for `plan`.
-pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutRows, rows: usize, out: &mut [f32]) {
+/// `out[p·C_out + o]` for every output pixel `p` of `a` (see [`BitGemm::run`]); `lw` from [`pack_weights`] and
+/// `a` from [`input`], both made for `plan`.
+pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
+    assert!(out.len() >= a.oh * a.ow * g.c_out && a.k * a.k * a.run <= g.words * 16);
     macro_rules! go {
         ($(($kw:literal, $ka:literal, $p:literal, $b:literal, $l:literal)),*) => {
             match (g.kw, g.ka, plan.p, plan.b, plan.lanes) {
-                $(($kw, $ka, $p, $b, $l) => drive::<$kw, $ka, $p, $b, $l>(g, lw, a, rows, out),)*
+                $(($kw, $ka, $p, $b, $l) => drive::<$kw, $ka, $p, $b, $l>(g, lw, a, out),)*
                 _ => unreachable!("plan() and the instantiated tiles disagree"),
             }
         };
@@ -263,12 +237,13 @@ pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutRows, rows: usize, out: &m
     );
 }
 
+/// One task per output row; within it, per pass over some kernel rows and per channel block, tiles of `P` lane
+/// rows left to right.
 #[cfg(target_arch = "x86_64")]
 fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const L: usize>(
     g: &BitGemm,
     lw: &[u8],
-    a: &LutRows,
-    rows: usize,
+    a: &LutInput,
     out: &mut [f32],
 ) {
     use rayon::prelude::*;
@@ -284,29 +259,51 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
             }
         }
     }
-    // A task is up to 16 row tiles; K is cut into equal chunks of at most 24 KB of a tile's weights, so that they
-    // stay in L1 while the task's tiles pass over them (1×1 convs over 4096 channels have 1024 groups).
-    let chunks = (groups * KW * B * 32).div_ceil(24 << 10);
-    let kc = groups.div_ceil(chunks);
-    let r = P * 32 / L; // patch rows per tile
-    let per_task = rows.div_ceil(r).div_ceil(4 * rayon::current_num_threads()).clamp(1, 16);
-    let per = groups * KA;
-    out[..rows * c_out].par_chunks_mut(per_task * r * c_out).enumerate().for_each(|(t, o)| {
-        for g0 in (0..groups).step_by(kc) {
-            let gr = g0..(g0 + kc).min(groups);
+    let (k, s, run, ow) = (a.k, a.stride, a.run, a.ow);
+    let seg = k * run; // groups per kernel row
+                       // Kernel rows per pass: a pass's weights for the tile (≤ 24 KB) stay in L1 while the row's tiles use them.
+    let kys = ((24 << 10) / (seg * KW * B * 32)).clamp(1, k);
+    let px = 32 / L; // output pixels per lane row
+    let lanes = ow.div_ceil(px);
+    out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each(|(oy, orow)| {
+        let tv = &a.t[oy * ow..(oy + 1) * ow];
+        let m = &a.map[oy * s * a.wp * run..];
+        for ky0 in (0..k).step_by(kys) {
             for blk in (0..c_out / L).step_by(B) {
-                let w = &lw[blk * groups * KW * 32..(blk + B) * groups * KW * 32];
-                for (tt, o) in o.chunks_mut(r * c_out).enumerate() {
-                    let r0 = (t * per_task + tt) * r;
-                    let lr = r0 * L / 32; // offset rows: one per row, or per row pair with 16 lanes
-                    let (offs, tv) = (&a.offs[lr * per..(lr + P) * per], &a.t[r0..r0 + r]);
-                    // SAFETY: AVX2 was checked by `plan`; the slices hold `r` rows of offsets, `B` weight blocks,
-                    // and `o` holds `o.len() / c_out` whole rows.
-                    unsafe { tile::<KW, KA, P, B, L>(w, offs, groups, gr.clone(), tv, &coef, &sw, blk * L, o) };
+                let w = &lw[(blk * groups + ky0 * seg) * KW * 32..];
+                for lr0 in (0..lanes).step_by(P) {
+                    let t = Tile {
+                        m: &m[ky0 * a.wp * run..],
+                        lane_step: px * s * run,
+                        row_step: a.wp * run,
+                        plane: a.plane,
+                        lr0,
+                        lanes,
+                        seg,
+                        kys: kys.min(k - ky0),
+                        first: ky0 == 0,
+                    };
+                    // SAFETY: AVX2 was checked by `plan`; `t` addresses lie inside the map (lane rows past
+                    // `lanes` are clamped), the weights of `B` blocks of `groups` groups follow `w`.
+                    unsafe { tile::<KW, KA, P, B, L>(&t, w, groups * KW * 32, tv, &coef, &sw, blk * L, orow) };
                 }
             }
         }
     });
+}
+
+/// Where one tile reads: kernel row `r` (of `kys`) of lane row `lr` in plane `j` starts at
+/// `m[j·plane + r·row_step + lr·lane_step]`, and its `seg` groups follow.
+struct Tile<'a> {
+    m: &'a [u8],
+    lane_step: usize,
+    row_step: usize,
+    plane: usize,
+    kys: usize,
+    lr0: usize,
+    lanes: usize,
+    seg: usize,
+    first: bool,
 }
 
 /// 16 tables `popc(w ∧ a)` for `w` in 0..16, one per activation nibble `a`, each already in both 128-bit halves:
@@ -339,95 +336,110 @@ static PAIRS: Pairs = Pairs({
     t
 });
 
-/// One tile: `B` channel blocks starting at channel `o0`, `P·32/L` patch rows (those of `out` that exist), the
-/// groups `gr`; the first chunk of K stores its result, later chunks add to it.
+/// One tile: `B` channel blocks starting at channel `o0`, `P` lane rows from `t.lr0` (those past `t.lanes` are
+/// read clamped and not stored) over `t.kys` kernel rows; the pass with the first kernel row stores its result,
+/// later passes add to it. `orow` is one output row, `ow × C_out`.
 ///
 /// # Safety
-/// AVX2 must be available; `w` holds `B` blocks of `groups·KW·32` bytes, `offs` `P·32/L` rows of `groups·KA`
-/// offsets < 256, `gr` lies within `0..groups`.
+/// AVX2 must be available; `t.m` holds `KA` planes with `t.seg` groups from every start `t` describes, `w` holds
+/// `B` blocks (`wstride` apart) of `t.kys·t.seg` groups × `KW` × 32 bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // a register tile reads best as indices
 unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize, const L: usize>(
+    t: &Tile,
     w: &[u8],
-    offs: &[u8],
-    groups: usize,
-    gr: std::ops::Range<usize>,
+    wstride: usize,
     tv: &[f32],
     coef: &[f32],
     sw: &[f32],
     o0: usize,
-    out: &mut [f32],
+    orow: &mut [f32],
 ) {
     use std::arch::x86_64::*;
     let zero = _mm256_setzero_si256();
     // i16 totals [b][i][p][j] as (unpacklo, unpackhi) of the byte accumulators.
     let mut wide = [[[[[zero; 2]; KA]; P]; KW]; B];
     let (tab, pairs) = (TABLES.0.as_ptr(), PAIRS.0.as_ptr() as *const u8);
-    let (wp, op) = (w.as_ptr(), offs.as_ptr());
-    let per = groups * KA;
-    let (first, c_out) = (gr.start == 0, sw.len());
-    let mut g0 = gr.start;
-    while g0 < gr.end {
-        let end = (g0 + 63).min(gr.end);
+    let wp = w.as_ptr();
+    let rows: [*const u8; P] = std::array::from_fn(|p| t.m.as_ptr().add((t.lr0 + p).min(t.lanes - 1) * t.lane_step));
+    // Byte accumulators gain at most 4 per group: widen them to i16 every 63 groups (counted across kernel rows).
+    // `acc` is a fresh local per interval, never borrowed, so that it lives in registers.
+    let (mut r, mut g0) = (0, 0);
+    while r < t.kys {
         let mut acc = [[[[zero; KA]; P]; KW]; B];
-        for gi in g0..end {
-            let mut wv = [[zero; KW]; B];
-            for (b, wb) in wv.iter_mut().enumerate() {
-                for (i, v) in wb.iter_mut().enumerate() {
-                    // SAFETY: block b, group gi, plane i lies inside `w` (see the contract).
-                    *v = unsafe { _mm256_loadu_si256(wp.add(((b * groups + gi) * KW + i) * 32) as *const __m256i) };
+        let mut n = 0;
+        while n < 63 && r < t.kys {
+            let end = (g0 + 63 - n).min(t.seg);
+            let (base, wr) = (r * t.row_step, r * t.seg);
+            for gi in g0..end {
+                let mut wv = [[zero; KW]; B];
+                for (b, wb) in wv.iter_mut().enumerate() {
+                    for (i, v) in wb.iter_mut().enumerate() {
+                        // SAFETY: block b, group wr + gi, plane i lies inside `w` (see the contract).
+                        let at = b * wstride + ((wr + gi) * KW + i) * 32;
+                        *v = unsafe { _mm256_loadu_si256(wp.add(at) as *const __m256i) };
+                    }
                 }
-            }
-            for p in 0..P {
-                for j in 0..KA {
-                    // SAFETY: offsets index one of the 16 tables of `TABLES`; rows are within `offs`.
-                    let t = unsafe {
-                        let off = *op.add(p * per + j * groups + gi) as usize;
-                        if L == 32 {
-                            _mm256_load_si256(tab.add(2 * off) as *const __m256i)
-                        } else {
-                            _mm256_load_si256(pairs.add(off * 32) as *const __m256i)
-                        }
-                    };
-                    for b in 0..B {
-                        for i in 0..KW {
-                            acc[b][i][p][j] = _mm256_add_epi8(acc[b][i][p][j], _mm256_shuffle_epi8(t, wv[b][i]));
+                for p in 0..P {
+                    for j in 0..KA {
+                        // SAFETY: the byte lies inside the map (contract); offsets index the tables.
+                        let tb = unsafe {
+                            let off = *rows[p].add(base + j * t.plane + gi) as usize;
+                            if L == 32 {
+                                _mm256_load_si256(tab.add(2 * off) as *const __m256i)
+                            } else {
+                                _mm256_load_si256(pairs.add(off * 32) as *const __m256i)
+                            }
+                        };
+                        for b in 0..B {
+                            for i in 0..KW {
+                                let x = _mm256_shuffle_epi8(tb, wv[b][i]);
+                                acc[b][i][p][j] = _mm256_add_epi8(acc[b][i][p][j], x);
+                            }
                         }
                     }
                 }
+            }
+            n += end - g0;
+            g0 = end;
+            if g0 == t.seg {
+                (r, g0) = (r + 1, 0);
             }
         }
         for b in 0..B {
             for i in 0..KW {
                 for p in 0..P {
                     for j in 0..KA {
-                        let x = acc[b][i][p][j];
-                        let wd = &mut wide[b][i][p][j];
+                        let (x, wd) = (acc[b][i][p][j], &mut wide[b][i][p][j]);
                         wd[0] = _mm256_add_epi16(wd[0], _mm256_unpacklo_epi8(x, zero));
                         wd[1] = _mm256_add_epi16(wd[1], _mm256_unpackhi_epi8(x, zero));
                     }
                 }
             }
         }
-        g0 = end;
     }
     // unpacklo holds bytes 0..8 | 16..24, unpackhi 8..16 | 24..32: 8-lane chunk q comes from half q % 2 of
-    // 128-bit lane q / 2. With 32 lanes that is channels 8q.., with 16 it is channels 8·(q % 2).. of row q / 2.
-    let rows = out.len() / c_out;
+    // 128-bit lane q / 2. With 32 lanes that is channels 8q.. of one pixel, with 16 it is channels 8·(q % 2).. of
+    // pixel q / 2 of the lane row's two.
+    let c_out = sw.len();
+    let ow = orow.len() / c_out;
     for p in 0..P {
         for b in 0..B {
             for q in 0..4 {
-                let (row, o) =
-                    if L == 32 { (p, o0 + b * 32 + q * 8) } else { (2 * p + q / 2, o0 + b * 16 + (q % 2) * 8) };
-                if row >= rows {
+                let (ox, o) = if L == 32 {
+                    (t.lr0 + p, o0 + b * 32 + q * 8)
+                } else {
+                    (2 * (t.lr0 + p) + q / 2, o0 + b * 16 + (q % 2) * 8)
+                };
+                if ox >= ow {
                     continue;
                 }
-                // SAFETY: o + 8 <= c_out (whole blocks) for `sw`, `coef` rows and the output row.
+                // SAFETY: o + 8 <= c_out (whole blocks) for `sw`, `coef` rows and the output pixel.
                 unsafe {
-                    let dst = out.as_mut_ptr().add(row * c_out + o);
-                    let mut f = if first {
-                        _mm256_mul_ps(_mm256_loadu_ps(sw.as_ptr().add(o)), _mm256_set1_ps(-tv[row]))
+                    let dst = orow.as_mut_ptr().add(ox * c_out + o);
+                    let mut f = if t.first {
+                        _mm256_mul_ps(_mm256_loadu_ps(sw.as_ptr().add(o)), _mm256_set1_ps(-tv[ox]))
                     } else {
                         _mm256_loadu_ps(dst)
                     };
