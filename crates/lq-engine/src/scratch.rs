@@ -33,6 +33,16 @@ impl<T: Pooled> Buf<T> {
     }
 }
 
+impl<T: Pooled> Buf<T> {
+    /// `len` values with unspecified (initialised, stale) contents, for buffers the caller overwrites entirely.
+    pub fn reused(len: usize) -> Self {
+        let mut v = T::with_pool(|p| p.pop()).unwrap_or_default();
+        v.truncate(len);
+        v.resize(len, T::default());
+        Buf(v)
+    }
+}
+
 impl<T: Pooled> Drop for Buf<T> {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);

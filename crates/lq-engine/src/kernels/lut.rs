@@ -108,12 +108,21 @@ fn input_run<const RUN: usize>(
         cw * 16
     };
     let plane = hp * wp * run;
-    let mut map = Buf::<u8>::zeroed(ka * plane);
+    // Every byte is written below (pixels, or zeros for the border), so the buffers need no clearing first.
+    let mut map = Buf::<u8>::reused(ka * plane);
     // Per padded pixel and plane the number of set bits (integer sums per patch: exact, no float add chains).
-    let mut cnt = Buf::<u32>::zeroed(ka * hp * wp);
+    let mut cnt = Buf::<u32>::reused(ka * hp * wp);
     for (j, (map, cnt)) in map.chunks_mut(plane).zip(cnt.chunks_mut(hp * wp)).enumerate() {
+        map[..pad * wp * run].fill(0);
+        map[(pad + x.h) * wp * run..].fill(0);
+        cnt[..pad * wp].fill(0);
+        cnt[(pad + x.h) * wp..].fill(0);
         let rows = map.par_chunks_mut(wp * run).zip(cnt.par_chunks_mut(wp)).skip(pad).take(x.h);
         rows.enumerate().for_each(|(y, (map, cnt))| {
+            map[..pad * run].fill(0);
+            map[(pad + x.w) * run..].fill(0);
+            cnt[..pad].fill(0);
+            cnt[pad + x.w..].fill(0);
             for (xx, (o, c)) in map.chunks_mut(run).zip(cnt.iter_mut()).skip(pad).take(x.w).enumerate() {
                 let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
                 *c = src.iter().map(|w| w.count_ones()).sum::<u32>();
@@ -127,18 +136,17 @@ fn input_run<const RUN: usize>(
                 }
             }
             if plan.lanes == 16 {
-                // Low nibble: the pixel `stride` to the right (zero past the row's end).
-                for xx in 0..wp {
-                    for g in 0..run {
-                        let right = if xx + stride < wp { map[(xx + stride) * run + g] >> 4 } else { 0 };
-                        map[xx * run + g] |= right;
-                    }
+                // Low nibble: the pixel `stride` to the right (zero past the row's end). Reads only high nibbles,
+                // which this loop leaves alone.
+                let d = stride * run;
+                for i in 0..map.len().saturating_sub(d) {
+                    map[i] |= map[i + d] >> 4;
                 }
             }
         });
     }
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let mut t = Buf::<f32>::zeroed(oh * ow);
+    let mut t = Buf::<f32>::reused(oh * ow);
     t.par_chunks_mut(ow).enumerate().for_each(|(oy, t)| {
         for (ox, t) in t.iter_mut().enumerate() {
             *t = (0..ka)
