@@ -258,36 +258,66 @@ impl BitConv {
     /// Convolution of packed activations with activation basis `a_basis`, NHWC f32 out.
     pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
         // On a pool worker (a no-op when already on one), so the layer's parallel loops run without wake-ups.
-        rayon::scope(|_| self.forward_here(x, a_basis, isa))
+        rayon::scope(|_| self.run(Input::Planes(x), a_basis, isa))
     }
 
-    fn forward_here(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
-        let (oh, ow) = self.out_hw(x.h, x.w);
+    /// Convolution of the quantized `x` (NHWC f32, `h × w × C`, quantized by `q` as [`Planes::quantize`] does),
+    /// NHWC f32 out. Where the table kernel runs, codes go straight into its operand (no bit-planes in between);
+    /// the result equals `forward(&Planes::quantize(x, h, w, q), ..)`.
+    pub fn forward_f32(&self, x: &[f32], h: usize, w: usize, q: &ChannelQuant, a_basis: &[f32], isa: Isa) -> Vec<f32> {
+        rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, a_basis, isa))
+    }
+
+    fn run(&self, x: Input, a_basis: &[f32], isa: Isa) -> Vec<f32> {
+        let (c, ka, h, w) = match x {
+            Input::Planes(p) => (p.c, p.k, p.h, p.w),
+            Input::F32 { h, w, q, .. } => (q.sign.len(), q.codes.len().trailing_zeros() as usize, h, w),
+        };
+        let (oh, ow) = self.out_hw(h, w);
         let g = BitGemm {
             c_out: self.c_out,
             kw: self.kw,
-            ka: x.k,
-            words: patch_words(x.c, self.k),
+            ka,
+            words: patch_words(c, self.k),
             w: &self.bits,
             w_basis: &self.basis,
             a_basis,
         };
         let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
-        match lut::plan(x.c, self.c_out, self.kw, x.k) {
+        match lut::plan(c, self.c_out, self.kw, ka) {
             Some(plan) if isa == Isa::Avx2Lut => {
                 let lw =
                     self.lut.0.get_or_init(|| lut::pack_weights(&self.bits, self.c_out, self.kw, g.words, plan.lanes));
-                let a = lut::input(x, self.k, self.stride, self.pad, a_basis, plan);
+                let (k, s, pad) = (self.k, self.stride, self.pad);
+                let a = match x {
+                    Input::Planes(p) => lut::input(p, k, s, pad, a_basis, plan),
+                    Input::F32 { x, h, w, q } => lut::input_f32(x, h, w, q, k, s, pad, a_basis, plan),
+                };
                 lut::run(&g, plan, lw, &a, &mut out);
             }
             _ => {
-                let mut a = Buf::<u64>::zeroed(im2col_len(x, self.k, self.stride, self.pad));
-                im2col_into(x, self.k, self.stride, self.pad, &mut a);
+                let quantized;
+                let p = match x {
+                    Input::Planes(p) => p,
+                    Input::F32 { x, h, w, q } => {
+                        quantized = Planes::quantize_with(isa, x, h, w, q);
+                        &quantized
+                    }
+                };
+                let mut a = Buf::<u64>::zeroed(im2col_len(p, self.k, self.stride, self.pad));
+                im2col_into(p, self.k, self.stride, self.pad, &mut a);
                 g.run(isa, &a, rows, &mut out);
             }
         }
         out
     }
+}
+
+/// A conv's input: packed codes, or f32 values with the quantizer that makes them codes.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Planes(&'a Planes),
+    F32 { x: &'a [f32], h: usize, w: usize, q: &'a ChannelQuant },
 }
 
 /// Bit-domain im2col: for each output pixel the k×k input pixels' plane bits (zero outside) in the [`patch_bit`]

@@ -1,7 +1,7 @@
 //! End-to-end inference of exported CIFAR networks: the pre-activation ResNet (shortcut A or B) and VGG-Small,
 //! mirroring `lq-train`'s models layer by layer. Feature maps are NHWC f32 between layers where the network adds
 //! or pools full-precision values, and bit-planes wherever a quantized conv reads them.
-use crate::conv::{BitConv, ChannelQuant, Planes};
+use crate::conv::{BitConv, ChannelQuant};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
 use crate::model::{Meta, ModelFile};
@@ -226,15 +226,13 @@ fn resnet(
     isa: Isa,
 ) -> Vec<f32> {
     for b in blocks {
-        let hq = Planes::quantize(&x, h, w, &b.pre.q);
         let (oh, ow) = b.conv1.out_hw(h, w);
-        let r = b.conv1.forward(&hq, &b.pre.basis, isa);
-        let mq = Planes::quantize(&r, oh, ow, &b.mid.q);
-        let mut r = b.conv2.forward(&mq, &b.mid.basis, isa);
+        let r = b.conv1.forward_f32(&x, h, w, &b.pre.q, &b.pre.basis, isa);
+        let mut r = b.conv2.forward_f32(&r, oh, ow, &b.mid.q, &b.mid.basis, isa);
         let c = b.conv2.c_out;
         match (&b.proj, b.pad_to) {
             (Some((conv, sc, sh)), _) => {
-                let s = conv.forward(&hq, &b.pre.basis, isa);
+                let s = conv.forward_f32(&x, h, w, &b.pre.q, &b.pre.basis, isa);
                 r.iter_mut().zip(&s).enumerate().for_each(|(i, (r, s))| *r += s * sc[i % c] + sh[i % c]);
             }
             (None, Some(_)) => {
@@ -265,16 +263,11 @@ fn resnet(
 }
 
 fn vgg(convs: &[BitConv], acts: &[Act], last_bn: &(Vec<f32>, Vec<f32>), x: Vec<f32>, isa: Isa) -> Vec<f32> {
-    let (mut h, mut w) = (32, 32);
-    let mut q = Planes::quantize(&x, h, w, &acts[0].q);
-    let mut y = Vec::new();
+    let (mut h, mut w, mut y) = (32, 32, x);
     for (i, conv) in convs.iter().enumerate() {
-        y = conv.forward(&q, &acts[i].basis, isa);
+        y = conv.forward_f32(&y, h, w, &acts[i].q, &acts[i].basis, isa);
         if i % 2 == 0 {
             (y, h, w) = (maxpool2(&y, h, w, conv.c_out), h / 2, w / 2);
-        }
-        if i + 1 < acts.len() {
-            q = Planes::quantize(&y, h, w, &acts[i + 1].q);
         }
     }
     // Last BN → ReLU, then NCHW flatten order for the FC (as the trainer's `flatten`).

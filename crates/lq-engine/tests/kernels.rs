@@ -45,10 +45,13 @@ fn check(
         .collect();
     let want = naive::conv(&xq, h, w, c_in, &wq, c_out, k, stride, k / 2);
     let conv = BitConv::pack(c_out, c_in, k, stride, &wt, &wb).unwrap();
-    let planes = Planes::quantize(&x, h, w, &ChannelQuant::fold(&alv, &vec![1.0; c_in], &vec![0.0; c_in]));
+    let cq = ChannelQuant::fold(&alv, &vec![1.0; c_in], &vec![0.0; c_in]);
+    let planes = Planes::quantize(&x, h, w, &cq);
     let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     for isa in isas() {
         let got = conv.forward(&planes, &ab, isa);
+        // Quantizing on the way in (fused into the table kernel's operand where it runs) gives the same result.
+        assert_eq!(conv.forward_f32(&x, h, w, &cq, &ab, isa), got, "{isa:?} forward_f32");
         assert_eq!(got.len(), want.len());
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -129,6 +132,29 @@ fn activation_packing_paths_agree() {
         let a = Planes::quantize_with(Isa::Portable, &x, 7, 5, &q);
         for isa in isas() {
             assert_eq!(Planes::quantize_with(isa, &x, 7, 5, &q), a, "c={c} ka={ka} {isa:?}");
+        }
+    }
+}
+
+/// The fused quantize-into-operand path equals quantizing to planes first, with negative and zero BN scales and
+/// channel counts that take its AVX2 path (multiples of 8, K_a ≤ 3) or fall back (K_a = 4, 20 channels).
+#[test]
+fn fused_quantize_matches_planes() {
+    for (c, ka, c_out) in [(16usize, 2usize, 16usize), (32, 1, 32), (64, 3, 64), (72, 2, 32), (24, 4, 48), (20, 2, 16)]
+    {
+        let x: Vec<f32> = (0..6 * 5 * c).map(|i| ((i * 7919 % 997) as f32 / 300.0) - 1.0).collect();
+        let basis: Vec<f32> = (0..ka).map(|j| 0.3 * (1 << j) as f32).collect();
+        let lv = Levels::from_basis(&basis, CodeSet::Binary).unwrap();
+        let scale: Vec<f32> = (0..c).map(|i| [1.3, -0.7, 0.0][i % 3]).collect();
+        let shift: Vec<f32> = (0..c).map(|i| (i % 5) as f32 * 0.1).collect();
+        let q = ChannelQuant::fold(&lv, &scale, &shift);
+        let wt: Vec<f32> = (0..c_out * c * 9).map(|i| ((i * 104729 % 613) as f32 / 306.0) - 1.0).collect();
+        let wb: Vec<f32> = (0..c_out * 2).map(|i| 0.05 * (1 + i % 2) as f32).collect();
+        let conv = BitConv::pack(c_out, c, 3, 1, &wt, &wb).unwrap();
+        let planes = Planes::quantize_with(Isa::Portable, &x, 6, 5, &q);
+        for isa in isas() {
+            let want = conv.forward(&planes, &basis, isa);
+            assert_eq!(conv.forward_f32(&x, 6, 5, &q, &basis, isa), want, "c={c} ka={ka} {isa:?}");
         }
     }
 }

@@ -12,23 +12,23 @@
 //! consecutive bytes. The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`
 //! recombination as the popcount kernels.
 use super::BitGemm;
-use crate::conv::Planes;
+use crate::conv::{ChannelQuant, Planes};
 use crate::scratch::Buf;
 
 /// The kernel's activation operand: every pixel's planes as table offsets (`16·nibble`, one byte per 4-bit group)
-/// in a zero-bordered map `[K_a][padded pixel][run]`, `run` = the groups of one tap (`C/4` for channels that divide
-/// 64, whole words otherwise, matching [`crate::patch_bit`]). The kernel reads patch rows straight from it (an
-/// implicit im2col: the `k` taps of a kernel row are `k·run` consecutive bytes). With 16 lanes each entry also
-/// holds, in its low nibble, the nibble of the pixel `stride` to the right: the two output pixels that share a
-/// register then read one byte. `t` is `T = Σ_j v^a_j popc(A_j)` per output pixel.
+/// in a zero-bordered map, `[padded row][K_a][padded column][run]` with `run` = the groups of one tap (`C/4` for
+/// channels that divide 64, whole words otherwise, matching [`crate::patch_bit`]). The kernel reads patch rows
+/// straight from it (an implicit im2col: the `k` taps of a kernel row are `k·run` consecutive bytes). With 16
+/// lanes each entry also holds, in its low nibble, the nibble of the pixel `stride` to the right: the two output
+/// pixels that share a register then read one byte. `t` is `T = Σ_j v^a_j popc(A_j)` per output pixel.
 pub struct LutInput {
     map: Buf<u8>,
     t: Buf<f32>,
     k: usize,
     stride: usize,
     run: usize,
+    ka: usize,
     wp: usize,
-    plane: usize,
     oh: usize,
     ow: usize,
 }
@@ -78,73 +78,171 @@ pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, words: usize, lanes: 
 
 /// The operand for a `k×k` conv with `stride` and zero padding `pad` over `x` (see [`LutInput`]).
 pub fn input(x: &Planes, k: usize, stride: usize, pad: usize, a_basis: &[f32], plan: Plan) -> LutInput {
-    // The common runs get copies of compile-time length; the rest a general short copy.
-    let run = if x.c < 64 && 64 % x.c == 0 { x.c / 4 } else { x.words() * 16 };
-    match run {
-        4 => input_run::<4>(x, k, stride, pad, a_basis, plan),
-        8 => input_run::<8>(x, k, stride, pad, a_basis, plan),
-        16 => input_run::<16>(x, k, stride, pad, a_basis, plan),
-        _ => input_run::<0>(x, k, stride, pad, a_basis, plan),
-    }
+    let (cw, ka) = (x.words(), x.k);
+    let run = groups_per_tap(x.c);
+    // Each pixel's plane words, expanded nibble by nibble.
+    let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
+        let (rl, cl) = (row.len() / ka, cnt.len() / ka);
+        for j in 0..ka {
+            let (row, cnt) = (&mut row[j * rl..], &mut cnt[j * cl..]);
+            for xx in 0..x.w {
+                let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
+                cnt[pad + xx] = src.iter().map(|w| w.count_ones()).sum::<u32>();
+                for (o, &w) in row[(pad + xx) * run..][..run].chunks_mut(16).zip(src) {
+                    let b = (spread(w as u32) as u128 | (spread((w >> 32) as u32) as u128) << 64).to_le_bytes();
+                    copy_small(o, &b[..o.len()]);
+                }
+            }
+        }
+    };
+    build(x.h, x.w, ka, run, k, stride, pad, a_basis, plan, fill)
 }
 
-/// [`input`] with the run length fixed at compile time (`RUN > 0`) or taken at run time (`0`).
-fn input_run<const RUN: usize>(
-    x: &Planes,
+/// [`input`] straight from the f32 conv input (`x.len() = h·w·C`, NHWC) and its folded quantizer: codes go to
+/// table offsets in one pass, with no bit-planes in between. Takes the AVX2 path for `C % 8 == 0` and `K_a ≤ 3`,
+/// else quantizes to [`Planes`] first.
+#[allow(clippy::too_many_arguments)]
+pub fn input_f32(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    q: &ChannelQuant,
     k: usize,
     stride: usize,
     pad: usize,
     a_basis: &[f32],
     plan: Plan,
 ) -> LutInput {
-    use rayon::prelude::*;
-    let (cw, ka) = (x.words(), x.k);
-    let (hp, wp) = (x.h + 2 * pad, x.w + 2 * pad);
-    let run = if RUN > 0 {
-        RUN
-    } else if x.c < 64 && 64 % x.c == 0 {
-        x.c / 4
-    } else {
-        cw * 16
-    };
-    let plane = hp * wp * run;
-    // Every byte is written below (pixels, or zeros for the border), so the buffers need no clearing first.
-    let mut map = Buf::<u8>::reused(ka * plane);
-    // Per padded pixel and plane the number of set bits (integer sums per patch: exact, no float add chains).
-    let mut cnt = Buf::<u32>::reused(ka * hp * wp);
-    for (j, (map, cnt)) in map.chunks_mut(plane).zip(cnt.chunks_mut(hp * wp)).enumerate() {
-        map[..pad * wp * run].fill(0);
-        map[(pad + x.h) * wp * run..].fill(0);
-        cnt[..pad * wp].fill(0);
-        cnt[(pad + x.h) * wp..].fill(0);
-        let rows = map.par_chunks_mut(wp * run).zip(cnt.par_chunks_mut(wp)).skip(pad).take(x.h);
-        rows.enumerate().for_each(|(y, (map, cnt))| {
-            map[..pad * run].fill(0);
-            map[(pad + x.w) * run..].fill(0);
-            cnt[..pad].fill(0);
-            cnt[pad + x.w..].fill(0);
-            for (xx, (o, c)) in map.chunks_mut(run).zip(cnt.iter_mut()).skip(pad).take(x.w).enumerate() {
-                let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
-                *c = src.iter().map(|w| w.count_ones()).sum::<u32>();
-                for (o, &w) in o.chunks_mut(16).zip(src) {
-                    let b = (spread(w as u32) as u128 | (spread((w >> 32) as u32) as u128) << 64).to_le_bytes();
-                    if RUN > 0 && RUN <= 16 {
-                        o[..RUN].copy_from_slice(&b[..RUN]);
-                    } else {
-                        copy_small(o, &b[..o.len()]);
-                    }
-                }
-            }
-            if plan.lanes == 16 {
-                // Low nibble: the pixel `stride` to the right (zero past the row's end). Reads only high nibbles,
-                // which this loop leaves alone.
-                let d = stride * run;
-                for i in 0..map.len().saturating_sub(d) {
-                    map[i] |= map[i + d] >> 4;
-                }
-            }
-        });
+    let (c, ka) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
+    if c % 8 != 0 || ka > 3 || !super::avx2::is_available() {
+        return input(&Planes::quantize(x, h, w, q), k, stride, pad, a_basis, plan);
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let t = q.codes.len() - 1;
+        let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t] * tau).collect();
+        // Thresholds transposed to [t][C] so 8 channels load at once.
+        let stt: Vec<f32> = (0..t * c).map(|i| st[(i % c) * t + i / c]).collect();
+        let run = groups_per_tap(c);
+        let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
+            // SAFETY: AVX2 is available (checked above); `x` holds `h·w·C` values, row and cnt one padded row.
+            unsafe { quantize_row(&x[y * w * c..][..w * c], &q.sign, &stt, &q.codes, run, pad, row, cnt) }
+        };
+        build(h, w, ka, run, k, stride, pad, a_basis, plan, fill)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+/// Groups (4 channels each) of one tap in the [`crate::patch_bit`] layout.
+fn groups_per_tap(c: usize) -> usize {
+    if c < 64 && 64 % c == 0 {
+        c / 4
+    } else {
+        c.div_ceil(64) * 16
+    }
+}
+
+/// Quantizes one image row (`w` pixels of `C` channels) into its padded map row: 8 channels per step as in the
+/// bit-plane packer, each plane's 8 bits (`movemask`) written as two offset bytes.
+///
+/// # Safety
+/// AVX2 must be available; `C % 8 == 0`, `K_a ≤ 3`; `row`/`cnt` hold `K_a` padded rows of the map and counts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn quantize_row(
+    xs: &[f32],
+    sign: &[f32],
+    stt: &[f32],
+    codes: &[u8],
+    run: usize,
+    pad: usize,
+    row: &mut [u8],
+    cnt: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let (c, t, ka) = (sign.len(), codes.len() - 1, codes.len().trailing_zeros() as usize);
+    let (rl, cl) = (row.len() / ka, cnt.len() / ka);
+    let mut tab = [0i32; 8];
+    tab.iter_mut().zip(codes).for_each(|(d, &s)| *d = s as i32);
+    let tab = _mm256_loadu_si256(tab.as_ptr() as *const __m256i);
+    let one = _mm256_set1_epi32(1);
+    for (xx, px) in xs.chunks_exact(c).enumerate() {
+        let at = (pad + xx) * run;
+        if c / 4 < run {
+            // Groups past the channels (a partial last word) are zero.
+            (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
+        }
+        let mut pc = [0u32; 3];
+        for c8 in (0..c).step_by(8) {
+            // SAFETY (loads): c8 + 8 <= c for `px`, `sign` and each row of `stt`.
+            let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(sign.as_ptr().add(c8)));
+            let mut idx = _mm256_setzero_si256();
+            for l in 0..t {
+                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(stt.as_ptr().add(l * c + c8)));
+                idx = _mm256_sub_epi32(idx, _mm256_castps_si256(m));
+            }
+            let code = _mm256_permutevar8x32_epi32(tab, idx);
+            for (j, pc) in pc.iter_mut().enumerate().take(ka) {
+                let bit = _mm256_and_si256(_mm256_srlv_epi32(code, _mm256_set1_epi32(j as i32)), one);
+                let m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u32;
+                *pc += m.count_ones();
+                let o = &mut row[j * rl + at + c8 / 4..][..2];
+                o[0] = ((m & 15) << 4) as u8;
+                o[1] = (m & 0xF0) as u8;
+            }
+        }
+        (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
+    }
+}
+
+/// The map around a per-row filler: `fill(y, row, cnt)` writes image row `y`'s pixels (all planes) into its padded
+/// map row `[K_a][wp][run]` and counts `[K_a][wp]`; this adds the zero border, the 16-lane pair nibbles and `T`.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    h: usize,
+    w: usize,
+    ka: usize,
+    run: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    a_basis: &[f32],
+    plan: Plan,
+    fill: impl Fn(usize, &mut [u8], &mut [u32]) + Sync,
+) -> LutInput {
+    use rayon::prelude::*;
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    // Every byte is written below (pixels, or zeros for the border), so the buffers need no clearing first.
+    let mut map = Buf::<u8>::reused(hp * ka * wp * run);
+    // Per padded pixel and plane the number of set bits (integer sums per patch: exact, no float add chains).
+    let mut cnt = Buf::<u32>::reused(hp * ka * wp);
+    map.par_chunks_mut(ka * wp * run).zip(cnt.par_chunks_mut(ka * wp)).enumerate().for_each(|(yp, (row, cn))| {
+        if yp < pad || yp >= pad + h {
+            row.fill(0);
+            cn.fill(0);
+            return;
+        }
+        for j in 0..ka {
+            let (r, c) = (&mut row[j * wp * run..][..wp * run], &mut cn[j * wp..][..wp]);
+            r[..pad * run].fill(0);
+            r[(pad + w) * run..].fill(0);
+            c[..pad].fill(0);
+            c[pad + w..].fill(0);
+        }
+        fill(yp - pad, row, cn);
+        if plan.lanes == 16 {
+            // Low nibble: the pixel `stride` to the right (zero past the row's end). Reads only high nibbles,
+            // which this loop leaves alone.
+            let d = stride * run;
+            for r in row.chunks_mut(wp * run) {
+                for i in 0..r.len().saturating_sub(d) {
+                    r[i] |= r[i + d] >> 4;
+                }
+            }
+        }
+    });
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     let mut t = Buf::<f32>::reused(oh * ow);
     t.par_chunks_mut(ow).enumerate().for_each(|(oy, t)| {
@@ -152,14 +250,14 @@ fn input_run<const RUN: usize>(
             *t = (0..ka)
                 .map(|j| {
                     let c: u32 = (0..k)
-                        .map(|ky| cnt[j * hp * wp + (oy * stride + ky) * wp + ox * stride..][..k].iter().sum::<u32>())
+                        .map(|ky| cnt[((oy * stride + ky) * ka + j) * wp + ox * stride..][..k].iter().sum::<u32>())
                         .sum();
                     a_basis[j] * c as f32
                 })
                 .sum();
         }
     });
-    LutInput { map, t, k, stride, run, wp, plane, oh, ow }
+    LutInput { map, t, k, stride, run, ka, wp, oh, ow }
 }
 
 /// The 8 nibbles of `w` as the high nibbles of 8 bytes (nibble `g` → byte `g`): the table offsets `16·nibble`.
@@ -275,16 +373,17 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
     let lanes = ow.div_ceil(px);
     out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each(|(oy, orow)| {
         let tv = &a.t[oy * ow..(oy + 1) * ow];
-        let m = &a.map[oy * s * a.wp * run..];
+        let row = a.ka * a.wp * run; // bytes per padded map row
+        let m = &a.map[oy * s * row..];
         for ky0 in (0..k).step_by(kys) {
             for blk in (0..c_out / L).step_by(B) {
                 let w = &lw[(blk * groups + ky0 * seg) * KW * 32..];
                 for lr0 in (0..lanes).step_by(P) {
                     let t = Tile {
-                        m: &m[ky0 * a.wp * run..],
+                        m: &m[ky0 * row..],
                         lane_step: px * s * run,
-                        row_step: a.wp * run,
-                        plane: a.plane,
+                        row_step: row,
+                        plane: a.wp * run,
                         lr0,
                         lanes,
                         seg,
