@@ -245,18 +245,23 @@ fn build(
     });
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     let mut t = Buf::<f32>::reused(oh * ow);
-    t.par_chunks_mut(ow).enumerate().for_each(|(oy, t)| {
-        for (ox, t) in t.iter_mut().enumerate() {
-            *t = (0..ka)
-                .map(|j| {
-                    let c: u32 = (0..k)
-                        .map(|ky| cnt[((oy * stride + ky) * ka + j) * wp + ox * stride..][..k].iter().sum::<u32>())
-                        .sum();
-                    a_basis[j] * c as f32
-                })
-                .sum();
-        }
-    });
+    // Per output row and plane the window sums, one kernel row at a time (plain loops over the row vectorise).
+    t.par_chunks_mut(ow).enumerate().for_each_init(
+        || vec![0u32; ow],
+        |sum, (oy, t)| {
+            t.fill(0.0);
+            for j in 0..ka {
+                sum.fill(0);
+                for ky in 0..k {
+                    let r = &cnt[((oy * stride + ky) * ka + j) * wp..][..wp];
+                    for kx in 0..k {
+                        sum.iter_mut().enumerate().for_each(|(ox, s)| *s += r[ox * stride + kx]);
+                    }
+                }
+                t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += a_basis[j] * s as f32);
+            }
+        },
+    );
     LutInput { map, t, k, stride, run, ka, wp, oh, ow }
 }
 
