@@ -5,6 +5,7 @@ use crate::conv::{BitConv, ChannelQuant};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
 use crate::model::{Meta, ModelFile};
+use crate::scratch::Buf;
 use std::path::Path;
 
 /// A full-precision conv (OIHW weights), computed as f32 im2col + GEMM.
@@ -17,21 +18,20 @@ struct FpConv {
 }
 
 impl FpConv {
-    /// NHWC in, NHWC out, stride 1, same padding.
+    /// CHW in (the normalised image), NHWC out, stride 1, same padding: im2col straight from the planes (no
+    /// transposed copy of the image), then one GEMM.
     fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
         let (k, c, pad) = (self.k, self.c_in, self.k / 2);
         let kk = k * k * c;
-        let mut cols = vec![0.0f32; h * w * kk];
-        for y in 0..h {
-            for xx in 0..w {
-                let row = &mut cols[(y * w + xx) * kk..][..kk];
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let (iy, ix) = ((y + ky) as isize - pad as isize, (xx + kx) as isize - pad as isize);
-                        if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
-                            for ci in 0..c {
-                                row[(ci * k + ky) * k + kx] = x[(iy as usize * w + ix as usize) * c + ci];
-                            }
+        let mut cols = Buf::<f32>::zeroed(h * w * kk);
+        for ci in 0..c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let q = (ci * k + ky) * k + kx;
+                    for y in (0..h).filter(|&y| y + ky >= pad && y + ky - pad < h) {
+                        let src = &x[(ci * h + y + ky - pad) * w..][..w];
+                        for xx in (0..w).filter(|&xx| xx + kx >= pad && xx + kx - pad < w) {
+                            cols[(y * w + xx) * kk + q] = src[xx + kx - pad];
                         }
                     }
                 }
@@ -196,9 +196,8 @@ impl Model {
     }
 
     fn forward_one(&self, chw: &[f32], isa: Isa) -> Vec<f32> {
-        let [c, h, w] = self.meta.arch.input;
-        let nhwc: Vec<f32> = (0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect();
-        let x = self.conv0.forward(&nhwc, h, w);
+        let [_, h, w] = self.meta.arch.input;
+        let x = self.conv0.forward(chw, h, w);
         let feats = match &self.body {
             Body::ResNet { blocks, head } => resnet(blocks, head, x, h, w, isa),
             Body::Vgg { convs, acts, last_bn } => vgg(convs, acts, last_bn, x, isa),
