@@ -201,7 +201,9 @@ pub struct BenchInferArgs {
 
 /// Engine latency vs the same architecture in full precision on libtorch (eval forward), same threads.
 pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
-    rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().ok();
+    // The calling thread is worker 0, so a forward runs on it (with one thread: without any hand-off to a pool
+    // thread that went to sleep while libtorch ran).
+    rayon::ThreadPoolBuilder::new().num_threads(a.threads).use_current_thread().build_global().ok();
     tch::set_num_threads(a.threads as i32);
     let model = Model::load(&a.model)?;
     let arch = &model.meta.arch;
