@@ -43,13 +43,16 @@ impl Planes {
         let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
         let mut data = vec![0u64; h * w * k * cw];
         #[cfg(target_arch = "x86_64")]
-        if matches!(isa, Isa::Avx2 | Isa::Avx2Lut) && isa.is_available() && k <= 3 && c % 8 == 0 {
-            // Thresholds transposed to [t][C] so 8 channels load at once.
-            let stt: Vec<f32> = (0..t * c).map(|i| st[(i % c) * t + i / c]).collect();
+        if matches!(isa, Isa::Avx2 | Isa::Avx2Lut) && Quant8::takes(q) {
+            let q8 = Quant8::new(q);
             data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
-                // SAFETY: AVX2 is available (checked above); `xs` holds whole pixels of `c` channels and `out`
-                // the matching `k·cw` words per pixel.
-                unsafe { avx2_pack(xs, out, &q.sign, &stt, &q.codes, c, k) }
+                for (px, o) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
+                    for c8 in (0..c).step_by(8) {
+                        // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; c8 + 8 <= C.
+                        let m = unsafe { q8.masks(px, c8) };
+                        (0..k).for_each(|j| o[j * cw + c8 / 64] |= (m[j] as u64) << (c8 % 64));
+                    }
+                }
             });
             return Planes { h, w, c, k, data };
         }
@@ -77,37 +80,58 @@ impl Planes {
     }
 }
 
-/// AVX2 packing of whole pixels: 8 channels per step, threshold compares counted into the sorted index, the
-/// code looked up with a lane permute, each plane's bits taken with `movemask`.
-///
-/// # Safety
-/// AVX2 must be available; `c % 8 == 0`, `k <= 3`, `xs.len()` a multiple of `c`, `out` holding `k·⌈c/64⌉` words
-/// per pixel.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn avx2_pack(xs: &[f32], out: &mut [u64], sign: &[f32], stt: &[f32], codes: &[u8], c: usize, k: usize) {
-    use std::arch::x86_64::*;
-    let t = codes.len() - 1;
-    let cw = c.div_ceil(64);
-    let mut tab = [0i32; 8];
-    tab.iter_mut().zip(codes).for_each(|(d, &s)| *d = s as i32);
-    let tab = _mm256_loadu_si256(tab.as_ptr() as *const __m256i);
-    let one = _mm256_set1_epi32(1);
-    for (px, o) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
-        for c8 in (0..c).step_by(8) {
-            // SAFETY (loads): c8 + 8 <= c for `px`, `sign` and each row of `stt`.
-            let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(sign.as_ptr().add(c8)));
+/// The AVX2 quantizer of 8 channels at a time, shared by the bit-plane packer and the table kernel's input:
+/// threshold compares counted into the sorted level index, the code looked up with a lane permute, each plane's 8
+/// bits taken with `movemask`.
+pub(crate) struct Quant8<'a> {
+    sign: &'a [f32],
+    /// Signed thresholds `sign·τ`, transposed to `[t][C]` so 8 channels load at once.
+    stt: Vec<f32>,
+    codes: [i32; 8],
+    t: usize,
+    k: usize,
+}
+
+impl<'a> Quant8<'a> {
+    /// Whether the AVX2 path takes `q`: AVX2 present, channels in whole groups of 8, K_a ≤ 3.
+    pub fn takes(q: &ChannelQuant) -> bool {
+        crate::kernels::avx2::is_available() && q.sign.len() % 8 == 0 && q.codes.len() <= 8
+    }
+
+    pub fn new(q: &'a ChannelQuant) -> Self {
+        let (c, t) = (q.sign.len(), q.codes.len() - 1);
+        let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
+        let mut codes = [0i32; 8];
+        codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
+        Quant8 { sign: &q.sign, stt, codes, t, k: q.codes.len().trailing_zeros() as usize }
+    }
+
+    /// The bits of planes 0..K_a of channels `c8..c8 + 8` of one pixel `px` (bit `i` = channel `c8 + i`).
+    ///
+    /// # Safety
+    /// [`Quant8::takes`] held for this quantizer; `c8 + 8 <= C` and `px.len() == C`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub unsafe fn masks(&self, px: &[f32], c8: usize) -> [u32; 3] {
+        use std::arch::x86_64::*;
+        let c = self.sign.len();
+        let one = _mm256_set1_epi32(1);
+        // SAFETY (loads): c8 + 8 <= C for `px`, `sign` and each row of `stt`; `codes` is 8 i32.
+        unsafe {
+            let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(self.sign.as_ptr().add(c8)));
             let mut idx = _mm256_setzero_si256();
-            for l in 0..t {
-                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(stt.as_ptr().add(l * c + c8)));
+            for l in 0..self.t {
+                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(self.stt.as_ptr().add(l * c + c8)));
                 idx = _mm256_sub_epi32(idx, _mm256_castps_si256(m));
             }
-            let code = _mm256_permutevar8x32_epi32(tab, idx);
-            for j in 0..k {
+            let code = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(self.codes.as_ptr() as *const __m256i), idx);
+            let mut out = [0u32; 3];
+            for (j, o) in out.iter_mut().enumerate().take(self.k) {
                 let bit = _mm256_and_si256(_mm256_srlv_epi32(code, _mm256_set1_epi32(j as i32)), one);
-                let mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u64;
-                o[j * cw + c8 / 64] |= mask << (c8 % 64);
+                *o = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u32;
             }
+            out
         }
     }
 }

@@ -12,7 +12,7 @@
 //! consecutive bytes. The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`
 //! recombination as the popcount kernels.
 use super::BitGemm;
-use crate::conv::{ChannelQuant, Planes};
+use crate::conv::{ChannelQuant, Planes, Quant8};
 use crate::scratch::Buf;
 
 /// The kernel's activation operand: every pixel's planes as table offsets (`16·nibble`, one byte per 4-bit group)
@@ -114,24 +114,34 @@ pub fn input_f32(
     plan: Plan,
 ) -> LutInput {
     let (c, ka) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
-    if c % 8 != 0 || ka > 3 || !super::avx2::is_available() {
+    if !Quant8::takes(q) {
         return input(&Planes::quantize(x, h, w, q), k, stride, pad, a_basis, plan);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let t = q.codes.len() - 1;
-        let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t] * tau).collect();
-        // Thresholds transposed to [t][C] so 8 channels load at once.
-        let stt: Vec<f32> = (0..t * c).map(|i| st[(i % c) * t + i / c]).collect();
-        let run = groups_per_tap(c);
-        let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
-            // SAFETY: AVX2 is available (checked above); `x` holds `h·w·C` values, row and cnt one padded row.
-            unsafe { quantize_row(&x[y * w * c..][..w * c], &q.sign, &stt, &q.codes, run, pad, row, cnt) }
-        };
-        build(h, w, ka, run, k, stride, pad, a_basis, plan, fill)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!()
+    let (q8, run) = (Quant8::new(q), groups_per_tap(c));
+    let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
+        let (rl, cl) = (row.len() / ka, cnt.len() / ka);
+        for (xx, px) in x[y * w * c..][..w * c].chunks_exact(c).enumerate() {
+            let at = (pad + xx) * run;
+            // Groups past the channels (a partial last word) are zero.
+            (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
+            let mut pc = [0u32; 3];
+            for c8 in (0..c).step_by(8) {
+                // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; c8 + 8 <= C.
+                #[cfg(target_arch = "x86_64")]
+                let m = unsafe { q8.masks(px, c8) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let m = [0u32; 3];
+                for j in 0..ka {
+                    pc[j] += m[j].count_ones();
+                    let o = &mut row[j * rl + at + c8 / 4..][..2];
+                    o[0] = ((m[j] & 15) << 4) as u8;
+                    o[1] = (m[j] & 0xF0) as u8;
+                }
+            }
+            (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
+        }
+    };
+    build(h, w, ka, run, k, stride, pad, a_basis, plan, fill)
 }
 
 /// Groups (4 channels each) of one tap in the [`crate::patch_bit`] layout.
@@ -140,60 +150,6 @@ fn groups_per_tap(c: usize) -> usize {
         c / 4
     } else {
         c.div_ceil(64) * 16
-    }
-}
-
-/// Quantizes one image row (`w` pixels of `C` channels) into its padded map row: 8 channels per step as in the
-/// bit-plane packer, each plane's 8 bits (`movemask`) written as two offset bytes.
-///
-/// # Safety
-/// AVX2 must be available; `C % 8 == 0`, `K_a ≤ 3`; `row`/`cnt` hold `K_a` padded rows of the map and counts.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn quantize_row(
-    xs: &[f32],
-    sign: &[f32],
-    stt: &[f32],
-    codes: &[u8],
-    run: usize,
-    pad: usize,
-    row: &mut [u8],
-    cnt: &mut [u32],
-) {
-    use std::arch::x86_64::*;
-    let (c, t, ka) = (sign.len(), codes.len() - 1, codes.len().trailing_zeros() as usize);
-    let (rl, cl) = (row.len() / ka, cnt.len() / ka);
-    let mut tab = [0i32; 8];
-    tab.iter_mut().zip(codes).for_each(|(d, &s)| *d = s as i32);
-    let tab = _mm256_loadu_si256(tab.as_ptr() as *const __m256i);
-    let one = _mm256_set1_epi32(1);
-    for (xx, px) in xs.chunks_exact(c).enumerate() {
-        let at = (pad + xx) * run;
-        if c / 4 < run {
-            // Groups past the channels (a partial last word) are zero.
-            (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
-        }
-        let mut pc = [0u32; 3];
-        for c8 in (0..c).step_by(8) {
-            // SAFETY (loads): c8 + 8 <= c for `px`, `sign` and each row of `stt`.
-            let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(sign.as_ptr().add(c8)));
-            let mut idx = _mm256_setzero_si256();
-            for l in 0..t {
-                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(stt.as_ptr().add(l * c + c8)));
-                idx = _mm256_sub_epi32(idx, _mm256_castps_si256(m));
-            }
-            let code = _mm256_permutevar8x32_epi32(tab, idx);
-            for (j, pc) in pc.iter_mut().enumerate().take(ka) {
-                let bit = _mm256_and_si256(_mm256_srlv_epi32(code, _mm256_set1_epi32(j as i32)), one);
-                let m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u32;
-                *pc += m.count_ones();
-                let o = &mut row[j * rl + at + c8 / 4..][..2];
-                o[0] = ((m & 15) << 4) as u8;
-                o[1] = (m & 0xF0) as u8;
-            }
-        }
-        (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
     }
 }
 
