@@ -46,13 +46,9 @@ impl Planes {
         if matches!(isa, Isa::Avx2 | Isa::Avx2Lut) && Quant8::takes(q) {
             let q8 = Quant8::new(q);
             data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
-                for (px, o) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
-                    for c8 in (0..c).step_by(8) {
-                        // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; c8 + 8 <= C.
-                        let m = unsafe { q8.masks(px, c8) };
-                        (0..k).for_each(|j| o[j * cw + c8 / 64] |= (m[j] as u64) << (c8 % 64));
-                    }
-                }
+                // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; `xs` holds whole pixels and `out`
+                // their `k·cw` words each.
+                unsafe { q8.pack(xs, out) }
             });
             return Planes { h, w, c, k, data };
         }
@@ -104,6 +100,54 @@ impl<'a> Quant8<'a> {
         let mut codes = [0i32; 8];
         codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
         Quant8 { sign: &q.sign, stt, codes, t, k: q.codes.len().trailing_zeros() as usize }
+    }
+
+    /// Packs whole pixels `xs` into bit-planes `out` (`K_a·⌈C/64⌉` words per pixel, zeroed).
+    ///
+    /// # Safety
+    /// [`Quant8::takes`] held for this quantizer.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn pack(&self, xs: &[f32], out: &mut [u64]) {
+        let (c, k) = (self.sign.len(), self.k);
+        let cw = c.div_ceil(64);
+        for (px, o) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
+            for c8 in (0..c).step_by(8) {
+                // SAFETY: c8 + 8 <= C (C % 8 == 0).
+                let m = unsafe { self.masks(px, c8) };
+                (0..k).for_each(|j| o[j * cw + c8 / 64] |= (m[j] as u64) << (c8 % 64));
+            }
+        }
+    }
+
+    /// Quantizes one image row (whole pixels `xs`) into a padded row of the table kernel's map: for each plane
+    /// `row` holds `[wp][run]` offset bytes (`rl` apart) and `cnt` `[wp]` set-bit counts (`cl` apart); pixel `x`
+    /// goes to column `pad + x`.
+    ///
+    /// # Safety
+    /// [`Quant8::takes`] held for this quantizer; `run >= C/4`, the rows are long enough.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn offsets_row(&self, xs: &[f32], row: &mut [u8], cnt: &mut [u32], run: usize, pad: usize) {
+        let (c, ka) = (self.sign.len(), self.k);
+        let (rl, cl) = (row.len() / ka, cnt.len() / ka);
+        for (xx, px) in xs.chunks_exact(c).enumerate() {
+            let at = (pad + xx) * run;
+            // Groups past the channels (a partial last word) are zero.
+            (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
+            let mut pc = [0u32; 3];
+            for c8 in (0..c).step_by(8) {
+                // SAFETY: c8 + 8 <= C (C % 8 == 0).
+                let m = unsafe { self.masks(px, c8) };
+                for j in 0..ka {
+                    pc[j] += m[j].count_ones();
+                    let o = &mut row[j * rl + at + c8 / 4..][..2];
+                    o[0] = ((m[j] & 15) << 4) as u8;
+                    o[1] = (m[j] & 0xF0) as u8;
+                }
+            }
+            (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
+        }
     }
 
     /// The bits of planes 0..K_a of channels `c8..c8 + 8` of one pixel `px` (bit `i` = channel `c8 + i`).

@@ -119,27 +119,14 @@ pub fn input_f32(
     }
     let (q8, run) = (Quant8::new(q), groups_per_tap(c));
     let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
-        let (rl, cl) = (row.len() / ka, cnt.len() / ka);
-        for (xx, px) in x[y * w * c..][..w * c].chunks_exact(c).enumerate() {
-            let at = (pad + xx) * run;
-            // Groups past the channels (a partial last word) are zero.
-            (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
-            let mut pc = [0u32; 3];
-            for c8 in (0..c).step_by(8) {
-                // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; c8 + 8 <= C.
-                #[cfg(target_arch = "x86_64")]
-                let m = unsafe { q8.masks(px, c8) };
-                #[cfg(not(target_arch = "x86_64"))]
-                let m = [0u32; 3];
-                for j in 0..ka {
-                    pc[j] += m[j].count_ones();
-                    let o = &mut row[j * rl + at + c8 / 4..][..2];
-                    o[0] = ((m[j] & 15) << 4) as u8;
-                    o[1] = (m[j] & 0xF0) as u8;
-                }
-            }
-            (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
+        // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; `run >= C/4`; `row`/`cnt` are one padded
+        // map row.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            q8.offsets_row(&x[y * w * c..][..w * c], row, cnt, run, pad)
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (y, row, cnt, &q8);
     };
     build(h, w, ka, run, k, stride, pad, a_basis, plan, fill)
 }
