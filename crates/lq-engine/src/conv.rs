@@ -133,8 +133,10 @@ impl<'a> Quant8<'a> {
         let (rl, cl) = (row.len() / ka, cnt.len() / ka);
         for (xx, px) in xs.chunks_exact(c).enumerate() {
             let at = (pad + xx) * run;
-            // Groups past the channels (a partial last word) are zero.
-            (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
+            if c / 4 < run {
+                // Groups past the channels (a partial last word) are zero.
+                (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
+            }
             let mut pc = [0u32; 3];
             for c8 in (0..c).step_by(8) {
                 // SAFETY: c8 + 8 <= C (C % 8 == 0).
