@@ -3,7 +3,8 @@
 //! # Overview
 //! - [`Planes`]: activation codes as bit-planes packed along channels; [`ChannelQuant`] folds BN + ReLU into
 //!   per-channel thresholds so a conv output maps straight to codes.
-//! - [`BitConv`]: a quantized conv with packed weight planes; forward = bit im2col + binary GEMM + LQ epilogue.
+//! - [`BitConv`]: a quantized conv with packed weight planes. `forward(&Planes)` = bit im2col + binary GEMM + LQ
+//!   epilogue; `forward_f32` quantizes on the way in, straight into the table kernel's operand where it runs.
 //! - [`kernels`]: the binary GEMM: an AVX2 table-lookup kernel ([`kernels::lut`]) for layers with whole
 //!   16-channel blocks, an AVX2 popcount kernel for the rest, a portable one without AVX2 (chosen once at run
 //!   time; [`Isa`] forces one).
