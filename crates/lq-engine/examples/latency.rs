@@ -11,20 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(path.as_ref())?;
     let [c, h, w] = model.meta.arch.input;
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
-    let run = || -> Vec<f64> {
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(model.forward_batch(&x, n, Isa::best()).unwrap());
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect()
-    };
-    let mut times = if std::env::var_os("IN_POOL").is_some() {
-        rayon::ThreadPoolBuilder::new().build()?.install(run)
-    } else {
-        run()
-    };
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(model.forward_batch(&x, n, Isa::best()).unwrap());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
     times.sort_by(f64::total_cmp);
     println!("batch {n}: min {:.3} ms, median {:.3} ms ({:?})", times[0], times[reps / 2], Isa::best());
     Ok(())

@@ -39,8 +39,6 @@ impl Planes {
         use rayon::prelude::*;
         let (c, k) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
         let (cw, t) = (c.div_ceil(64), q.codes.len() - 1);
-        // Signed thresholds, so the per-element test is one compare: sign·x > sign·τ.
-        let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
         let mut data = vec![0u64; h * w * k * cw];
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, Isa::Avx2 | Isa::Avx2Lut) && Quant8::takes(q) {
@@ -53,6 +51,8 @@ impl Planes {
             return Planes { h, w, c, k, data };
         }
         let _ = isa;
+        // Signed thresholds, so the per-element test is one compare: sign·x > sign·τ.
+        let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
         data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
             for (xs, out) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
                 for (cb, chunk) in xs.chunks(64).enumerate() {
@@ -226,7 +226,7 @@ impl ChannelQuant {
 /// new word.
 #[inline]
 pub fn patch_bit(c_in: usize, tap: usize, ci: usize) -> (usize, usize) {
-    if c_in % 64 == 0 || 64 % c_in == 0 {
+    if c_in % 64 == 0 || narrow(c_in) {
         let d = tap * c_in + ci;
         (d / 64, d % 64)
     } else {
@@ -234,9 +234,15 @@ pub fn patch_bit(c_in: usize, tap: usize, ci: usize) -> (usize, usize) {
     }
 }
 
+/// Whether `c` channels are narrower than a word and divide it: their taps are packed densely (see
+/// [`patch_bit`]), several per word.
+pub(crate) fn narrow(c: usize) -> bool {
+    c < 64 && 64 % c == 0
+}
+
 /// Words per plane of a patch row of a `k×k` conv over `c_in` channels (see [`patch_bit`]).
 pub fn patch_words(c_in: usize, k: usize) -> usize {
-    if c_in % 64 == 0 || 64 % c_in == 0 {
+    if c_in % 64 == 0 || narrow(c_in) {
         (k * k * c_in).div_ceil(64)
     } else {
         k * k * c_in.div_ceil(64)
@@ -410,7 +416,7 @@ fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64])
     let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
     let words = patch_words(x.c, k);
     // Channels narrower than a word are placed densely, shifted to their tap's bit offset (see `patch_bit`).
-    let narrow = x.c < 64 && 64 % x.c == 0;
+    let narrow = narrow(x.c);
     let rows = oh * ow;
     use rayon::prelude::*;
     out.par_chunks_mut(x.k * words * 4).enumerate().for_each(|(g, grp)| {

@@ -231,6 +231,7 @@ fn resnet(
         let c = b.conv2.c_out;
         match (&b.proj, b.pad_to) {
             (Some((conv, sc, sh)), _) => {
+                // Quantized again on the way in: its operand (1×1, stride 2, no padding) differs from conv1's.
                 let s = conv.forward_f32(&x, h, w, &b.pre.q, &b.pre.basis, isa);
                 r.iter_mut().zip(&s).enumerate().for_each(|(i, (r, s))| *r += s * sc[i % c] + sh[i % c]);
             }

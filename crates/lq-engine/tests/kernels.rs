@@ -98,6 +98,7 @@ fn edge_shapes() {
         check(32, 32, 6, 5, 3, 2, kw, ka, 13, 1.5); // 8-group taps, stride 2
         check(64, 64, 4, 4, 3, 1, kw, ka, 14, 1.5); // 16-group taps
         check(8, 32, 3, 4, 3, 1, kw, ka, 15, 1.5); // 2-group taps (run-time length)
+        check(3, 16, 5, 4, 3, 1, kw, ka, 16, 1.5); // 3 channels: one word per tap (the image-like input)
         check(512, 48, 2, 3, 3, 2, kw, ka, 12, 1.5); // 16 lanes, several widenings and K chunks
     }
 }

@@ -12,19 +12,10 @@ fn fit_prints_per_channel_json_and_lowers_the_error() {
     // 4 output channels × (3×3×2) weights, each channel at its own scale.
     let w: Vec<f32> = (0..72).map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.01 * (1 + i / 18) as f32).collect();
     lq_data::write_npy(&p, &[4, 2, 3, 3], &w).unwrap();
+    let fit =
+        |args: &[&str]| lqnets(&[&["fit", "--input", p.to_str().unwrap(), "--bits", "2", "--json"], args].concat());
     let mse = |steps: &str| -> Vec<f64> {
-        let o = lqnets(&[
-            "fit",
-            "--input",
-            p.to_str().unwrap(),
-            "--bits",
-            "2",
-            "--kind",
-            "weight",
-            "--steps",
-            steps,
-            "--json",
-        ]);
+        let o = fit(&["--kind", "weight", "--steps", steps]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         for key in ["basis", "levels", "thresholds", "mse"] {
@@ -35,18 +26,7 @@ fn fit_prints_per_channel_json_and_lowers_the_error() {
     };
     let (one, many) = (mse("1"), mse("10"));
     assert!(one.iter().zip(&many).all(|(a, b)| *b <= *a * 1.05 + 1e-12), "{one:?} -> {many:?}");
-    let o = lqnets(&[
-        "fit",
-        "--input",
-        p.to_str().unwrap(),
-        "--bits",
-        "2",
-        "--kind",
-        "activation",
-        "--method",
-        "hwgq",
-        "--json",
-    ]);
+    let o = fit(&["--kind", "activation", "--method", "hwgq"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["thresholds"].as_array().unwrap().len(), 3);
 }

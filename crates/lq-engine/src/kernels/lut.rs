@@ -12,7 +12,7 @@
 //! consecutive bytes. The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`
 //! recombination as the popcount kernels.
 use super::BitGemm;
-use crate::conv::{ChannelQuant, Planes, Quant8};
+use crate::conv::{narrow, ChannelQuant, Planes, Quant8};
 use crate::scratch::Buf;
 
 /// The kernel's activation operand: every pixel's planes as table offsets (`16·nibble`, one byte per 4-bit group)
@@ -48,7 +48,8 @@ pub struct Plan {
 /// more than 12 accumulators (or more than 4 bits a side), or 1 or 2 input channels (their densely packed taps
 /// do not start on 4-bit groups).
 pub fn plan(c_in: usize, c_out: usize, kw: usize, ka: usize) -> Option<Plan> {
-    if !super::avx2::is_available() || c_out % 16 != 0 || c_in < 4 || kw > 4 || ka > 4 || kw * ka > 12 {
+    let split_taps = narrow(c_in) && c_in < 4;
+    if !super::avx2::is_available() || c_out % 16 != 0 || split_taps || kw > 4 || ka > 4 || kw * ka > 12 {
         return None;
     }
     let lanes = if c_out % 32 == 0 { 32 } else { 16 };
@@ -133,7 +134,7 @@ pub fn input_f32(
 
 /// Groups (4 channels each) of one tap in the [`crate::patch_bit`] layout.
 fn groups_per_tap(c: usize) -> usize {
-    if c < 64 && 64 % c == 0 {
+    if narrow(c) {
         c / 4
     } else {
         c.div_ceil(64) * 16
@@ -302,12 +303,10 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
 ) {
     use rayon::prelude::*;
     let (c_out, groups) = (g.c_out, g.words * 16);
-    // Epilogue coefficients `2·v^w_{o,i}·v^a_j` as `[i][j][C_out]`, and `S_w[o] = Σ_i v^w_{o,i}`.
-    let mut coef = vec![0.0f32; KW * KA * c_out];
-    let mut sw = vec![0.0f32; c_out];
+    // Epilogue coefficients `2·v^w_{o,i}·v^a_j` as `[i][j][C_out]`.
+    let (mut coef, sw) = (vec![0.0f32; KW * KA * c_out], g.weight_sums());
     for o in 0..c_out {
         for i in 0..KW {
-            sw[o] += g.w_basis[o * KW + i];
             for j in 0..KA {
                 coef[(i * KA + j) * c_out + o] = 2.0 * g.w_basis[o * KW + i] * g.a_basis[j];
             }

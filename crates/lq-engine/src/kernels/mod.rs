@@ -68,7 +68,7 @@ impl BitGemm<'_> {
         assert!(a.len() >= groups * self.ka * self.words * 4 && out.len() >= rows * self.c_out);
         assert!(self.w.len() >= self.c_out * self.kw * self.words && self.w_basis.len() >= self.c_out * self.kw);
         let isa = if isa.is_available() { isa } else { Isa::Portable };
-        let sw: Vec<f32> = (0..self.c_out).map(|o| self.w_basis[o * self.kw..(o + 1) * self.kw].iter().sum()).collect();
+        let sw = self.weight_sums();
         const GB: usize = 8; // groups per parallel task (32 patch rows)
         let ga = self.ka * self.words * 4;
         out[..rows * self.c_out].par_chunks_mut(GB * 4 * self.c_out).enumerate().for_each(|(t, o)| {
@@ -81,6 +81,11 @@ impl BitGemm<'_> {
                 Isa::Portable => portable::gemm(self, a, r, &sw, o),
             }
         });
+    }
+
+    /// `S_w[o] = Σ_i v^w_{o,i}` per output channel (the `T` term's weight).
+    pub(crate) fn weight_sums(&self) -> Vec<f32> {
+        self.w_basis.chunks(self.kw).take(self.c_out).map(|v| v.iter().sum()).collect()
     }
 
     /// `T_p = Σ_j v^a_j popc(A_{p,j})` for patch row `lane` of one group.
