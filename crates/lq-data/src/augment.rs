@@ -51,9 +51,30 @@ impl Normalize {
         let mean = sum.iter().map(|s| (s / ds.len().max(1) as f64) as f32).collect();
         Normalize { mean, scale: vec![1.0 / 128.0; ds.c], plane: ds.h * ds.w }
     }
-    /// The per-element mean (`[C·H·W]`, pixel units) and per-channel scale, for exporting.
+    /// The per-element mean (`[C·H·W]`, pixel units) and per-channel scale.
     pub fn parts(&self) -> (&[f32], &[f32]) {
         (&self.mean, &self.scale)
+    }
+    /// The mean as stored in files: `C` values when it is constant over each channel's plane, else `C·H·W`.
+    pub fn compact_mean(&self) -> Vec<f32> {
+        let plane = self.plane.max(1);
+        if self.mean.chunks(plane).all(|c| c.iter().all(|&v| v == c[0])) {
+            self.mean.iter().step_by(plane).copied().collect()
+        } else {
+            self.mean.clone()
+        }
+    }
+    /// Rebuilds a normalisation from [`Normalize::compact_mean`] (or the full mean) and the per-channel scale, for
+    /// `h×w` images; `None` when the lengths do not fit `scale.len()` channels or a value is not finite.
+    pub fn from_parts(mean: &[f32], scale: &[f32], h: usize, w: usize) -> Option<Self> {
+        let (c, plane) = (scale.len(), h.checked_mul(w)?);
+        let finite = mean.iter().chain(scale).all(|v| v.is_finite());
+        let mean = match mean.len() {
+            n if n == c => mean.iter().flat_map(|&m| std::iter::repeat_n(m, plane)).collect(),
+            n if Some(n) == c.checked_mul(plane) => mean.to_vec(),
+            _ => return None,
+        };
+        (finite && c > 0 && plane > 0).then_some(Normalize { mean, scale: scale.to_vec(), plane })
     }
     #[inline]
     fn apply(&self, i: usize, p: u8) -> f32 {
