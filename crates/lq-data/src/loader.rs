@@ -52,6 +52,10 @@ impl Loader {
         let cfg = LoaderConfig { batch: cfg.batch.max(1), workers: cfg.workers.max(1), ..cfg };
         Loader { ds, norm: Arc::new(norm), cfg }
     }
+    /// The normalisation applied to every image.
+    pub fn norm(&self) -> &Normalize {
+        &self.norm
+    }
     /// Batches in one epoch.
     pub fn batches(&self) -> usize {
         if self.cfg.drop_last {
