@@ -60,7 +60,10 @@ pub fn load_cifar(dir: &Path, kind: Cifar, train: bool) -> Result<Dataset> {
 
 fn parse_records(path: &Path, bytes: &[u8], kind: Cifar, ds: &mut Dataset) -> Result<()> {
     let rec = kind.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() {
+        return Err(Error::format(path, "empty file (no records)"));
+    }
+    if bytes.len() % rec != 0 {
         let why = format!(
             "{} bytes is not a whole number of {rec}-byte records (truncated or not a CIFAR batch)",
             bytes.len()

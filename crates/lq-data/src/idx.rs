@@ -23,6 +23,9 @@ pub fn load_idx(dir: &Path, prefix: &str, as_cifar: bool) -> Result<Dataset> {
         ));
     }
     let (h, w) = (img_dims[1], img_dims[2]);
+    if h == 0 || w == 0 {
+        return Err(Error::format(&ip, format!("{h}x{w} images: a zero dimension")));
+    }
     let labels = labels.into_iter().map(u16::from).collect();
     if !as_cifar {
         return Ok(Dataset { images: pixels, labels, c: 1, h, w, classes });
@@ -67,12 +70,12 @@ fn read(path: &Path, magic: u32, ndim: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(Error::format(path, format!("magic {:#x} at byte 0, expected {magic:#x}", be(0))));
     }
     let dims: Vec<usize> = (0..ndim).map(|i| be(4 + 4 * i) as usize).collect();
-    let n = dims.iter().product::<usize>();
-    if b.len() - head != n {
-        return Err(Error::format(
-            path,
-            format!("dims {dims:?} need {n} data bytes after the header, file has {}", b.len() - head),
-        ));
+    // The product is checked against the file length before anything is sized by it.
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if n != Some(b.len() - head) {
+        let need = n.map_or("more than usize::MAX".into(), |n| n.to_string());
+        let why = format!("dims {dims:?} need {need} data bytes after the header, file has {}", b.len() - head);
+        return Err(Error::format(path, why));
     }
     Ok((dims, b[head..].to_vec()))
 }

@@ -6,8 +6,10 @@
 //! - [`Normalize`] and the pure augmentation functions in [`augment`] (the supplement's pad-4, crop, flip).
 //! - [`Loader`]: seeded shuffling and batches built ahead by worker threads; [`Batch`] is what a step consumes.
 //! - [`read_npy`] / [`write_npy`]: float32 `.npy` tensors (the `lqnets fit` input).
+//! - [`read_png`]: one 8-bit PNG as CHW pixels (the `lqnets infer` image input).
 //!
-//! Every parse error names the file and what is wrong (byte offsets where useful).
+//! Every parse error names the file and what is wrong (byte offsets where useful). Every size read from a file is
+//! checked against the file's length (or an expected shape) before anything is allocated or indexed by it.
 #![deny(missing_docs)]
 
 pub use augment::Normalize;
@@ -17,6 +19,7 @@ pub use error::{Error, Result};
 pub use idx::load_idx;
 pub use loader::{Batch, Loader, LoaderConfig};
 pub use npy::{read_npy, write_npy, NpyArray};
+pub use png::read_png;
 
 pub mod augment;
 mod cifar;
@@ -25,3 +28,4 @@ mod error;
 mod idx;
 mod loader;
 mod npy;
+mod png;

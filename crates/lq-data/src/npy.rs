@@ -50,10 +50,10 @@ fn parse_npy(b: &[u8]) -> std::result::Result<NpyArray, String> {
         .filter(|t| !t.is_empty())
         .map(|t| t.parse::<usize>().map_err(|_| format!("malformed shape entry '{t}'")))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    let bytes = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
     let body = &b[start + hlen..];
-    if body.len() != n * 4 {
-        return Err(format!("shape {shape:?} needs {} data bytes, file has {}", n * 4, body.len()));
+    if body.len() != bytes {
+        return Err(format!("shape {shape:?} needs {bytes} data bytes, file has {}", body.len()));
     }
     let data = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(NpyArray { shape, data })

@@ -89,6 +89,140 @@ fn idx_native_and_as_cifar() {
     assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("data bytes"), "{e}");
 }
 
+fn write_idx_dims(dir: &Path, img_dims: [u32; 3], lab_n: u32) {
+    let mut img = vec![0, 0, 8, 3];
+    img.extend(img_dims.iter().flat_map(|d| d.to_be_bytes()));
+    let n = img_dims.iter().map(|&d| d as usize).try_fold(1usize, |a, d| a.checked_mul(d));
+    img.resize(img.len() + n.filter(|&n| n < 1 << 20).unwrap_or(16), 7);
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), img).unwrap();
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend_from_slice(&lab_n.to_be_bytes());
+    lab.resize(8 + lab_n as usize, 1);
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), lab).unwrap();
+}
+
+#[test]
+fn idx_zero_dims_and_overflow_are_errors_not_panics() {
+    let d = tempfile::tempdir().unwrap();
+    for as_cifar in [false, true] {
+        // Zero images: an empty dataset of the right shape (the trainer rejects empty sets).
+        write_idx_dims(d.path(), [0, 28, 28], 0);
+        let ds = load_idx(d.path(), "t10k", as_cifar).unwrap();
+        assert!(ds.is_empty() && ds.images.is_empty());
+        // A zero height or width: chunks_exact(0) / a division by zero before the check.
+        for dims in [[3, 0, 28], [3, 28, 0], [0, 0, 0]] {
+            write_idx_dims(d.path(), dims, dims[0]);
+            let e = load_idx(d.path(), "t10k", as_cifar).unwrap_err().to_string();
+            assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("zero dimension"), "{dims:?}: {e}");
+        }
+        // A dims product past usize::MAX (an overflow panic with debug assertions, a wrapped size without).
+        write_idx_dims(d.path(), [u32::MAX, u32::MAX, u32::MAX], 1);
+        let e = load_idx(d.path(), "t10k", as_cifar).unwrap_err().to_string();
+        assert!(e.contains("more than usize::MAX"), "{e}");
+    }
+}
+
+#[test]
+fn npy_shape_overflow_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("big.npy");
+    // 2^62 elements of 4 bytes: the element count fits usize, the byte count does not.
+    let h = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904,), }\n";
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    b.extend_from_slice(h);
+    std::fs::write(&p, b).unwrap();
+    let e = read_npy(&p).unwrap_err().to_string();
+    assert!(e.contains("big.npy") && e.contains("overflows"), "{e}");
+}
+
+/// An 8-bit PNG of `w×h` with `ch` samples per pixel, sample = (pixel index · 3 + channel) mod 251 + 1.
+fn png_bytes(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth) -> Vec<u8> {
+    let ch = color.samples();
+    let per = if depth == png::BitDepth::Sixteen { 2 } else { 1 };
+    let data: Vec<u8> = (0..(w * h) as usize * ch * per).map(|i| ((i / per) * 3 % 251 + 1) as u8).collect();
+    let mut out = Vec::new();
+    let mut e = png::Encoder::new(&mut out, w, h);
+    e.set_color(color);
+    e.set_depth(depth);
+    e.write_header().unwrap().write_image_data(&data).unwrap();
+    out
+}
+
+/// CRC-32 of a PNG chunk's type and data (to forge headers).
+fn crc32(b: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in b {
+        c ^= x as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn png_rgb_grey_rgba_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.png");
+    let (w, h) = (5u32, 3u32);
+    let plane = 15;
+    for (color, ch) in [(png::ColorType::Rgb, 3), (png::ColorType::Grayscale, 1), (png::ColorType::Rgba, 4)] {
+        std::fs::write(&p, png_bytes(w, h, color, png::BitDepth::Eight)).unwrap();
+        let px = read_png(&p, [3, 3, 5]).unwrap();
+        // CHW: channel c of pixel i is sample (i·ch + c) for colour, sample i for grey in every channel.
+        let want: Vec<u8> = (0..3 * plane)
+            .map(|i| {
+                let (c, pix) = (i / plane, i % plane);
+                ((pix * ch + if ch == 1 { 0 } else { c }) * 3 % 251 + 1) as u8
+            })
+            .collect();
+        assert_eq!(px, want, "{color:?}");
+    }
+    std::fs::write(&p, png_bytes(w, h, png::ColorType::Grayscale, png::BitDepth::Eight)).unwrap();
+    assert_eq!(read_png(&p, [1, 3, 5]).unwrap(), (0..plane).map(|i| (i * 3 % 251 + 1) as u8).collect::<Vec<_>>());
+}
+
+#[test]
+fn png_hostile_headers_and_data_are_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.png");
+    // Wrong size: the message names the file and both sizes.
+    std::fs::write(&p, png_bytes(8, 4, png::ColorType::Rgb, png::BitDepth::Eight)).unwrap();
+    let e = read_png(&p, [3, 32, 32]).unwrap_err().to_string();
+    assert!(e.contains("bad.png") && e.contains("8x4") && e.contains("32x32"), "{e}");
+    // A 1-pixel file whose header declares 1×1_000_000_000: an error before any frame buffer is allocated.
+    let mut b = png_bytes(1, 1, png::ColorType::Rgb, png::BitDepth::Eight);
+    b[20..24].copy_from_slice(&1_000_000_000u32.to_be_bytes()); // IHDR height
+    let crc = crc32(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&p, &b).unwrap();
+    let e = read_png(&p, [3, 32, 32]).unwrap_err().to_string();
+    assert!(e.contains("1x1000000000") && e.contains("32x32"), "{e}");
+    let e = read_png(&p, [3, 1_000_000_000, 1]).unwrap_err().to_string();
+    assert!(e.contains("pixels"), "{e}");
+    // 16-bit samples, a 3-channel image for a 1-channel model, a palette image.
+    std::fs::write(&p, png_bytes(2, 2, png::ColorType::Rgb, png::BitDepth::Sixteen)).unwrap();
+    assert!(read_png(&p, [3, 2, 2]).unwrap_err().to_string().contains("16-bit"));
+    std::fs::write(&p, png_bytes(2, 2, png::ColorType::Rgb, png::BitDepth::Eight)).unwrap();
+    assert!(read_png(&p, [1, 2, 2]).unwrap_err().to_string().contains("1-channel"));
+    // Every truncation before IEND (the pixels are complete after it) and a corrupt data byte (CRC) are errors.
+    let good = png_bytes(6, 6, png::ColorType::Rgb, png::BitDepth::Eight);
+    for cut in 0..good.len() - 12 {
+        std::fs::write(&p, &good[..cut]).unwrap();
+        let e = read_png(&p, [3, 6, 6]).unwrap_err().to_string();
+        assert!(e.contains("bad.png"), "cut {cut}: {e}");
+    }
+    let mut b = good.clone();
+    let idat = b.windows(4).position(|w| w == b"IDAT").unwrap();
+    b[idat + 6] ^= 0x55;
+    std::fs::write(&p, &b).unwrap();
+    assert!(read_png(&p, [3, 6, 6]).is_err());
+    // Missing file.
+    let e = read_png(&d.path().join("none.png"), [3, 6, 6]).unwrap_err().to_string();
+    assert!(e.contains("none.png"), "{e}");
+}
+
 #[test]
 fn npy_round_trip_and_bad_dtype() {
     let d = tempfile::tempdir().unwrap();
@@ -142,25 +276,37 @@ fn loader_is_reproducible_and_worker_independent() {
 #[test]
 fn augmentation_pads_with_zero_pixels_and_flips() {
     use rand::SeedableRng;
-    let ds = tiny(1);
+    // No zero pixel in the source, so a zero in the output can only come from padding (edge replication fails).
+    let mut ds = tiny(1);
+    ds.images.iter_mut().for_each(|p| *p = *p % 255 + 1);
+    let img = ds.image(0);
     let norm = Normalize::per_channel(&[0.0; 3], &[1.0 / 255.0; 3], 8, 8); // identity on pixel values
-    let mut seen_pad = false;
-    let mut seen_flip = false;
+                                                                           // The crop of the zero-padded image at shift (oy, ox), optionally mirrored.
+    let crop = |oy: isize, ox: isize, flip: bool| -> Vec<f32> {
+        (0..3 * 64)
+            .map(|i| {
+                let (c, y, x) = (i / 64, (i / 8 % 8) as isize, (i % 8) as isize);
+                let (sy, sx) = (y + oy, if flip { 7 - x } else { x } + ox);
+                let inside = (0..8).contains(&sy) && (0..8).contains(&sx);
+                if inside {
+                    img[c * 64 + sy as usize * 8 + sx as usize] as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let (mut seen_pad, mut seen_flip) = (false, false);
     for s in 0..64 {
         let mut out = vec![0.0; 3 * 64];
-        augment::pad_crop_flip(
-            ds.image(0),
-            [3, 8, 8],
-            4,
-            &norm,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(s),
-            &mut out,
-        );
-        seen_pad |= out.contains(&0.0);
-        // A flipped, unshifted crop is the mirrored image.
-        let mirrored: Vec<f32> = (0..3 * 64).map(|i| ds.image(0)[i / 8 * 8 + 7 - i % 8] as f32).collect();
-        seen_flip |= out == mirrored;
-        assert!(out.iter().all(|&v| v == 0.0 || ds.image(0).contains(&(v as u8))));
+        augment::pad_crop_flip(img, [3, 8, 8], 4, &norm, &mut rand_chacha::ChaCha8Rng::seed_from_u64(s), &mut out);
+        // Every output is one of the 2·9·9 crops of the zero-padded image.
+        let hit = (-4..=4)
+            .flat_map(|oy| (-4..=4).flat_map(move |ox| [(oy, ox, false), (oy, ox, true)]))
+            .find(|&(oy, ox, f)| out == crop(oy, ox, f));
+        let (oy, ox, flip) = hit.unwrap_or_else(|| panic!("seed {s}: not a crop of the zero-padded image"));
+        seen_pad |= (oy, ox) != (0, 0) && out.contains(&0.0);
+        seen_flip |= flip && (oy, ox) == (0, 0);
     }
     assert!(seen_pad && seen_flip);
 }

@@ -158,28 +158,8 @@ pub fn infer(a: &InferArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_png(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>> {
-    let dec = png::Decoder::new(std::fs::File::open(path).with_context(|| path.display().to_string())?);
-    let mut r = dec.read_info().with_context(|| format!("{}: not a PNG", path.display()))?;
-    let mut buf = vec![0; r.output_buffer_size()];
-    let info = r.next_frame(&mut buf).with_context(|| format!("{}: corrupt PNG", path.display()))?;
-    if info.bit_depth != png::BitDepth::Eight || (info.width as usize, info.height as usize) != (w, h) {
-        bail!(
-            "{}: need an 8-bit {w}x{h} image, got {}x{} at {:?}",
-            path.display(),
-            info.width,
-            info.height,
-            info.bit_depth
-        );
-    }
-    let ch = match info.color_type {
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Grayscale => 1,
-        t => bail!("{}: unsupported colour type {t:?}", path.display()),
-    };
-    // HWC → CHW, grey replicated to every channel.
-    Ok((0..c * h * w).map(|i| buf[(i % (h * w)) * ch + if ch == 1 { 0 } else { (i / (h * w)).min(ch - 1) }]).collect())
+fn read_png(path: &Path, expect: [usize; 3]) -> Result<Vec<u8>> {
+    Ok(lq_data::read_png(path, expect)?)
 }
 
 /// Arguments of `lqnets bench infer`.
