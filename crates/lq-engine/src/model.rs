@@ -10,18 +10,46 @@
 //! | `Z.scale`, `Z.shift` | F32 `[C]` | a full-precision BN folded to `scale·x + shift` |
 //! | `conv0.w`, `fc.weight`, `fc.bias` | F32 | full-precision first conv (OIHW) and classifier |
 //!
-//! Loading validates the header, dtypes and every shape against the architecture: a truncated or hostile file
-//! gives an error, never a panic.
+//! Metadata key `lqnets.sha256` holds the SHA-256 (hex) of the content: the `lqnets` JSON, then every tensor's
+//! name, dtype, shape and bytes in name order, each length-prefixed. Loading recomputes it, so an edited digit or
+//! a flipped bit is an error ("content hash mismatch"), not a silently different prediction.
+//!
+//! Loading validates the version, the hash, the header, dtypes, every shape against the architecture and every
+//! f32 value (finite): a truncated, edited or hostile file gives an error, never a panic. Version 1 files (no hash)
+//! are rejected with a hint to re-export.
 use crate::conv::{patch_bit, patch_words, BitConv, ChannelQuant};
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// Version of the file format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the file format this build reads and writes (2: content hash).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Metadata keys: the JSON [`Meta`] and the content hash.
+const META_KEY: &str = "lqnets";
+const HASH_KEY: &str = "lqnets.sha256";
+
+/// SHA-256 (hex) of the metadata JSON and the tensors `(name, dtype, shape, bytes)`, which must come in name order.
+/// Every field is length-prefixed so no two different contents feed the same byte stream.
+fn content_hash<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    let mut put = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    put(json.as_bytes());
+    for (name, dt, shape, bytes) in tensors {
+        put(name.as_bytes());
+        put(format!("{dt:?}").as_bytes());
+        put(&shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect::<Vec<_>>());
+        put(bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The network a file describes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,36 +157,70 @@ impl ModelFile {
             .map(|(n, dt, s, b)| Ok((n.as_str(), TensorView::new(*dt, s.clone(), b).map_err(|e| fmt(e.to_string()))?)))
             .collect::<Result<Vec<_>>>()?;
         let json = serde_json::to_string(meta).map_err(|e| fmt(e.to_string()))?;
-        let out = safetensors::serialize(views, &Some(HashMap::from([("lqnets".to_string(), json)])))
-            .map_err(|e| fmt(e.to_string()))?;
+        let hash = content_hash(&json, bytes.iter().map(|(n, dt, s, b)| (n.as_str(), *dt, &s[..], &b[..])));
+        let md = HashMap::from([(META_KEY.to_string(), json), (HASH_KEY.to_string(), hash)]);
+        let out = safetensors::serialize(views, &Some(md)).map_err(|e| fmt(e.to_string()))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, out)
             .and_then(|_| std::fs::rename(&tmp, path))
             .map_err(|source| Error::Io { path: p, source })
     }
 
-    /// Reads and checks a file's structure (version, dtypes); shapes are checked when a [`crate::Model`] is built.
+    /// Reads and checks a file's structure (version, content hash, dtypes); shapes and values are checked when a
+    /// [`crate::Model`] is built.
     pub fn load(path: &Path) -> Result<Self> {
         let p = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: p.clone(), source })?;
         Self::from_bytes(&bytes).map_err(|why| Error::Format { path: p, why })
     }
 
-    /// Parses a file's bytes; any inconsistency is an error message.
+    /// Parses a file's bytes and verifies its content hash; any inconsistency is an error message.
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::parse(bytes, true)
+    }
+
+    /// [`ModelFile::from_bytes`] without the content hash check: for fuzzing the checks behind it (a mutated file
+    /// rarely keeps a valid hash). Everything else is validated as usual.
+    #[doc(hidden)]
+    pub fn from_bytes_unverified(bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::parse(bytes, false)
+    }
+
+    fn parse(bytes: &[u8], verify: bool) -> std::result::Result<Self, String> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-        let json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("lqnets"))
-            .ok_or("no `lqnets` metadata: not an lqnets model")?;
-        let meta: Meta = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
-        if meta.version != FORMAT_VERSION {
-            return Err(format!("format version {} (this build reads {FORMAT_VERSION})", meta.version));
+        let md = header.metadata().as_ref();
+        let json = md.and_then(|m| m.get(META_KEY)).ok_or("no `lqnets` metadata: not an lqnets model")?;
+        let hash = md.and_then(|m| m.get(HASH_KEY));
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        if let (Some(stored), true) = (hash, verify) {
+            let it = views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data()));
+            if *stored != content_hash(json, it) {
+                return Err("content hash mismatch: the file was modified or corrupted after export".into());
+            }
         }
+        // The version first, on its own: older files may not parse as today's metadata.
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v = serde_json::from_str::<Version>(json).map_err(|e| format!("metadata: {e}"))?.version;
+        if v < FORMAT_VERSION {
+            return Err(format!(
+                "format version {v} (this build reads {FORMAT_VERSION}): re-export the checkpoint with `lqnets export`"
+            ));
+        } else if v > FORMAT_VERSION {
+            return Err(format!("format version {v} (this build reads {FORMAT_VERSION}): written by a newer lqnets"));
+        }
+        if hash.is_none() && verify {
+            return Err(format!(
+                "no content hash (`{HASH_KEY}` metadata): the file was not written by `lqnets export`"
+            ));
+        }
+        let meta: Meta = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
         let mut tensors = BTreeMap::new();
-        for (name, v) in st.tensors() {
+        for (name, v) in views {
             let d = v.data();
             let data = match v.dtype() {
                 Dtype::F32 => {

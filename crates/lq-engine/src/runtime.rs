@@ -4,7 +4,7 @@
 use crate::conv::{BitConv, ChannelQuant};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
-use crate::model::{Meta, ModelFile};
+use crate::model::{Data, Meta, ModelFile};
 use crate::scratch::Buf;
 use std::path::Path;
 
@@ -110,14 +110,38 @@ impl Model {
             return Err(format!("engine needs 1..=8-bit weights and activations, file says W{kw}A{ka}"));
         }
         let [cin, h, w] = a.input;
-        if (meta.mean.len() != cin * h * w && meta.mean.len() != cin) || meta.scale.len() != cin {
+        let size = cin.checked_mul(h).and_then(|n| n.checked_mul(w));
+        if cin == 0 || h == 0 || w == 0 || size.is_none() {
+            return Err(format!("input shape {cin}x{h}x{w} is empty or too large"));
+        }
+        if a.classes == 0 {
+            return Err("0 classes".into());
+        }
+        if (Some(meta.mean.len()) != size && meta.mean.len() != cin) || meta.scale.len() != cin {
             return Err("input normalisation does not match the input shape".into());
+        }
+        // Non-finite values would only show up as NaN/inf logits, so they are load errors.
+        let f32s = f.tensors.iter().filter_map(|(n, (_, d))| match d {
+            Data::F32(v) => Some((format!("tensor `{n}`"), v)),
+            _ => None,
+        });
+        let all = [("input `mean`".to_string(), &meta.mean), ("input `scale`".to_string(), &meta.scale)];
+        for (what, v) in all.into_iter().chain(f32s) {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(format!("{what} holds a non-finite value ({}) at index {i}", v[i]));
+            }
         }
         let act = |n: &str, c: usize| f.act(n, c, ka).map(|(q, basis)| Act { q, basis });
         let (c0, body, feat) = match a.kind.as_str() {
             "resnet" => {
                 if a.depth < 8 || (a.depth - 2) % 6 != 0 {
                     return Err(format!("resnet depth {} is not 6n+2", a.depth));
+                }
+                // Shortcut A pools 2×2 after each of the two stride-2 stages, so both need even sizes.
+                if a.shortcut == "A" && (h % 4 != 0 || w % 4 != 0) {
+                    return Err(format!(
+                        "resnet with shortcut A needs an input height and width divisible by 4, not {h}x{w}"
+                    ));
                 }
                 let (mut blocks, mut c_in) = (Vec::new(), 16);
                 for (s, c) in [16usize, 32, 64].into_iter().enumerate() {
@@ -147,14 +171,14 @@ impl Model {
                 (16, Body::ResNet { blocks, head: f.bn("head_bn", 64)? }, 64)
             }
             "vgg_small" => {
+                if h != 32 || w != 32 {
+                    return Err(format!("vgg_small needs 32x32 inputs, not {h}x{w}"));
+                }
                 const W: [usize; 6] = [128, 128, 256, 256, 512, 512];
                 let convs = (1..6)
                     .map(|i| f.conv(&format!("conv{i}"), W[i], W[i - 1], 3, 1, kw))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 let acts = (0..5).map(|i| act(&format!("act{i}"), W[i])).collect::<std::result::Result<Vec<_>, _>>()?;
-                if h != 32 || w != 32 {
-                    return Err("vgg_small needs 32x32 inputs".into());
-                }
                 (128, Body::Vgg { convs, acts, last_bn: f.bn("act5", 512)? }, 512 * 16)
             }
             k => return Err(format!("unknown architecture '{k}'")),

@@ -1,6 +1,8 @@
 //! Model file round trip and hostile input: truncations and corruptions give errors, never panics.
 use lq_engine::{Arch, BitConv, ChannelQuant, Isa, Meta, Model, ModelFile, FORMAT_VERSION};
 use lq_quant::{CodeSet, Levels};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
 
 /// A random but valid ResNet-8 (shortcut B) file, built the way the exporter builds one.
 fn resnet8() -> ModelFile {
@@ -118,7 +120,9 @@ fn hostile_bytes_never_panic() {
     let bytes = std::fs::read(dir.join("m.lqm")).unwrap();
     std::fs::remove_dir_all(dir).ok();
     let try_all = |b: &[u8]| {
-        if let Ok(f) = ModelFile::from_bytes(b) {
+        let _ = ModelFile::from_bytes(b);
+        // Past the hash check (which rejects nearly every corruption) to the shape and value checks.
+        if let Ok(f) = ModelFile::from_bytes_unverified(b) {
             if let Ok(m) = Model::from_file(&f) {
                 let _ = m.forward(&vec![0.1; 3072], Isa::Portable);
             }
@@ -135,4 +139,145 @@ fn hostile_bytes_never_panic() {
             try_all(&b);
         }
     }
+}
+
+/// `resnet8()` with its metadata edited by `edit`.
+fn edited(edit: impl FnOnce(&mut Meta)) -> ModelFile {
+    let mut f = resnet8();
+    edit(f.meta.as_mut().unwrap());
+    f
+}
+
+/// Every declared input the runtime would index out of bounds (or overflow on) is a load error naming the problem.
+#[test]
+fn input_shape_disagreeing_with_layers_is_rejected() {
+    let cases: Vec<(&str, ModelFile, &str)> = vec![
+        // Shortcut A pools 2×2 after the stride-2 stages: 30 → 15 → 8 reads past row 14.
+        (
+            "A 30x30",
+            edited(|m| (m.arch.shortcut, m.arch.input, m.mean) = ("A".into(), [3, 30, 30], vec![128.0; 3])),
+            "divisible by 4",
+        ),
+        (
+            "A 32x30",
+            edited(|m| (m.arch.shortcut, m.arch.input, m.mean) = ("A".into(), [3, 32, 30], vec![128.0; 3])),
+            "divisible by 4",
+        ),
+        ("zero height", edited(|m| (m.arch.input, m.mean) = ([3, 0, 32], vec![128.0; 3])), "empty"),
+        ("zero channels", edited(|m| (m.arch.input, m.mean, m.scale) = ([0, 32, 32], vec![], vec![])), "empty"),
+        ("size overflow", edited(|m| (m.arch.input, m.mean) = ([3, 1 << 40, 1 << 40], vec![128.0; 3])), "too large"),
+        (
+            "1 channel vs conv0.w",
+            edited(|m| (m.arch.input, m.mean, m.scale) = ([1, 32, 32], vec![128.0], vec![0.1])),
+            "conv0.w",
+        ),
+        (
+            "vgg 28x28",
+            edited(|m| (m.arch.kind, m.arch.input, m.mean) = ("vgg_small".into(), [3, 28, 28], vec![128.0; 3])),
+            "32x32",
+        ),
+        ("classes", edited(|m| m.arch.classes = 7), "fc.weight"),
+    ];
+    for (what, f, want) in cases {
+        let e = Model::from_file(&f).unwrap_err();
+        assert!(e.contains(want), "{what}: {e}");
+    }
+    // 0 classes with matching empty FC tensors: logits would be empty (the CLI indexes the top class).
+    let mut f = edited(|m| m.arch.classes = 0);
+    f.put_f32("fc.weight", vec![0, 64], vec![]);
+    f.put_f32("fc.bias", vec![0], vec![]);
+    assert!(Model::from_file(&f).unwrap_err().contains("0 classes"));
+    // Shortcut A at 32x32 and shortcut B at an odd size (conv1 and proj agree on ⌈h/2⌉) load and run.
+    for f in
+        [edited(|m| m.arch.shortcut = "A".into()), edited(|m| (m.arch.input, m.mean) = ([3, 30, 30], vec![128.0; 3]))]
+    {
+        let m = Model::from_file(&f).unwrap();
+        let [c, h, w] = m.meta.arch.input;
+        assert_eq!(m.forward(&vec![0.1; c * h * w], Isa::best()).unwrap().len(), 10);
+    }
+}
+
+#[test]
+fn non_finite_values_are_named() {
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut f = resnet8();
+        if let Some((_, lq_engine::Data::F32(w))) = f.tensors.get_mut("stage2.block0.conv1.basis") {
+            w[3] = v;
+        }
+        let e = Model::from_file(&f).unwrap_err();
+        assert!(e.contains("stage2.block0.conv1.basis") && e.contains("index 3"), "{e}");
+        let e = Model::from_file(&edited(|m| m.mean[5] = v)).unwrap_err();
+        assert!(e.contains("mean") && e.contains("index 5"), "{e}");
+        let e = Model::from_file(&edited(|m| m.scale[1] = v)).unwrap_err();
+        assert!(e.contains("scale") && e.contains("index 1"), "{e}");
+    }
+}
+
+fn saved_bytes(f: &ModelFile) -> Vec<u8> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = tempfile_dir(&format!("bytes{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    f.save(&dir.join("m.lqm")).unwrap();
+    let b = std::fs::read(dir.join("m.lqm")).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+    b
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lqm-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn content_hash_catches_edits() {
+    let bytes = saved_bytes(&resnet8());
+    assert!(ModelFile::from_bytes(&bytes).is_ok());
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 8;
+    // One digit of the metadata JSON (the scale 0.015625 → 0.015626), same length: a different model.
+    let text = String::from_utf8_lossy(&bytes[8..header]).into_owned();
+    let at = 8 + text.find("0.015625").expect("scale in the metadata") + 7;
+    let mut b = bytes.clone();
+    b[at] = b'6';
+    assert!(ModelFile::from_bytes_unverified(&b).is_ok(), "the edit keeps a valid file");
+    let e = ModelFile::from_bytes(&b).unwrap_err();
+    assert!(e.contains("content hash mismatch") && e.contains("modified or corrupted"), "{e}");
+    // One flipped bit in the last tensor byte.
+    let mut b = bytes.clone();
+    *b.last_mut().unwrap() ^= 1;
+    assert!(ModelFile::from_bytes(&b).unwrap_err().contains("content hash mismatch"));
+    // The hash key removed (renamed, same length): not an exported file.
+    let mut b = bytes.clone();
+    let at = 8 + text.find("lqnets.sha256").unwrap();
+    b[at..at + 13].copy_from_slice(b"lqnets.sha000");
+    assert!(ModelFile::from_bytes(&b).unwrap_err().contains("no content hash"));
+}
+
+#[test]
+fn version_1_file_asks_for_re_export() {
+    // A version-1 file as the previous build wrote it: only the `lqnets` key, no hash.
+    let f = edited(|m| m.version = 1);
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = f
+        .tensors
+        .iter()
+        .map(|(n, (s, d))| match d {
+            lq_engine::Data::F32(v) => (n.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            lq_engine::Data::U8(v) => (n.clone(), s.clone(), v.clone()),
+            lq_engine::Data::U64(_) => unreachable!("no u64 tensors here"),
+        })
+        .collect();
+    let views: Vec<_> = data
+        .iter()
+        .zip(&f.tensors)
+        .map(|((n, s, b), (_, (_, d)))| {
+            let dt = if matches!(d, lq_engine::Data::F32(_)) { Dtype::F32 } else { Dtype::U8 };
+            (n.as_str(), TensorView::new(dt, s.clone(), b).unwrap())
+        })
+        .collect();
+    let json = serde_json::to_string(f.meta.as_ref().unwrap()).unwrap();
+    let bytes = safetensors::serialize(views, &Some(HashMap::from([("lqnets".to_string(), json)]))).unwrap();
+    let e = ModelFile::from_bytes(&bytes).unwrap_err();
+    assert!(e.contains("format version 1 (this build reads 2): re-export the checkpoint with `lqnets export`"), "{e}");
+    // Also when a v1 file carries a (valid) hash.
+    let e = ModelFile::from_bytes(&saved_bytes(&f)).unwrap_err();
+    assert!(e.contains("format version 1") && e.contains("re-export"), "{e}");
 }
