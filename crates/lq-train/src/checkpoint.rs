@@ -1,18 +1,55 @@
 //! Checkpoints: one safetensors file holding every model variable (`model/<name>`, BN statistics included), every
 //! momentum buffer (`momentum/<name>`) and, as JSON metadata under `lqnets`, the quantizer states (bases, EMA,
-//! step), the epoch, the best accuracy and the resolved config. Written atomically: temporary file, fsync, rename.
+//! step), the epoch, the best accuracy, the resolved config and what the data looked like (classes, input shape,
+//! normalisation: `eval` and `export` then need no training set). A SHA-256 of the content under `lqnets.sha256`
+//! is verified on load, so an edited or damaged file is an error, not a silently different model. Written
+//! atomically: temporary file, fsync, rename.
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::quant::Quantizer;
+use lq_data::Normalize;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Format version of the metadata.
-pub const VERSION: u32 = 1;
+/// Format version of the metadata (2: content hash and data description).
+pub const VERSION: u32 = 2;
+
+/// What the network was trained on, as inference needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// Output classes.
+    pub classes: usize,
+    /// Input channels, height, width.
+    pub input: [usize; 3],
+    /// Normalisation mean in pixel units, `[C]` or `[C·H·W]` ([`Normalize::compact_mean`]).
+    pub mean: Vec<f32>,
+    /// Per-channel scale.
+    pub scale: Vec<f32>,
+}
+
+impl DataInfo {
+    /// The description of a training set and its normalisation.
+    pub fn new(d: &lq_data::Dataset, norm: &Normalize) -> Self {
+        let scale = norm.parts().1.to_vec();
+        DataInfo { classes: d.classes, input: [d.c, d.h, d.w], mean: norm.compact_mean(), scale }
+    }
+    /// The normalisation, rebuilt.
+    pub fn norm(&self) -> Result<Normalize> {
+        Normalize::from_parts(&self.mean, &self.scale, self.input[1], self.input[2]).ok_or_else(|| {
+            Error::Config(format!(
+                "checkpoint normalisation: {} mean and {} scale values do not fit input {:?} (or are not finite)",
+                self.mean.len(),
+                self.scale.len(),
+                self.input
+            ))
+        })
+    }
+}
 
 /// Everything in a checkpoint besides the tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,11 +64,30 @@ pub struct Meta {
     pub config: TrainConfig,
     /// Every quantizer's state.
     pub quantizers: Vec<Quantizer>,
+    /// The data the run was trained on (absent in version-1 files).
+    #[serde(default)]
+    pub data: Option<DataInfo>,
+}
+
+/// SHA-256 over the metadata JSON and every tensor's name, shape and little-endian bytes, in the given order.
+fn digest<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    h.update((json.len() as u64).to_le_bytes());
+    h.update(json.as_bytes());
+    for (name, shape, bytes) in tensors {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((shape.len() as u64).to_le_bytes());
+        shape.iter().for_each(|d| h.update((*d as u64).to_le_bytes()));
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `tensors` and `meta` to `path` atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<()> {
-    let host: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
             if t.kind() != Kind::Float {
@@ -42,13 +98,15 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<()
             Ok((n.clone(), shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         })
         .collect::<Result<_>>()?;
+    host.sort_by(|a, b| a.0.cmp(&b.0));
     let views = host
         .iter()
         .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::file(path, e))?)))
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| Error::file(path, e))?;
-    let bytes = safetensors::serialize(views, &Some(HashMap::from([("lqnets".to_string(), json)])))
-        .map_err(|e| Error::file(path, e))?;
+    let hash = digest(&json, host.iter().map(|(n, s, b)| (n.as_str(), s.as_slice(), b.as_slice())));
+    let info = HashMap::from([("lqnets".to_string(), json), ("lqnets.sha256".to_string(), hash)]);
+    let bytes = safetensors::serialize(views, &Some(info)).map_err(|e| Error::file(path, e))?;
     write_atomic(path, &bytes)
 }
 
@@ -60,29 +118,67 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }
 
+/// Tensors of a checkpoint as host values: name → (shape, values).
+pub type HostTensors = HashMap<String, (Vec<i64>, Vec<f32>)>;
+
 /// Reads a checkpoint: tensors by name (on the CPU) and the metadata.
 pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, Meta)> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::file(path, format!("not a valid checkpoint: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, e))?;
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("lqnets"))
-        .ok_or_else(|| Error::file(path, "no lqnets metadata"))?;
-    let meta: Meta = serde_json::from_str(json).map_err(|e| Error::file(path, format!("metadata: {e}")))?;
-    if meta.version != VERSION {
-        return Err(Error::file(path, format!("checkpoint version {} (this build reads {VERSION})", meta.version)));
+    let (host, meta) = parse(&bytes).map_err(|why| Error::file(path, why))?;
+    let tensors = host.into_iter().map(|(n, (s, v))| (n, Tensor::from_slice(&v).view(s.as_slice()))).collect();
+    Ok((tensors, meta))
+}
+
+/// Parses checkpoint bytes without libtorch; every inconsistency is an error message. The config inside is
+/// validated like a config file (a checkpoint is as untrusted as any input).
+pub fn parse(bytes: &[u8]) -> std::result::Result<(HostTensors, Meta), String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid checkpoint: {e}"))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let info = header.metadata().as_ref();
+    let json = info.and_then(|m| m.get("lqnets")).ok_or("no lqnets metadata: not an lqnets checkpoint")?;
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
     }
+    let v: Version = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
+    if v.version != VERSION && v.version != 1 {
+        return Err(format!("checkpoint version {} (this build reads 1 and {VERSION})", v.version));
+    }
+    let meta: Meta = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
     let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
+    let mut views = Vec::with_capacity(names.len());
+    for name in names {
+        let view = st.tensor(&name).map_err(|e| e.to_string())?;
         if view.dtype() != Dtype::F32 {
-            return Err(Error::file(path, format!("tensor {name}: dtype {:?}, expected F32", view.dtype())));
+            return Err(format!("tensor {name}: dtype {:?}, expected F32", view.dtype()));
         }
         let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("tensor {name}: value {} at index {i} is not finite", v[i]));
+        }
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        out.insert(name, Tensor::from_slice(&v).view(shape.as_slice()));
+        views.push((name.clone(), view));
+        out.insert(name, (shape, v));
+    }
+    if meta.version >= 2 {
+        let want = info.and_then(|m| m.get("lqnets.sha256")).ok_or("no content hash (lqnets.sha256)")?;
+        let got = digest(json, views.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
+        if &got != want {
+            return Err("content hash mismatch: the file was modified or corrupted after it was written".into());
+        }
+    }
+    meta.config.validate().map_err(|e| format!("stored {e}"))?;
+    if let Some(d) = &meta.data {
+        if d.classes == 0 || d.input.contains(&0) {
+            return Err(format!("data: {} classes, input {:?}", d.classes, d.input));
+        }
+    }
+    for q in &meta.quantizers {
+        if q.state.basis.iter().any(|v| !v.is_finite()) || q.state.biased.iter().any(|v| !v.is_finite()) {
+            return Err(format!("quantizer {}: non-finite basis", q.name));
+        }
     }
     Ok((out, meta))
 }

@@ -152,24 +152,56 @@ impl TrainConfig {
         let mut doc = match file {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::file(p, e))?;
+                // The file alone first, so that an error points at the file's own line.
+                toml::from_str::<TrainConfig>(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
                 text.parse::<toml::Table>().map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
             }
             None => toml::Table::new(),
         };
-        for s in sets {
-            let (key, val) =
-                s.split_once('=').ok_or_else(|| Error::Config(format!("--set {s}: expected key=value")))?;
-            let val = format!("v = {val}")
-                .parse::<toml::Table>()
-                .map(|mut t| t.remove("v").expect("v"))
-                .unwrap_or_else(|_| toml::Value::String(val.into()));
-            set_path(&mut doc, key.trim(), val)?;
-        }
+        apply_sets(&mut doc, sets)?;
+        Self::from_table(doc)
+    }
+
+    /// This config with `key=value` overrides applied (as `--set`), validated.
+    pub fn with_sets(&self, sets: &[String]) -> Result<Self> {
+        let mut doc = toml::Table::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
+        apply_sets(&mut doc, sets)?;
+        Self::from_table(doc)
+    }
+
+    fn from_table(doc: toml::Table) -> Result<Self> {
         // Through text so that the error shows the offending `key = value` line.
         let text = toml::to_string(&doc).map_err(|e| Error::Config(e.to_string()))?;
         let cfg: TrainConfig = toml::from_str(&text).map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The value of `section.key` in TOML syntax.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let doc = toml::Table::try_from(self).ok()?;
+        let (sec, k) = key.split_once('.')?;
+        doc.get(sec)?.get(k).map(|v| v.to_string())
+    }
+
+    /// The `section.key`s whose values differ between two configs, with both values (`key: a -> b`).
+    pub fn diff(&self, other: &TrainConfig) -> Vec<String> {
+        let flat = |c: &TrainConfig| {
+            let mut out = std::collections::BTreeMap::new();
+            if let Ok(toml::Value::Table(t)) = toml::Value::try_from(c) {
+                for (sec, v) in t {
+                    for (k, v) in v.as_table().into_iter().flatten() {
+                        out.insert(format!("{sec}.{k}"), v.to_string());
+                    }
+                }
+            }
+            out
+        };
+        let (a, b) = (flat(self), flat(other));
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v} -> {}", b.get(k).map_or("(none)", |s| s.as_str())))
+            .collect()
     }
 
     /// The quantization of the model.
@@ -217,6 +249,19 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+fn apply_sets(doc: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (key, val) = s.split_once('=').ok_or_else(|| Error::Config(format!("--set {s}: expected key=value")))?;
+        let val = format!("v = {val}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(val.into()));
+        set_path(doc, key.trim(), val)?;
+    }
+    Ok(())
 }
 
 fn set_path(doc: &mut toml::Table, key: &str, val: toml::Value) -> Result<()> {

@@ -33,6 +33,18 @@ pub enum Error {
         /// What went wrong.
         why: String,
     },
+    /// The test loss or a weight became NaN or infinite at the end of an epoch although every training loss was
+    /// finite (an exploding run); the last good checkpoint is kept.
+    #[error(
+        "the run diverged in epoch {epoch}: test loss {test_loss}, or a weight is not finite; stopping \
+         (last good checkpoint kept)"
+    )]
+    Diverged {
+        /// Epoch (0-based).
+        epoch: usize,
+        /// The test loss.
+        test_loss: f64,
+    },
     /// The loss became NaN or infinite; the last good checkpoint is kept.
     #[error("loss is not finite ({loss}) at epoch {epoch}, step {step}; stopping (last good checkpoint kept)")]
     NonFiniteLoss {

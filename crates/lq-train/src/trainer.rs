@@ -1,6 +1,6 @@
 //! The training loop: a step reads top to bottom (lr, forward, loss, backward, SGD, stats; the QEM basis updates
 //! happen inside the forward), the epoch loop adds evaluation, checkpoints and the metrics log.
-use crate::checkpoint::{self, Meta};
+use crate::checkpoint::{self, DataInfo, Meta};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::layers::QuantSpec;
@@ -8,6 +8,7 @@ use crate::models::{Net, ResNetCifar, VggSmall};
 use crate::optim::{lr_at, Sgd};
 use lq_data::{load_cifar, load_idx, Batch, Cifar, Dataset, Loader, LoaderConfig, Normalize};
 use serde_json::json;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -55,7 +56,13 @@ pub struct Trainer {
     pub epoch: usize,
     /// Best test accuracy so far.
     pub best_acc: f64,
+    /// The data the run trains on (set by [`run`], restored from checkpoints).
+    pub data: Option<DataInfo>,
 }
+
+/// Config keys a resumed run may change (with `--set` or in its `config.toml`): where the data lives, how the run
+/// executes, and how long it goes on. Anything else would make the resumed run a different experiment.
+pub const RESUME_KEYS: [&str; 4] = ["optim.epochs", "data.dir", "data.workers", "run.device"];
 
 /// Makes libtorch's CUDA backend available when the binary was linked against `libtorch_cpu` only (the default
 /// CPU build, or a linker that dropped `libtorch_cuda` as unneeded): loading `libtorch_cuda.so` registers it.
@@ -116,7 +123,7 @@ impl Trainer {
         let vs = nn::VarStore::new(dev);
         let net = build_net(&vs.root(), &cfg, classes)?;
         let opt = Sgd::new(&vs, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay);
-        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0 })
+        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0, data: None })
     }
 
     /// One training step on `batch` at learning rate `lr`.
@@ -170,69 +177,205 @@ impl Trainer {
             best_acc: self.best_acc,
             config: self.cfg.clone(),
             quantizers: self.net.quantizers().into_iter().cloned().collect(),
+            data: self.data.clone(),
         };
         checkpoint::save(path, &t, &meta)
     }
 
     /// Restores a run from a checkpoint (its config included); `device` overrides the saved `run.device` (a run
     /// trained on CUDA evaluates on a CPU machine).
-    pub fn load(path: &Path, classes: i64, device: Option<&str>) -> Result<Self> {
+    pub fn load(path: &Path, device: Option<&str>) -> Result<Self> {
         let (tensors, mut meta) = checkpoint::load(path)?;
         if let Some(d) = device {
             meta.config.run.device = d.to_string();
         }
+        Self::restore(path, tensors, meta)
+    }
+
+    /// Builds the network of `meta.config` and fills it from `tensors`, checking that the file holds exactly this
+    /// network's tensors (names and shapes), momentum buffers and quantizer states (bit widths, shapes).
+    pub fn restore(path: &Path, tensors: HashMap<String, Tensor>, meta: Meta) -> Result<Self> {
+        let bad = |why: String| Error::file(path, why);
+        let classes = match (&meta.data, tensors.get("model/fc.bias")) {
+            (Some(d), _) => d.classes as i64,
+            (None, Some(b)) => b.size()[0],
+            (None, None) => {
+                return Err(bad("no data description and no model/fc.bias: cannot tell the classes".into()))
+            }
+        };
         let mut tr = Trainer::new(meta.config.clone(), classes)?;
-        let miss = |n: &str| Error::file(path, format!("checkpoint lacks tensor {n}"));
+        let vars = tr.vs.variables();
+        let want = vars.len() + tr.opt.params.len();
+        if tensors.len() != want {
+            let extra: Vec<&String> = tensors
+                .keys()
+                .filter(|n| {
+                    !n.strip_prefix("model/").is_some_and(|m| vars.contains_key(m))
+                        && !n.strip_prefix("momentum/").is_some_and(|m| tr.opt.params.iter().any(|p| p.name == m))
+                })
+                .take(3)
+                .collect();
+            return Err(bad(format!(
+                "{} tensors, the configured network has {want} (not in it: {extra:?}): a different architecture?",
+                tensors.len()
+            )));
+        }
+        let fetch = |key: String, like: &Tensor| -> Result<&Tensor> {
+            let src = tensors.get(&key).ok_or_else(|| bad(format!("checkpoint lacks tensor {key}")))?;
+            if src.size() != like.size() {
+                return Err(bad(format!("tensor {key}: shape {:?} in file, model has {:?}", src.size(), like.size())));
+            }
+            Ok(src)
+        };
         tch::no_grad(|| -> Result<()> {
-            for (n, mut v) in tr.vs.variables() {
-                let src = tensors.get(&format!("model/{n}")).ok_or_else(|| miss(&n))?;
-                if src.size() != v.size() {
-                    return Err(Error::file(
-                        path,
-                        format!("tensor {n}: shape {:?} in file, model has {:?}", src.size(), v.size()),
-                    ));
-                }
-                v.copy_(src);
+            for (n, mut v) in vars {
+                v.copy_(fetch(format!("model/{n}"), &v)?);
             }
             for p in &mut tr.opt.params {
-                p.buf.copy_(tensors.get(&format!("momentum/{}", p.name)).ok_or_else(|| miss(&p.name))?);
+                p.buf.copy_(fetch(format!("momentum/{}", p.name), &p.buf)?);
             }
             Ok(())
         })?;
-        for q in tr.net.quantizers_mut() {
+        let qs = tr.net.quantizers_mut();
+        if qs.len() != meta.quantizers.len() {
+            return Err(bad(format!("{} quantizer states, the network has {}", meta.quantizers.len(), qs.len())));
+        }
+        for q in qs {
             let saved = meta
                 .quantizers
                 .iter()
                 .find(|s| s.name == q.name)
-                .ok_or_else(|| Error::file(path, format!("no state for quantizer {}", q.name)))?;
-            q.state = saved.state.clone();
+                .ok_or_else(|| bad(format!("no state for quantizer {}", q.name)))?;
+            let (a, b) = (&saved.state, &q.state);
+            if saved.method != q.method
+                || a.bits != b.bits
+                || a.code_set != b.code_set
+                || a.basis.len() != b.basis.len()
+            {
+                return Err(bad(format!(
+                    "quantizer {}: stored {:?} {}-bit with {} basis values, the config builds {:?} {}-bit with {}",
+                    q.name,
+                    saved.method,
+                    a.bits,
+                    a.basis.len(),
+                    q.method,
+                    b.bits,
+                    b.basis.len()
+                )));
+            }
+            if a.biased.len() != a.basis.len() {
+                return Err(bad(format!("quantizer {}: EMA state of the wrong length", q.name)));
+            }
+            q.state = a.clone();
+        }
+        if let Some(d) = &meta.data {
+            d.norm()?;
         }
         tr.epoch = meta.epoch;
         tr.best_acc = meta.best_acc;
+        tr.data = meta.data;
         Ok(tr)
+    }
+
+    /// Reopens the run in `dir` from its `last.safetensors` to continue it. The checkpoint's config is the run's:
+    /// `sets` and edits of `dir/config.toml` may change only [`RESUME_KEYS`]; anything else is an error naming
+    /// the key. `metrics.jsonl` is cut back to the checkpoint's epoch (a run killed between the log line and the
+    /// checkpoint would otherwise log that epoch twice).
+    pub fn resume(dir: &Path, sets: &[String]) -> Result<Self> {
+        let ckpt = dir.join("last.safetensors");
+        let (tensors, mut meta) = checkpoint::load(&ckpt)?;
+        let saved = dir.join("config.toml");
+        let mut allowed: Vec<String> = Vec::new();
+        if saved.exists() {
+            let on_disk = TrainConfig::load(Some(&saved), &[])?;
+            let (changed, other): (Vec<String>, Vec<String>) = meta
+                .config
+                .diff(&on_disk)
+                .into_iter()
+                .partition(|d| RESUME_KEYS.iter().any(|k| d.starts_with(&format!("{k}:"))));
+            if !other.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} was edited after the checkpoint ({}); a resumed run keeps its config (only {} may change): \
+                     restore the file or start a new run",
+                    saved.display(),
+                    other.join("; "),
+                    RESUME_KEYS.join(", ")
+                )));
+            }
+            for d in changed {
+                let key = d.split(':').next().unwrap_or_default();
+                let value = on_disk.get(key).unwrap_or_default();
+                allowed.push(format!("{key}={value}"));
+            }
+        }
+        for s in sets {
+            let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k.trim());
+            if !RESUME_KEYS.contains(&key) {
+                return Err(Error::Config(format!(
+                    "--set {s}: {key} cannot change when resuming (allowed: {})",
+                    RESUME_KEYS.join(", ")
+                )));
+            }
+            allowed.push(s.clone());
+        }
+        meta.config = meta.config.with_sets(&allowed)?;
+        let tr = Trainer::restore(&ckpt, tensors, meta)?;
+        let log = dir.join("metrics.jsonl");
+        if log.exists() {
+            let text = std::fs::read_to_string(&log).map_err(|e| Error::file(&log, e))?;
+            let keep: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["epoch"].as_u64())
+                        .is_some_and(|e| e as usize <= tr.epoch)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if keep != text {
+                checkpoint::write_atomic(&log, keep.as_bytes())?;
+            }
+        }
+        Ok(tr)
+    }
+
+    /// Whether every variable is finite (a diverged run must not overwrite its last good checkpoint).
+    pub fn all_finite(&self) -> bool {
+        self.vs.variables().values().all(|v| v.isfinite().all().int64_value(&[]) != 0)
     }
 }
 
 /// Loads the train and test sets named by `cfg.data`, with `train_limit`/`test_limit` applied.
 pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
+    Ok((load_split(cfg, true)?, load_split(cfg, false)?))
+}
+
+/// Loads the training (`train`) or test split named by `cfg.data`, with its limit applied.
+pub fn load_split(cfg: &TrainConfig, train: bool) -> Result<Dataset> {
     let d = &cfg.data;
     let dir = Path::new(&d.dir);
-    let (tr, te) = match d.dataset.as_str() {
-        "cifar100" => (load_cifar(dir, Cifar::Hundred, true)?, load_cifar(dir, Cifar::Hundred, false)?),
-        "fashion" | "mnist" => (load_idx(dir, "train", true)?, load_idx(dir, "t10k", true)?),
-        _ => (load_cifar(dir, Cifar::Ten, true)?, load_cifar(dir, Cifar::Ten, false)?),
+    let ds = match d.dataset.as_str() {
+        "cifar100" => load_cifar(dir, Cifar::Hundred, train)?,
+        "fashion" | "mnist" => load_idx(dir, if train { "train" } else { "t10k" }, true)?,
+        _ => load_cifar(dir, Cifar::Ten, train)?,
     };
-    let lim = |ds: Dataset, n: usize| if n > 0 { ds.take(n) } else { ds };
-    Ok((lim(tr, d.train_limit), lim(te, d.test_limit)))
+    let n = if train { d.train_limit } else { d.test_limit };
+    Ok(if n > 0 { ds.take(n) } else { ds })
+}
+
+/// The input normalisation `cfg.data.normalize` measures on the training set.
+pub fn normalization(cfg: &TrainConfig, train: &Dataset) -> Normalize {
+    if cfg.data.normalize == "per_pixel" {
+        Normalize::per_pixel_of(train)
+    } else {
+        Normalize::per_channel_of(train)
+    }
 }
 
 /// Train and test loaders for `cfg` (normalisation measured on the training set).
 pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Loader, Loader) {
-    let norm = if cfg.data.normalize == "per_pixel" {
-        Normalize::per_pixel_of(&train)
-    } else {
-        Normalize::per_channel_of(&train)
-    };
+    let norm = normalization(cfg, &train);
     let base = LoaderConfig {
         batch: cfg.optim.batch,
         shuffle: true,
@@ -241,12 +384,52 @@ pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Loader, Loa
         workers: cfg.data.workers,
         seed: cfg.run.seed,
     };
-    let test_cfg = LoaderConfig { shuffle: false, pad: 0, drop_last: false, ..base };
-    (Loader::new(Arc::new(train), norm.clone(), base), Loader::new(Arc::new(test), norm, test_cfg))
+    (Loader::new(Arc::new(train), norm.clone(), base), test_loader(cfg, test, norm))
+}
+
+/// The evaluation loader: in order, no augmentation, every image.
+pub fn test_loader(cfg: &TrainConfig, test: Dataset, norm: Normalize) -> Loader {
+    let c = LoaderConfig {
+        batch: cfg.optim.batch,
+        shuffle: false,
+        pad: 0,
+        drop_last: false,
+        workers: cfg.data.workers,
+        seed: cfg.run.seed,
+    };
+    Loader::new(Arc::new(test), norm, c)
 }
 
 /// Runs (or resumes) training into `out`: `metrics.jsonl`, `config.toml`, `last.safetensors`, `best.safetensors`.
 pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Result<()> {
+    let d = &tr.cfg.data;
+    if train.batches() == 0 {
+        return Err(Error::Config(format!(
+            "data: {} training images make no full batch of optim.batch = {} (data.dir = {}, data.train_limit = {})",
+            train.dataset().len(),
+            tr.cfg.optim.batch,
+            d.dir,
+            d.train_limit
+        )));
+    }
+    if test.dataset().is_empty() {
+        return Err(Error::Config(format!(
+            "data: no test images (data.dir = {}, data.test_limit = {})",
+            d.dir, d.test_limit
+        )));
+    }
+    let info = DataInfo::new(train.dataset(), train.norm());
+    match &tr.data {
+        Some(d) if d.classes != info.classes || d.input != info.input || d.norm()? != info.norm()? => {
+            return Err(Error::Config(format!(
+                "the training data ({} classes, input {:?}) differs from the run's ({} classes, input {:?}) or \
+                 normalises differently: is data.dir the run's dataset?",
+                info.classes, info.input, d.classes, d.input
+            )))
+        }
+        Some(_) => {}
+        None => tr.data = Some(info),
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let cfg_text = toml::to_string(&tr.cfg).map_err(|e| Error::Config(e.to_string()))?;
     checkpoint::write_atomic(&out.join("config.toml"), cfg_text.as_bytes())?;
@@ -269,6 +452,9 @@ pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Resul
             progress(tr, i + 1, steps, &s, t0);
         }
         let test_s = tr.evaluate(test)?;
+        if !test_s.loss().is_finite() || !tr.all_finite() {
+            return Err(Error::Diverged { epoch: tr.epoch, test_loss: test_s.loss() });
+        }
         tr.epoch += 1;
         let secs = t0.elapsed().as_secs_f64();
         eprintln!(

@@ -1,16 +1,15 @@
-//! CUDA smoke test (skipped without a CUDA libtorch): the tensor-op quantizer path trains like the fused CPU path.
-//! Same initial weights on both devices; TF32/cuDNN arithmetic differs slightly, so the comparison is loose.
+//! CUDA test: the tensor-op quantizer path trains like the fused CPU path. Same initial weights on both devices;
+//! TF32/cuDNN arithmetic differs slightly, so the comparison is loose. Ignored by default (cargo test counts it
+//! as ignored); on a GPU machine: `cargo test -p lq-train --test cuda -- --ignored`, which fails without CUDA.
 mod common;
 use common::{batch, cfg};
 use lq_train::trainer::load_cuda_backend;
 use lq_train::Trainer;
 
 #[test]
+#[ignore = "needs a CUDA libtorch and a GPU: run with --ignored there"]
 fn cuda_trains_like_cpu() {
-    if !load_cuda_backend() {
-        eprintln!("CUDA is not available: skipped");
-        return;
-    }
+    assert!(load_cuda_backend(), "CUDA is not available (see README: CUDA)");
     let sets = ["model.w_bits=2", "model.a_bits=2"];
     let mut cpu = Trainer::new(cfg(&sets), 10).unwrap();
     let mut gpu = Trainer::new(cfg(&[sets[0], sets[1], "run.device=\"cuda\""]), 10).unwrap();

@@ -1,9 +1,10 @@
 //! `lqnets export`, `lqnets infer` and `lqnets bench infer`: the bit-op engine side.
-use anyhow::{bail, Context, Result};
+use crate::train::open_checkpoint;
+use anyhow::{Context, Result};
 use clap::Args;
-use lq_data::{load_cifar, Cifar, Dataset};
+use lq_data::{load_cifar, Cifar};
 use lq_engine::{Data, Isa, Model};
-use lq_train::{trainer, Trainer};
+use lq_train::Trainer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,32 +17,15 @@ pub struct ExportArgs {
     /// Output model file.
     #[arg(long)]
     out: PathBuf,
-    /// Training data folder for the input normalisation (default: the checkpoint's).
+    /// Training data folder: only for version-1 checkpoints, which do not store their input normalisation.
     #[arg(long)]
     data: Option<PathBuf>,
 }
 
-/// Loads a checkpoint and the normalisation its training used.
-fn load_trainer(ckpt: &Path, data: Option<&Path>) -> Result<(Trainer, lq_data::Normalize, Dataset)> {
-    let (_, meta) = lq_train::checkpoint::load(ckpt)?;
-    let mut cfg = meta.config;
-    if let Some(d) = data {
-        cfg.data.dir = d.display().to_string();
-    }
-    let (train, test) = trainer::load_data(&cfg)?;
-    let tr = Trainer::load(ckpt, train.classes as i64, Some("cpu"))?;
-    let norm = if cfg.data.normalize == "per_pixel" {
-        lq_data::Normalize::per_pixel_of(&train)
-    } else {
-        lq_data::Normalize::per_channel_of(&train)
-    };
-    Ok((tr, norm, test))
-}
-
 /// Runs `lqnets export` and prints the size accounting.
 pub fn export(a: &ExportArgs) -> Result<()> {
-    let (tr, norm, test) = load_trainer(&a.checkpoint, a.data.as_deref())?;
-    let f = lq_train::export::export(&tr, &norm, [test.c, test.h, test.w], test.classes)?;
+    let (tr, info) = open_checkpoint(&a.checkpoint, a.data.as_deref(), "cpu")?;
+    let f = lq_train::export::export(&tr, &info.norm()?, info.input, info.classes)?;
     f.save(&a.out)?;
     // Quantized layers: every conv kernel but conv0 (the engine requires W <= 8 everywhere else).
     let (mut q_fp32, mut fp) = (0usize, 0usize);
@@ -139,7 +123,7 @@ pub fn infer(a: &InferArgs) -> Result<()> {
         n / secs
     );
     if let Some(ck) = &a.check {
-        let (mut tr, _, _) = load_trainer(ck, None)?;
+        let (mut tr, _) = open_checkpoint(ck, None, "cpu")?;
         let b = lq_data::Batch { x, y: ds.labels.iter().map(|&l| l as i64).collect(), shape: [ds.len(), c, h, w] };
         let want = Vec::<f32>::try_from(&tr.logits(&b)?.flatten(0, -1))?;
         let (mut worst, mut same) = (0.0f32, 0);

@@ -1,9 +1,10 @@
 //! `lqnets train`, `lqnets eval` and `lqnets bench train`.
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use lq_data::{Dataset, Loader, LoaderConfig, Normalize};
+use lq_train::checkpoint::DataInfo;
 use lq_train::{trainer, TrainConfig, Trainer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,15 +12,16 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// TOML config (see configs/); omitted: the defaults (ResNet-20 W2A2 on data/cifar10).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     config: Option<PathBuf>,
-    /// Override a config value, e.g. `--set optim.lr=0.05` (repeatable).
+    /// Override a config value, e.g. `--set optim.lr=0.05` (repeatable). With --resume only optim.epochs,
+    /// data.dir, data.workers and run.device.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// Output folder (metrics.jsonl, config.toml, last/best checkpoints).
-    #[arg(long, default_value = "runs/latest")]
+    #[arg(long, default_value = "runs/latest", conflicts_with = "resume")]
     out: PathBuf,
-    /// Continue the run in this folder from its last checkpoint (its config is used).
+    /// Continue the run in this folder from its last checkpoint, with its config.
     #[arg(long)]
     resume: Option<PathBuf>,
 }
@@ -28,16 +30,13 @@ pub struct TrainArgs {
 pub fn run(a: &TrainArgs) -> Result<()> {
     let (mut tr, out) = match &a.resume {
         Some(dir) => {
-            // The class count comes from the data: read the checkpoint's config first.
-            let (_, meta) = lq_train::checkpoint::load(&dir.join("last.safetensors"))?;
-            let (train, _) = trainer::load_data(&meta.config)?;
-            let tr = Trainer::load(&dir.join("last.safetensors"), train.classes as i64, None)?;
+            let tr = Trainer::resume(dir, &a.sets)?;
             eprintln!("resuming {} after epoch {}", dir.display(), tr.epoch);
             (tr, dir.clone())
         }
         None => {
             let cfg = TrainConfig::load(a.config.as_deref(), &a.sets)?;
-            let (train, _) = trainer::load_data(&cfg)?;
+            let train = trainer::load_split(&cfg, true)?;
             (Trainer::new(cfg, train.classes as i64)?, a.out.clone())
         }
     };
@@ -48,13 +47,30 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Opens a checkpoint on `device` with the description of its data (`data_dir` replaces the stored folder). A
+/// version-1 checkpoint has none stored: it is measured on the training set, as the run did.
+pub(crate) fn open_checkpoint(path: &Path, data_dir: Option<&Path>, device: &str) -> Result<(Trainer, DataInfo)> {
+    let mut tr = Trainer::load(path, Some(device))?;
+    if let Some(d) = data_dir {
+        tr.cfg.data.dir = d.display().to_string();
+    }
+    let info = match &tr.data {
+        Some(d) => d.clone(),
+        None => {
+            let train = trainer::load_split(&tr.cfg, true)?;
+            DataInfo::new(&train, &trainer::normalization(&tr.cfg, &train))
+        }
+    };
+    Ok((tr, info))
+}
+
 /// Arguments of `lqnets eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Checkpoint (.safetensors written by `lqnets train`).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Dataset folder (default: the one in the checkpoint's config).
+    /// Dataset folder (default: the one in the checkpoint's config); only its test split is read.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Device to evaluate on (cpu, cuda).
@@ -64,15 +80,24 @@ pub struct EvalArgs {
 
 /// Runs `lqnets eval`: test loss and accuracy of a checkpoint.
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let (_, meta) = lq_train::checkpoint::load(&a.checkpoint)?;
-    let mut cfg = meta.config;
-    if let Some(d) = &a.data {
-        cfg.data.dir = d.display().to_string();
+    let (mut tr, info) = open_checkpoint(&a.checkpoint, a.data.as_deref(), &a.device)?;
+    let test = trainer::load_split(&tr.cfg, false)?;
+    if [test.c, test.h, test.w] != info.input || test.classes != info.classes {
+        bail!(
+            "{}: test images are {}x{}x{} with {} classes, the checkpoint was trained on {:?} with {}",
+            tr.cfg.data.dir,
+            test.c,
+            test.h,
+            test.w,
+            test.classes,
+            info.input,
+            info.classes
+        );
     }
-    let (train, test) = trainer::load_data(&cfg)?;
-    let mut tr = Trainer::load(&a.checkpoint, train.classes as i64, Some(&a.device))?;
-    tr.cfg.data = cfg.data.clone();
-    let (_, vl) = trainer::loaders(&cfg, train, test);
+    if test.is_empty() {
+        bail!("{}: the test split has no images", tr.cfg.data.dir);
+    }
+    let vl = trainer::test_loader(&tr.cfg, test, info.norm()?);
     let s = tr.evaluate(&vl)?;
     println!("{}: {} images, loss {:.4}, top-1 accuracy {:.4}", a.checkpoint.display(), s.n, s.loss(), s.acc());
     Ok(())

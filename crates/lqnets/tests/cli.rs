@@ -25,7 +25,9 @@ fn fit_prints_per_channel_json_and_lowers_the_error() {
         j["mse"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
     };
     let (one, many) = (mse("1"), mse("10"));
-    assert!(one.iter().zip(&many).all(|(a, b)| *b <= *a * 1.05 + 1e-12), "{one:?} -> {many:?}");
+    // Never higher (up to rounding: channels that converge in one step stay put), clearly lower somewhere.
+    assert!(one.iter().zip(&many).all(|(a, b)| *b <= *a * (1.0 + 1e-9)), "{one:?} -> {many:?}");
+    assert!(one.iter().zip(&many).any(|(a, b)| *b < 0.9 * *a), "{one:?} -> {many:?}");
     let o = fit(&["--kind", "activation", "--method", "hwgq"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["thresholds"].as_array().unwrap().len(), 3);
