@@ -9,12 +9,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be opened or read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// File concerned.
         path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error: shown in the message, deliberately not a `source()`, so printing the chain
+        /// (`anyhow`'s `{:#}`) does not repeat it ("X: X").
+        cause: std::io::Error,
     },
     /// The file's contents are not what the format requires.
     #[error("{path}: {why}")]
@@ -35,8 +36,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+    pub(crate) fn io(path: &std::path::Path, cause: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), cause }
     }
     pub(crate) fn format(path: &std::path::Path, why: impl Into<String>) -> Self {
         Error::Format { path: path.to_path_buf(), why: why.into() }

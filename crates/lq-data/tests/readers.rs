@@ -310,3 +310,23 @@ fn augmentation_pads_with_zero_pixels_and_flips() {
     }
     assert!(seen_pad && seen_flip);
 }
+
+/// The message as `anyhow`'s `{:#}` prints it: the error, then each `source()`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut at = e.source();
+    while let Some(c) = at {
+        s += &format!(": {c}");
+        at = c.source();
+    }
+    s
+}
+
+#[test]
+fn io_errors_name_the_file_once_and_the_cause_once() {
+    let d = tempfile::tempdir().unwrap();
+    let e = read_npy(&d.path().join("none.npy")).unwrap_err();
+    let msg = chain(&e);
+    assert_eq!(msg.matches("none.npy").count(), 1, "{msg}");
+    assert_eq!(msg.matches("os error 2").count(), 1, "{msg}");
+}

@@ -8,12 +8,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be read or written.
-    #[error("model file {path}: {source}")]
+    #[error("model file {path}: {cause}")]
     Io {
         /// File.
         path: String,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause: shown in the message, deliberately not a `source()`, so printing the chain (`anyhow`'s `{:#}`)
+        /// does not repeat it ("X: X").
+        cause: std::io::Error,
     },
     /// The file is not a valid model file (bad header, missing or mis-shaped tensor, wrong version...).
     #[error("model file {path}: {why}")]

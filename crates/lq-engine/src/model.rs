@@ -163,14 +163,14 @@ impl ModelFile {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, out)
             .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|source| Error::Io { path: p, source })
+            .map_err(|cause| Error::Io { path: p, cause })
     }
 
     /// Reads and checks a file's structure (version, content hash, dtypes); shapes and values are checked when a
     /// [`crate::Model`] is built.
     pub fn load(path: &Path) -> Result<Self> {
         let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: p.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| Error::Io { path: p.clone(), cause })?;
         Self::from_bytes(&bytes).map_err(|why| Error::Format { path: p, why })
     }
 

@@ -281,3 +281,16 @@ fn version_1_file_asks_for_re_export() {
     let e = ModelFile::from_bytes(&saved_bytes(&f)).unwrap_err();
     assert!(e.contains("format version 1") && e.contains("re-export"), "{e}");
 }
+
+/// A read error names the file once and its cause once, also as `anyhow`'s `{:#}` prints the chain.
+#[test]
+fn io_error_is_not_repeated() {
+    let e = Model::load(std::path::Path::new("/nonexistent/m.lqm")).unwrap_err();
+    let mut msg = e.to_string();
+    let mut at = std::error::Error::source(&e);
+    while let Some(c) = at {
+        msg += &format!(": {c}");
+        at = c.source();
+    }
+    assert_eq!((msg.matches("m.lqm").count(), msg.matches("os error 2").count()), (1, 1), "{msg}");
+}
