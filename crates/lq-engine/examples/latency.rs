@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = args.next().map_or(Ok(200), |r| r.parse())?;
     let n: usize = args.next().map_or(Ok(1), |r| r.parse())?;
     let model = Model::load(path.as_ref())?;
-    let [c, h, w] = model.meta.arch.input;
+    let [c, h, w] = model.meta.input;
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
     let mut times: Vec<f64> = (0..reps)
         .map(|_| {

@@ -9,20 +9,22 @@
 //!   16-channel blocks, an AVX2 popcount kernel for the rest, a portable one without AVX2 (chosen once at run
 //!   time; [`Isa`] forces one).
 //! - [`naive`]: the dense reference the kernels are tested against.
-//! - [`ModelFile`] (the deployable safetensors file) and [`Model`] (a validated network: ResNet-CIFAR with shortcut
-//!   A or B, VGG-Small) for end-to-end inference.
+//! - [`ModelFile`] (the deployable safetensors file) and [`Model`]: the file's network, a list of [`graph::Op`]s,
+//!   validated by shape inference and interpreted for end-to-end inference.
 //!
 //! Identity used (spec §3): `Q(w)·Q(a) = Σ_ij v^w_i v^a_j (2·popc(bw_i ∧ ba_j) − popc(ba_j))`.
 #![deny(missing_docs)]
 
 pub use conv::{im2col, patch_bit, patch_words, BitConv, ChannelQuant, Planes};
 pub use error::{Error, Result};
+pub use graph::{Op, Weights};
 pub use kernels::{BitGemm, Isa};
-pub use model::{Arch, Data, Meta, ModelFile, FORMAT_VERSION};
+pub use model::{Data, Meta, ModelFile, FORMAT_VERSION};
 pub use runtime::Model;
 
 mod conv;
 mod error;
+pub mod graph;
 pub mod kernels;
 pub mod model;
 pub mod naive;

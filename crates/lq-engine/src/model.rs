@@ -1,24 +1,30 @@
-//! The deployable model file: one safetensors file whose JSON metadata (`lqnets`) holds the format version, the
-//! architecture and the input normalisation, and whose tensors hold, per layer:
+//! The deployable model file: one safetensors file whose JSON metadata (`lqnets`, [`Meta`]) holds the format
+//! version, the trainer's model description, the input normalisation and the network as a list of operations
+//! ([`crate::graph::Op`]), and whose tensors hold, per layer `X` (names are the trainer's layer names):
 //!
 //! | tensor | dtype, shape | what |
 //! |---|---|---|
 //! | `X.bits` | U8 `[C_out, K_w, ⌈k·k·C_in/8⌉]` | quantized conv X: weight bit-planes, bit 1 = +1, densely packed in (ky, kx, c_in) order, LSB first |
-//! | `X.basis` | F32 `[C_out, K_w]` | its per-channel weight bases |
+//! | `X.basis` | F32 `[C_out, K_w]` | its per-channel weight bases (weight = Σ_i basis_i·(bit_i ? +1 : −1)) |
+//! | `X.w` | F32 `[C_out, C_in, k, k]` | full-precision conv X (OIHW) |
+//! | `X.b` | F32 `[C_out]` | bias of conv X (either kind), when its op says `bias: true` |
 //! | `Y.tau`, `Y.sign` | F32 `[C, 2^K_a−1]`, `[C]` | BN→ReLU→Q unit Y folded into per-channel thresholds |
 //! | `Y.codes`, `Y.basis` | U8 `[2^K_a]`, F32 `[K_a]` | code of each sorted level, activation basis |
 //! | `Z.scale`, `Z.shift` | F32 `[C]` | a full-precision BN folded to `scale·x + shift` |
-//! | `conv0.w`, `fc.weight`, `fc.bias` | F32 | full-precision first conv (OIHW) and classifier |
+//! | `L.weight`, `L.bias` | F32 `[C_out, C·H·W]`, `[C_out]` | full-precision linear layer L |
+//!
+//! Bit widths are per layer, read from the shapes: K_w from `X.bits`, K_a from `Y.basis` (1..=8 each).
 //!
 //! Metadata key `lqnets.sha256` holds the SHA-256 (hex) of the content: the `lqnets` JSON, then every tensor's
 //! name, dtype, shape and bytes in name order, each length-prefixed. Loading recomputes it, so an edited digit or
 //! a flipped bit is an error ("content hash mismatch"), not a silently different prediction.
 //!
-//! Loading validates the version, the hash, the header, dtypes, every shape against the architecture and every
-//! f32 value (finite): a truncated, edited or hostile file gives an error, never a panic. Version 1 files (no hash)
-//! are rejected with a hint to re-export.
+//! Loading validates the version, the hash, the header, dtypes, the graph, every shape against it and every f32
+//! value (finite): a truncated, edited or hostile file gives an error, never a panic. Files of versions 1 (no
+//! hash) and 2 (fixed CIFAR architectures) are rejected with a hint to re-export.
 use crate::conv::{patch_bit, patch_words, BitConv, ChannelQuant};
 use crate::error::{Error, Result};
+use crate::graph::Op;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
@@ -26,8 +32,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// Version of the file format this build reads and writes (2: content hash).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of the file format this build reads and writes (2: content hash; 3: the network as a list of ops).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Metadata keys: the JSON [`Meta`] and the content hash.
 const META_KEY: &str = "lqnets";
@@ -51,37 +57,29 @@ fn content_hash<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, Dtype, &
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The network a file describes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Arch {
-    /// `resnet` or `vgg_small`.
-    pub kind: String,
-    /// ResNet depth (6n+2).
-    pub depth: usize,
-    /// ResNet shortcut `A` or `B`.
-    pub shortcut: String,
-    /// Output classes.
-    pub classes: usize,
-    /// Weight bits of the quantized layers.
-    pub w_bits: u32,
-    /// Activation bits.
-    pub a_bits: u32,
-    /// Input channels, height, width.
-    pub input: [usize; 3],
-}
-
 /// Metadata stored under the `lqnets` key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Meta {
     /// Format version.
     pub version: u32,
-    /// Architecture.
-    pub arch: Arch,
+    /// The trainer's model description (JSON), opaque to the engine: the CLI rebuilds an fp32 baseline from it.
+    pub model: String,
+    /// Output classes: the last value is `1 × 1 × classes`.
+    pub classes: usize,
+    /// Weight bits of the quantized layers, for display (each layer's own width comes from its tensors).
+    pub w_bits: u32,
+    /// Activation bits, for display.
+    pub a_bits: u32,
+    /// Input channels, height, width.
+    pub input: [usize; 3],
     /// Input normalisation: `(pixel − mean)·scale[channel]`, pixels in 0..255; `mean` is per channel (`[C]`) or
     /// per pixel (`[C·H·W]`, the official VGG-Small input).
     pub mean: Vec<f32>,
     /// Per-channel scale.
     pub scale: Vec<f32>,
+    /// The network: op `i` makes value `i + 1` from earlier values; value 0 is the normalised input.
+    pub graph: Vec<Op>,
 }
 
 /// One stored tensor.
@@ -237,10 +235,14 @@ impl ModelFile {
         Ok(ModelFile { tensors, meta: Some(meta) })
     }
 
+    /// The shape of tensor `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|(s, _)| &s[..])
+    }
     fn get(&self, name: &str, shape: &[usize]) -> std::result::Result<&Data, String> {
         let (s, d) = self.tensors.get(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
         if s != shape {
-            return Err(format!("tensor `{name}` has shape {s:?}, the architecture needs {shape:?}"));
+            return Err(format!("tensor `{name}` has shape {s:?}, the graph needs {shape:?}"));
         }
         Ok(d)
     }
@@ -251,7 +253,16 @@ impl ModelFile {
             _ => Err(format!("tensor `{name}` must be F32")),
         }
     }
-    /// A packed conv stored by [`ModelFile::put_conv`], checked against its geometry.
+    /// The bit width stored as dimension `dim` of tensor `name` (K_w of `X.bits`, K_a of `Y.basis`): 1..=8.
+    fn bits_of(&self, name: &str, dims: usize, dim: usize) -> std::result::Result<usize, String> {
+        let s = self.shape(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+        match s.get(dim) {
+            Some(&k) if s.len() == dims && (1..=8).contains(&k) => Ok(k),
+            _ => Err(format!("tensor `{name}` has shape {s:?}: dimension {dim} of {dims} must be a bit width 1..=8")),
+        }
+    }
+    /// A packed conv stored by [`ModelFile::put_conv`] with zero padding `pad`, checked against its geometry;
+    /// K_w comes from the shape of `{name}.bits`. The caller checks that `k·k·c_in` and the tensor sizes fit.
     pub fn conv(
         &self,
         name: &str,
@@ -259,8 +270,9 @@ impl ModelFile {
         c_in: usize,
         k: usize,
         stride: usize,
-        kw: usize,
+        pad: usize,
     ) -> std::result::Result<BitConv, String> {
+        let kw = self.bits_of(&format!("{name}.bits"), 3, 1)?;
         let (taps, words) = (k * k, patch_words(c_in, k));
         let bytes = (taps * c_in).div_ceil(8);
         let dense = match self.get(&format!("{name}.bits"), &[c_out, kw, bytes])? {
@@ -278,10 +290,14 @@ impl ModelFile {
             }
         }
         let basis = self.f32(&format!("{name}.basis"), &[c_out, kw])?;
-        Ok(BitConv::new(c_out, c_in, k, stride, kw, bits, basis))
+        let mut conv = BitConv::new(c_out, c_in, k, stride, kw, bits, basis);
+        conv.pad = pad;
+        Ok(conv)
     }
-    /// A folded activation unit stored by [`ModelFile::put_act`]: (thresholds, basis).
-    pub fn act(&self, name: &str, c: usize, ka: usize) -> std::result::Result<(ChannelQuant, Vec<f32>), String> {
+    /// A folded activation unit over `c` channels stored by [`ModelFile::put_act`]: (thresholds, basis); K_a
+    /// comes from the shape of `{name}.basis`.
+    pub fn act(&self, name: &str, c: usize) -> std::result::Result<(ChannelQuant, Vec<f32>), String> {
+        let ka = self.bits_of(&format!("{name}.basis"), 1, 0)?;
         let n = 1usize << ka;
         let codes = match self.get(&format!("{name}.codes"), &[n])? {
             Data::U8(v) if v.iter().all(|&c| (c as usize) < n) => v.clone(),

@@ -1,57 +1,107 @@
-//! End-to-end inference of exported CIFAR networks: the pre-activation ResNet (shortcut A or B) and VGG-Small,
-//! mirroring `lq-train`'s models layer by layer. Feature maps are NHWC f32 between layers where the network adds
-//! or pools full-precision values, and bit-planes wherever a quantized conv reads them.
+//! End-to-end inference: the model file's op list ([`Op`]) checked once by shape inference and turned into a
+//! program of steps over numbered values. Values are NHWC f32 maps; quantized convs quantize their f32 input on
+//! the way in ([`BitConv::forward_f32`]).
 use crate::conv::{BitConv, ChannelQuant};
 use crate::error::{Error, Result};
+use crate::graph::{Op, Weights};
 use crate::kernels::Isa;
 use crate::model::{Data, Meta, ModelFile};
 use crate::scratch::Buf;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-/// A full-precision conv (OIHW weights), computed as f32 im2col + GEMM.
+/// Most f32 elements one value or one conv temporary (patch matrix, padded map) may hold: 1 GiB. A model asking
+/// for more is broken or hostile; refusing it at load keeps a forward from aborting on allocation.
+const MAX_ELEMS: usize = 1 << 28;
+
+/// Height, width, channels of a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl Shape {
+    fn len(self) -> usize {
+        self.h * self.w * self.c
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.h, self.w, self.c)
+    }
+}
+
+/// The product of `dims` if it is at most [`MAX_ELEMS`].
+fn elems(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_ELEMS)
+}
+
+/// A full-precision conv: weights `[C_out][ky][kx][C_in]` (so an NHWC patch is contiguous per tap), f32 im2col +
+/// GEMM, bias added through the GEMM's accumulator.
 #[derive(Clone, Debug)]
 struct FpConv {
     w: Vec<f32>,
+    bias: Option<Vec<f32>>,
     c_out: usize,
     c_in: usize,
     k: usize,
+    stride: usize,
+    pad: usize,
 }
 
 impl FpConv {
-    /// CHW in (the normalised image), NHWC out, stride 1, same padding: im2col straight from the planes (no
-    /// transposed copy of the image), then one GEMM.
-    fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
-        let (k, c, pad) = (self.k, self.c_in, self.k / 2);
+    /// NHWC out from `x` of `h × w`, which is CHW (the normalised image: im2col reads its planes directly, no
+    /// transposed copy) or NHWC.
+    fn forward(&self, x: &[f32], h: usize, w: usize, chw: bool) -> Vec<f32> {
+        let (k, c, s, pad) = (self.k, self.c_in, self.stride, self.pad);
+        let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
         let kk = k * k * c;
-        let mut cols = Buf::<f32>::zeroed(h * w * kk);
-        for ci in 0..c {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let q = (ci * k + ky) * k + kx;
-                    for y in (0..h).filter(|&y| y + ky >= pad && y + ky - pad < h) {
-                        let src = &x[(ci * h + y + ky - pad) * w..][..w];
-                        for xx in (0..w).filter(|&xx| xx + kx >= pad && xx + kx - pad < w) {
-                            cols[(y * w + xx) * kk + q] = src[xx + kx - pad];
+        // Input column range of output column `ox` hitting tap `kx`: ox·s + kx − pad in 0..w.
+        let cols_of = |kx: usize| (0..ow).filter(move |&ox| ox * s + kx >= pad && ox * s + kx - pad < w);
+        let mut cols;
+        let a: &[f32] = if !chw && k == 1 && s == 1 && pad == 0 {
+            x // a 1×1 conv over NHWC is a GEMM on the map itself
+        } else {
+            cols = Buf::<f32>::zeroed(oh * ow * kk);
+            for oy in 0..oh {
+                for ky in (0..k).filter(|&ky| oy * s + ky >= pad && oy * s + ky - pad < h) {
+                    let iy = oy * s + ky - pad;
+                    for kx in 0..k {
+                        for ox in cols_of(kx) {
+                            let (ix, q) = (ox * s + kx - pad, (oy * ow + ox) * kk + (ky * k + kx) * c);
+                            if chw {
+                                (0..c).for_each(|ci| cols[q + ci] = x[(ci * h + iy) * w + ix]);
+                            } else {
+                                cols[q..q + c].copy_from_slice(&x[(iy * w + ix) * c..][..c]);
+                            }
                         }
                     }
                 }
             }
-        }
-        let mut out = vec![0.0f32; h * w * self.c_out];
-        // SAFETY: cols is (h·w)×kk row-major, w is c_out×kk row-major read transposed, out is (h·w)×c_out.
+            &cols
+        };
+        let mut out = match &self.bias {
+            Some(b) => b.iter().copied().cycle().take(oh * ow * self.c_out).collect(),
+            None => vec![0.0f32; oh * ow * self.c_out],
+        };
+        // SAFETY: `a` is (oh·ow)×kk row-major, `w` is c_out×kk row-major read transposed, `out` is (oh·ow)×c_out
+        // (sizes checked at load).
         unsafe {
             matrixmultiply::sgemm(
-                h * w,
+                oh * ow,
                 kk,
                 self.c_out,
                 1.0,
-                cols.as_ptr(),
+                a.as_ptr(),
                 kk as isize,
                 1,
                 self.w.as_ptr(),
                 1,
                 kk as isize,
-                0.0,
+                1.0,
                 out.as_mut_ptr(),
                 self.c_out as isize,
                 1,
@@ -61,37 +111,51 @@ impl FpConv {
     }
 }
 
+/// A folded BN → ReLU → Q unit: thresholds, basis, and the level value of each code (for [`Op::Act`]).
 #[derive(Clone, Debug)]
-struct Act {
+struct ActUnit {
     q: ChannelQuant,
     basis: Vec<f32>,
+    value: Vec<f32>,
+}
+
+/// What a step computes (the validated, loaded form of an [`Op`]).
+#[derive(Clone, Debug)]
+enum Exec {
+    Conv(FpConv),
+    QConv { conv: BitConv, act: usize, bias: Option<Vec<f32>> },
+    Act(usize),
+    Bn { scale: Vec<f32>, shift: Vec<f32>, relu: bool },
+    Relu,
+    Add,
+    Concat,
+    MaxPool { k: usize, stride: usize, pad: usize },
+    AvgPool { k: usize, stride: usize },
+    PadChannels { before: usize, after: usize },
+    GlobalAvgPool,
+    Linear { w: Vec<f32>, b: Vec<f32> },
 }
 
 #[derive(Clone, Debug)]
-struct Block {
-    pre: Act,
-    conv1: BitConv,
-    mid: Act,
-    conv2: BitConv,
-    proj: Option<(BitConv, Vec<f32>, Vec<f32>)>,
-    pad_to: Option<usize>,
-}
-
-#[derive(Clone, Debug)]
-enum Body {
-    ResNet { blocks: Vec<Block>, head: (Vec<f32>, Vec<f32>) },
-    Vgg { convs: Vec<BitConv>, acts: Vec<Act>, last_bn: (Vec<f32>, Vec<f32>) },
+struct Step {
+    exec: Exec,
+    srcs: Vec<usize>,
+    /// Values to drop after this step (their last use, or this step's own output when nothing reads it).
+    free: Vec<usize>,
 }
 
 /// A loaded, validated network ready for inference.
 #[derive(Clone, Debug)]
 pub struct Model {
-    /// The file's metadata (architecture, input normalisation).
+    /// The file's metadata (model description, input normalisation, graph).
     pub meta: Meta,
-    conv0: FpConv,
-    body: Body,
-    fc_w: Vec<f32>,
-    fc_b: Vec<f32>,
+    shapes: Vec<Shape>,
+    steps: Vec<Step>,
+    acts: Vec<ActUnit>,
+    /// Step of each value's last read (`usize::MAX` for the output).
+    last_use: Vec<usize>,
+    /// Whether an op other than an fp conv reads the input, which then needs an NHWC copy.
+    nhwc_input: bool,
 }
 
 impl Model {
@@ -101,20 +165,15 @@ impl Model {
         Model::from_file(&f).map_err(|why| Error::Format { path: path.display().to_string(), why })
     }
 
-    /// Builds the network from a parsed file, checking every tensor against the architecture.
+    /// Builds the network from a parsed file: shape inference over the graph, every tensor checked against it.
     pub fn from_file(f: &ModelFile) -> std::result::Result<Model, String> {
         let meta = f.meta.clone().ok_or("no metadata")?;
-        let a = &meta.arch;
-        let (kw, ka) = (a.w_bits as usize, a.a_bits as usize);
-        if !(1..=8).contains(&kw) || !(1..=8).contains(&ka) {
-            return Err(format!("engine needs 1..=8-bit weights and activations, file says W{kw}A{ka}"));
-        }
-        let [cin, h, w] = a.input;
-        let size = cin.checked_mul(h).and_then(|n| n.checked_mul(w));
+        let [cin, h, w] = meta.input;
+        let size = elems(&meta.input);
         if cin == 0 || h == 0 || w == 0 || size.is_none() {
             return Err(format!("input shape {cin}x{h}x{w} is empty or too large"));
         }
-        if a.classes == 0 {
+        if meta.classes == 0 {
             return Err("0 classes".into());
         }
         if (Some(meta.mean.len()) != size && meta.mean.len() != cin) || meta.scale.len() != cin {
@@ -131,71 +190,46 @@ impl Model {
                 return Err(format!("{what} holds a non-finite value ({}) at index {i}", v[i]));
             }
         }
-        let act = |n: &str, c: usize| f.act(n, c, ka).map(|(q, basis)| Act { q, basis });
-        let (c0, body, feat) = match a.kind.as_str() {
-            "resnet" => {
-                if a.depth < 8 || (a.depth - 2) % 6 != 0 {
-                    return Err(format!("resnet depth {} is not 6n+2", a.depth));
-                }
-                // Shortcut A pools 2×2 after each of the two stride-2 stages, so both need even sizes.
-                if a.shortcut == "A" && (h % 4 != 0 || w % 4 != 0) {
-                    return Err(format!(
-                        "resnet with shortcut A needs an input height and width divisible by 4, not {h}x{w}"
-                    ));
-                }
-                let (mut blocks, mut c_in) = (Vec::new(), 16);
-                for (s, c) in [16usize, 32, 64].into_iter().enumerate() {
-                    for b in 0..(a.depth - 2) / 6 {
-                        let p = format!("stage{}.block{b}", s + 1);
-                        let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                        let change = stride != 1 || c_in != c;
-                        let proj = match (change, a.shortcut.as_str()) {
-                            (true, "B") => Some({
-                                let (sc, sh) = f.bn(&format!("{p}.proj_bn"), c)?;
-                                (f.conv(&format!("{p}.proj"), c, c_in, 1, stride, kw)?, sc, sh)
-                            }),
-                            (_, "A" | "B") => None,
-                            (_, s) => return Err(format!("unknown shortcut '{s}'")),
-                        };
-                        blocks.push(Block {
-                            pre: act(&format!("{p}.pre"), c_in)?,
-                            conv1: f.conv(&format!("{p}.conv1"), c, c_in, 3, stride, kw)?,
-                            mid: act(&format!("{p}.mid"), c)?,
-                            conv2: f.conv(&format!("{p}.conv2"), c, c, 3, 1, kw)?,
-                            pad_to: (change && proj.is_none()).then_some(c),
-                            proj,
-                        });
-                        c_in = c;
-                    }
-                }
-                (16, Body::ResNet { blocks, head: f.bn("head_bn", 64)? }, 64)
-            }
-            "vgg_small" => {
-                if h != 32 || w != 32 {
-                    return Err(format!("vgg_small needs 32x32 inputs, not {h}x{w}"));
-                }
-                const W: [usize; 6] = [128, 128, 256, 256, 512, 512];
-                let convs = (1..6)
-                    .map(|i| f.conv(&format!("conv{i}"), W[i], W[i - 1], 3, 1, kw))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let acts = (0..5).map(|i| act(&format!("act{i}"), W[i])).collect::<std::result::Result<Vec<_>, _>>()?;
-                (128, Body::Vgg { convs, acts, last_bn: f.bn("act5", 512)? }, 512 * 16)
-            }
-            k => return Err(format!("unknown architecture '{k}'")),
-        };
-        let conv0 = FpConv { w: f.f32("conv0.w", &[c0, cin, 3, 3])?, c_out: c0, c_in: cin, k: 3 };
-        Ok(Model {
-            fc_w: f.f32("fc.weight", &[a.classes, feat])?,
-            fc_b: f.f32("fc.bias", &[a.classes])?,
-            meta,
-            conv0,
-            body,
-        })
+        if meta.graph.is_empty() {
+            return Err("the graph has no ops".into());
+        }
+        let mut b = Builder { f, shapes: vec![Shape { h, w, c: cin }], acts: Vec::new(), act_ids: HashMap::new() };
+        let mut used = BTreeSet::new();
+        let mut steps = Vec::with_capacity(meta.graph.len());
+        for (i, op) in meta.graph.iter().enumerate() {
+            let (exec, out) = b.op(i, op, &mut used).map_err(|why| format!("op {i} ({}): {why}", op.label()))?;
+            b.shapes.push(out);
+            steps.push(Step { exec, srcs: op.inputs(), free: Vec::new() });
+        }
+        let last = *b.shapes.last().expect("input shape");
+        if last != (Shape { h: 1, w: 1, c: meta.classes }) {
+            return Err(format!(
+                "op {} ({}): the last value is {last}, the model needs 1x1x{} (classes)",
+                steps.len() - 1,
+                meta.graph[steps.len() - 1].label(),
+                meta.classes
+            ));
+        }
+        // A tensor no op reads means export and engine disagree (e.g. a bias written for an op without one).
+        if let Some(n) = f.tensors.keys().find(|n| !used.contains(*n)) {
+            return Err(format!("tensor `{n}` is not used by any op of the graph"));
+        }
+        let n = b.shapes.len();
+        let mut last_use: Vec<usize> = (0..n).map(|v| v.saturating_sub(1)).collect();
+        for (i, s) in steps.iter().enumerate() {
+            s.srcs.iter().for_each(|&v| last_use[v] = i);
+        }
+        last_use[n - 1] = usize::MAX;
+        for v in 0..n - 1 {
+            steps[last_use[v]].free.push(v);
+        }
+        let nhwc_input = steps.iter().any(|s| s.srcs.contains(&0) && !matches!(s.exec, Exec::Conv(_)));
+        Ok(Model { meta, shapes: b.shapes, steps, acts: b.acts, last_use, nhwc_input })
     }
 
     /// Normalises u8 CHW pixels the way training did, into CHW f32.
     pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
-        let [c, h, w] = self.meta.arch.input;
+        let [c, h, w] = self.meta.input;
         let per_pixel = self.meta.mean.len() == c * h * w;
         let mean = |i: usize| if per_pixel { self.meta.mean[i] } else { self.meta.mean[i / (h * w)] };
         pixels.iter().enumerate().map(|(i, &p)| (p as f32 - mean(i)) * self.meta.scale[i / (h * w)]).collect()
@@ -206,8 +240,8 @@ impl Model {
     /// the per-image working set stays in L2, a batch's does not.
     pub fn forward_batch(&self, x: &[f32], n: usize, isa: Isa) -> Result<Vec<f32>> {
         use rayon::prelude::*;
-        let [c, h, w] = self.meta.arch.input;
-        if x.len() != n * c * h * w {
+        let [c, h, w] = self.meta.input;
+        if Some(x.len()) != n.checked_mul(c * h * w) {
             return Err(Error::Input(format!("{} values for {n} images, the model takes {c}x{h}x{w} each", x.len())));
         }
         // On a pool worker, so the many small parallel loops of a layer do not each wake the pool from outside.
@@ -220,97 +254,356 @@ impl Model {
     }
 
     fn forward_one(&self, chw: &[f32], isa: Isa) -> Vec<f32> {
-        let [_, h, w] = self.meta.arch.input;
-        let x = self.conv0.forward(chw, h, w);
-        let feats = match &self.body {
-            Body::ResNet { blocks, head } => resnet(blocks, head, x, h, w, isa),
-            Body::Vgg { convs, acts, last_bn } => vgg(convs, acts, last_bn, x, isa),
-        };
-        let classes = self.fc_b.len();
-        (0..classes)
-            .map(|o| {
-                self.fc_b[o]
-                    + self.fc_w[o * feats.len()..(o + 1) * feats.len()]
-                        .iter()
-                        .zip(&feats)
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-            })
-            .collect()
+        let mut vals: Vec<Option<Vec<f32>>> = vec![None; self.shapes.len()];
+        if self.nhwc_input {
+            let Shape { h, w, c } = self.shapes[0];
+            vals[0] = Some((0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect());
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let out = self.run(i, step, &mut vals, chw, isa);
+            vals[i + 1] = Some(out);
+            step.free.iter().for_each(|&v| vals[v] = None);
+        }
+        vals.pop().flatten().expect("the last value is computed")
     }
-}
 
-fn resnet(
-    blocks: &[Block],
-    head: &(Vec<f32>, Vec<f32>),
-    mut x: Vec<f32>,
-    mut h: usize,
-    mut w: usize,
-    isa: Isa,
-) -> Vec<f32> {
-    for b in blocks {
-        let (oh, ow) = b.conv1.out_hw(h, w);
-        let r = b.conv1.forward_f32(&x, h, w, &b.pre.q, &b.pre.basis, isa);
-        let mut r = b.conv2.forward_f32(&r, oh, ow, &b.mid.q, &b.mid.basis, isa);
-        let c = b.conv2.c_out;
-        match (&b.proj, b.pad_to) {
-            (Some((conv, sc, sh)), _) => {
-                // Quantized again on the way in: its operand (1×1, stride 2, no padding) differs from conv1's.
-                let s = conv.forward_f32(&x, h, w, &b.pre.q, &b.pre.basis, isa);
-                r.iter_mut().zip(&s).enumerate().for_each(|(i, (r, s))| *r += s * sc[i % c] + sh[i % c]);
+    /// Value `v`, moved out when step `i` is its last reader (so element-wise ops work in place), else copied.
+    fn take(&self, vals: &mut [Option<Vec<f32>>], v: usize, i: usize) -> Vec<f32> {
+        match self.last_use[v] == i {
+            true => vals[v].take(),
+            false => vals[v].clone(),
+        }
+        .expect("validated: sources are computed before use")
+    }
+
+    fn run(&self, i: usize, step: &Step, vals: &mut [Option<Vec<f32>>], chw: &[f32], isa: Isa) -> Vec<f32> {
+        let s = &step.srcs;
+        let sh = self.shapes[s[0]];
+        let Shape { h, w, c } = sh;
+        match &step.exec {
+            Exec::Conv(conv) if s[0] == 0 => conv.forward(chw, h, w, true),
+            Exec::Conv(conv) => conv.forward(val(vals, s[0]), h, w, false),
+            Exec::QConv { conv, act, bias } => {
+                let a = &self.acts[*act];
+                let mut y = conv.forward_f32(val(vals, s[0]), h, w, &a.q, &a.basis, isa);
+                if let Some(b) = bias {
+                    y.chunks_exact_mut(b.len()).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+                }
+                y
             }
-            (None, Some(_)) => {
-                // Option A: 2×2 average pool of x, zero channels split evenly before and after.
-                let c_in = x.len() / (h * w);
-                let lo = (c - c_in) / 2;
-                for (p, rp) in r.chunks_exact_mut(c).enumerate() {
-                    let (y, xx) = (p / ow, p % ow);
-                    for ci in 0..c_in {
-                        let at = |dy: usize, dx: usize| x[((2 * y + dy) * w + 2 * xx + dx) * c_in + ci];
-                        rp[lo + ci] += (at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1)) * 0.25;
+            Exec::Act(u) => {
+                let a = &self.acts[*u];
+                let t = a.q.codes.len() - 1;
+                let mut x = self.take(vals, s[0], i);
+                for px in x.chunks_exact_mut(c) {
+                    for (ch, v) in px.iter_mut().enumerate() {
+                        // The same compares as the conv's quantizer: sign·x > sign·τ.
+                        let sg = a.q.sign[ch];
+                        let idx: usize = a.q.tau[ch * t..][..t].iter().map(|&tau| (sg * *v > sg * tau) as usize).sum();
+                        *v = a.value[a.q.codes[idx] as usize];
                     }
                 }
+                x
             }
-            (None, None) => r.iter_mut().zip(&x).for_each(|(r, x)| *r += x),
+            Exec::Bn { scale, shift, relu } => {
+                let mut x = self.take(vals, s[0], i);
+                for px in x.chunks_exact_mut(c) {
+                    for ((v, a), b) in px.iter_mut().zip(scale).zip(shift) {
+                        *v = *v * a + b;
+                        if *relu {
+                            *v = v.max(0.0);
+                        }
+                    }
+                }
+                x
+            }
+            Exec::Relu => {
+                let mut x = self.take(vals, s[0], i);
+                x.iter_mut().for_each(|v| *v = v.max(0.0));
+                x
+            }
+            Exec::Add => {
+                // In place on whichever operand dies here (a + b either way: addition commutes exactly).
+                let (a, b) = if self.last_use[s[0]] != i && self.last_use[s[1]] == i && s[0] != s[1] {
+                    (s[1], s[0])
+                } else {
+                    (s[0], s[1])
+                };
+                let mut x = if s[0] == s[1] { val(vals, a).to_vec() } else { self.take(vals, a, i) };
+                let y = val(vals, b);
+                x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+                x
+            }
+            Exec::Concat => {
+                let ins: Vec<(&[f32], usize)> = s.iter().map(|&v| (val(vals, v), self.shapes[v].c)).collect();
+                let total: usize = ins.iter().map(|(_, c)| c).sum();
+                let mut out = Vec::with_capacity(h * w * total);
+                for p in 0..h * w {
+                    ins.iter().for_each(|(x, c)| out.extend_from_slice(&x[p * c..][..*c]));
+                }
+                out
+            }
+            Exec::MaxPool { k, stride, pad } => {
+                pool(val(vals, s[0]), sh, *k, *stride, *pad, f32::NEG_INFINITY, f32::max, |m| m)
+            }
+            Exec::AvgPool { k, stride } => {
+                let n = (k * k) as f32;
+                pool(val(vals, s[0]), sh, *k, *stride, 0, 0.0, |a, b| a + b, |t| t / n)
+            }
+            Exec::PadChannels { before, after } => {
+                let x = val(vals, s[0]);
+                let co = before + c + after;
+                let mut out = vec![0.0f32; h * w * co];
+                for (o, px) in out.chunks_exact_mut(co).zip(x.chunks_exact(c)) {
+                    o[*before..before + c].copy_from_slice(px);
+                }
+                out
+            }
+            Exec::GlobalAvgPool => {
+                let mut out = vec![0.0f32; c];
+                for px in val(vals, s[0]).chunks_exact(c) {
+                    out.iter_mut().zip(px).for_each(|(o, v)| *o += v);
+                }
+                out.iter_mut().for_each(|v| *v /= (h * w) as f32);
+                out
+            }
+            Exec::Linear { w: wt, b } => {
+                let x = val(vals, s[0]);
+                let hw = h * w;
+                // PyTorch flattens NCHW: feature ch·h·w + pixel.
+                let feats: Vec<f32> =
+                    if hw == 1 { x.to_vec() } else { (0..c * hw).map(|j| x[(j % hw) * c + j / hw]).collect() };
+                b.iter()
+                    .zip(wt.chunks_exact(feats.len()))
+                    .map(|(b, row)| b + row.iter().zip(&feats).map(|(a, x)| a * x).sum::<f32>())
+                    .collect()
+            }
         }
-        (x, h, w) = (r, oh, ow);
     }
-    let c = head.0.len();
-    let mut f = vec![0.0f32; c];
-    for px in x.chunks_exact(c) {
-        for ch in 0..c {
-            f[ch] += (px[ch] * head.0[ch] + head.1[ch]).max(0.0);
-        }
-    }
-    f.iter_mut().for_each(|v| *v /= (h * w) as f32);
-    f
 }
 
-fn vgg(convs: &[BitConv], acts: &[Act], last_bn: &(Vec<f32>, Vec<f32>), x: Vec<f32>, isa: Isa) -> Vec<f32> {
-    let (mut h, mut w, mut y) = (32, 32, x);
-    for (i, conv) in convs.iter().enumerate() {
-        y = conv.forward_f32(&y, h, w, &acts[i].q, &acts[i].basis, isa);
-        if i % 2 == 0 {
-            (y, h, w) = (maxpool2(&y, h, w, conv.c_out), h / 2, w / 2);
-        }
-    }
-    // Last BN → ReLU, then NCHW flatten order for the FC (as the trainer's `flatten`).
-    let c = last_bn.0.len();
-    (0..c * h * w)
-        .map(|i| (y[(i % (h * w)) * c + i / (h * w)] * last_bn.0[i / (h * w)] + last_bn.1[i / (h * w)]).max(0.0))
-        .collect()
+/// A computed value (validation made every source earlier than its reader).
+fn val(vals: &[Option<Vec<f32>>], v: usize) -> &[f32] {
+    vals[v].as_deref().expect("validated: sources are computed before use")
 }
 
-fn maxpool2(x: &[f32], h: usize, w: usize, c: usize) -> Vec<f32> {
-    let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![f32::NEG_INFINITY; oh * ow * c];
-    for y in 0..oh * 2 {
-        for xx in 0..ow * 2 {
-            let o = ((y / 2) * ow + xx / 2) * c;
-            for ch in 0..c {
-                out[o + ch] = out[o + ch].max(x[(y * w + xx) * c + ch]);
+/// Window pooling over NHWC `x`: `fold` over the window's positions inside the map (padding never takes part),
+/// then `fin`.
+#[allow(clippy::too_many_arguments)]
+fn pool(
+    x: &[f32],
+    s: Shape,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    init: f32,
+    fold: impl Fn(f32, f32) -> f32,
+    fin: impl Fn(f32) -> f32,
+) -> Vec<f32> {
+    let (oh, ow) = ((s.h + 2 * pad - k) / stride + 1, (s.w + 2 * pad - k) / stride + 1);
+    let inside = |o: usize, n: usize| (o * stride).saturating_sub(pad)..(o * stride + k - pad).min(n);
+    let mut out = vec![init; oh * ow * s.c];
+    for (p, o) in out.chunks_exact_mut(s.c).enumerate() {
+        for iy in inside(p / ow, s.h) {
+            for ix in inside(p % ow, s.w) {
+                let px = &x[(iy * s.w + ix) * s.c..][..s.c];
+                o.iter_mut().zip(px).for_each(|(o, v)| *o = fold(*o, *v));
             }
         }
+        o.iter_mut().for_each(|v| *v = fin(*v));
     }
     out
+}
+
+/// Shape inference and loading, op by op.
+struct Builder<'a> {
+    f: &'a ModelFile,
+    shapes: Vec<Shape>,
+    acts: Vec<ActUnit>,
+    act_ids: HashMap<String, usize>,
+}
+
+impl Builder<'_> {
+    /// The validated step of op `i` and the shape of its value; `used` collects the tensors it reads.
+    fn op(&mut self, i: usize, op: &Op, used: &mut BTreeSet<String>) -> std::result::Result<(Exec, Shape), String> {
+        let ins = op.inputs();
+        if let Some(&v) = ins.iter().find(|&&v| v > i) {
+            return Err(format!("reads value {v}, which is not computed before it (values 0..={i} are)"));
+        }
+        if ins.is_empty() {
+            return Err("reads no value".into());
+        }
+        let s = self.shapes[ins[0]];
+        let mut need = |n: String| used.insert(n);
+        let (exec, out) = match op {
+            Op::Conv { name, c_out, k, stride, pad, weights, bias, .. } => {
+                let out = conv_shape(s, *c_out, *k, *stride, *pad)?;
+                let (co, ci, k) = (*c_out, s.c, *k);
+                let w = match weights {
+                    Weights::Fp => {
+                        need(format!("{name}.w"));
+                        let oihw = self.f.f32(&format!("{name}.w"), &[co, ci, k, k])?;
+                        // To [c_out][ky][kx][c_in], the patch order of the im2col.
+                        let mut w = vec![0.0f32; oihw.len()];
+                        for (j, &v) in oihw.iter().enumerate() {
+                            let (o, ci_, ky, kx) = (j / (ci * k * k), j / (k * k) % ci, j / k % k, j % k);
+                            w[((o * k + ky) * k + kx) * ci + ci_] = v;
+                        }
+                        w
+                    }
+                    Weights::Packed => {
+                        need(format!("{name}.bits"));
+                        need(format!("{name}.basis"));
+                        expand(&self.f.conv(name, co, ci, k, *stride, *pad)?)
+                    }
+                };
+                let bias = self.bias(name, co, *bias, &mut need)?;
+                (Exec::Conv(FpConv { w, bias, c_out: co, c_in: ci, k, stride: *stride, pad: *pad }), out)
+            }
+            Op::QConv { name, act, c_out, k, stride, pad, bias, .. } => {
+                let out = conv_shape(s, *c_out, *k, *stride, *pad)?;
+                let act = self.act(act, s.c, &mut need)?;
+                need(format!("{name}.bits"));
+                need(format!("{name}.basis"));
+                let conv = self.f.conv(name, *c_out, s.c, *k, *stride, *pad)?;
+                let bias = self.bias(name, *c_out, *bias, &mut need)?;
+                (Exec::QConv { conv, act, bias }, out)
+            }
+            Op::Act { name, .. } => (Exec::Act(self.act(name, s.c, &mut need)?), s),
+            Op::Bn { name, relu, .. } => {
+                need(format!("{name}.scale"));
+                need(format!("{name}.shift"));
+                let (scale, shift) = self.f.bn(name, s.c)?;
+                (Exec::Bn { scale, shift, relu: *relu }, s)
+            }
+            Op::Relu { .. } => (Exec::Relu, s),
+            Op::Add { b, .. } => {
+                let t = self.shapes[*b];
+                if s != t {
+                    return Err(format!("adds values of different shapes, {s} and {t}"));
+                }
+                (Exec::Add, s)
+            }
+            Op::Concat { srcs } => {
+                let mut c = 0usize;
+                for &v in srcs {
+                    let t = self.shapes[v];
+                    if (t.h, t.w) != (s.h, s.w) {
+                        return Err(format!("concatenates maps of different sizes, {s} and {t}"));
+                    }
+                    c = c.checked_add(t.c).ok_or("too many channels")?;
+                }
+                (Exec::Concat, Shape { c, ..s })
+            }
+            Op::MaxPool { k, stride, pad, .. } => {
+                let out = pool_shape(s, *k, *stride, *pad)?;
+                (Exec::MaxPool { k: *k, stride: *stride, pad: *pad }, out)
+            }
+            Op::AvgPool { k, stride, .. } => (Exec::AvgPool { k: *k, stride: *stride }, pool_shape(s, *k, *stride, 0)?),
+            Op::PadChannels { before, after, .. } => {
+                let c = before.checked_add(*after).and_then(|n| n.checked_add(s.c));
+                (Exec::PadChannels { before: *before, after: *after }, Shape { c: c.ok_or("too many channels")?, ..s })
+            }
+            Op::GlobalAvgPool { .. } => (Exec::GlobalAvgPool, Shape { h: 1, w: 1, c: s.c }),
+            Op::Linear { name, c_out, .. } => {
+                need(format!("{name}.weight"));
+                need(format!("{name}.bias"));
+                let w = self.f.f32(&format!("{name}.weight"), &[*c_out, s.len()])?;
+                (
+                    Exec::Linear { w, b: self.f.f32(&format!("{name}.bias"), &[*c_out])? },
+                    Shape { h: 1, w: 1, c: *c_out },
+                )
+            }
+        };
+        if out.c == 0 || elems(&[out.h, out.w, out.c]).is_none() {
+            return Err(format!("output {out} is empty or too large"));
+        }
+        Ok((exec, out))
+    }
+
+    /// The bias `{name}.b` when the op has one.
+    fn bias(
+        &self,
+        name: &str,
+        c: usize,
+        has: bool,
+        need: &mut impl FnMut(String) -> bool,
+    ) -> std::result::Result<Option<Vec<f32>>, String> {
+        if !has {
+            return Ok(None);
+        }
+        need(format!("{name}.b"));
+        self.f.f32(&format!("{name}.b"), &[c]).map(Some)
+    }
+
+    /// The index of act unit `name` over `c` channels, loaded on first use.
+    fn act(
+        &mut self,
+        name: &str,
+        c: usize,
+        need: &mut impl FnMut(String) -> bool,
+    ) -> std::result::Result<usize, String> {
+        if let Some(&u) = self.act_ids.get(name) {
+            let have = self.acts[u].q.sign.len();
+            if have != c {
+                return Err(format!("act unit `{name}` quantizes {have} channels, its input here has {c}"));
+            }
+            return Ok(u);
+        }
+        ["tau", "sign", "codes", "basis"].into_iter().for_each(|t| _ = need(format!("{name}.{t}")));
+        let (q, basis) = self.f.act(name, c)?;
+        let value = (0..q.codes.len())
+            .map(|code| basis.iter().enumerate().filter(|(j, _)| (code >> j) & 1 == 1).map(|(_, v)| v).sum())
+            .collect();
+        self.acts.push(ActUnit { q, basis, value });
+        self.act_ids.insert(name.to_string(), self.acts.len() - 1);
+        Ok(self.acts.len() - 1)
+    }
+}
+
+/// Output shape of a `k×k` conv with `stride` and `pad` over `s`; the patch matrix and the padded map must fit.
+fn conv_shape(s: Shape, c_out: usize, k: usize, stride: usize, pad: usize) -> std::result::Result<Shape, String> {
+    let out = pool_shape(s, k, stride, pad)?;
+    if c_out == 0 {
+        return Err("0 output channels".into());
+    }
+    let padded = elems(&[s.h + 2 * pad, s.w + 2 * pad, s.c]);
+    if elems(&[out.h, out.w, k, k, s.c]).is_none() || padded.is_none() || elems(&[c_out, k, k, s.c]).is_none() {
+        return Err(format!("a {k}x{k} conv over {s} with padding {pad} is too large"));
+    }
+    Ok(Shape { c: c_out, ..out })
+}
+
+/// Output shape of a `k×k` window with `stride` and `pad` over `s`: positive, padding smaller than the window.
+fn pool_shape(s: Shape, k: usize, stride: usize, pad: usize) -> std::result::Result<Shape, String> {
+    if k == 0 || stride == 0 {
+        return Err(format!("kernel {k} and stride {stride} must be positive"));
+    }
+    if pad >= k {
+        return Err(format!("padding {pad} is not smaller than the kernel {k}"));
+    }
+    let padded = |n: usize| pad.checked_mul(2).and_then(|p| p.checked_add(n)).ok_or("padding too large");
+    let (hp, wp) = (padded(s.h)?, padded(s.w)?);
+    if hp < k || wp < k {
+        return Err(format!("kernel {k} is bigger than the {s} map padded by {pad}"));
+    }
+    Ok(Shape { h: (hp - k) / stride + 1, w: (wp - k) / stride + 1, c: s.c })
+}
+
+/// A packed conv's weights as level values, `[c_out][ky][kx][c_in]` (the fp conv's layout).
+fn expand(conv: &BitConv) -> Vec<f32> {
+    let (taps, words) = (conv.k * conv.k, crate::conv::patch_words(conv.c_in, conv.k));
+    let mut w = vec![0.0f32; conv.c_out * taps * conv.c_in];
+    for (o, wo) in w.chunks_exact_mut(taps * conv.c_in).enumerate() {
+        for (d, v) in wo.iter_mut().enumerate() {
+            let (wd, b) = crate::conv::patch_bit(conv.c_in, d / conv.c_in, d % conv.c_in);
+            *v = (0..conv.kw)
+                .map(|i| {
+                    let bit = (conv.bits[(o * conv.kw + i) * words + wd] >> b) & 1;
+                    conv.basis[o * conv.kw + i] * if bit == 1 { 1.0 } else { -1.0 }
+                })
+                .sum();
+        }
+    }
+    w
 }

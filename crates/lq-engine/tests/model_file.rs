@@ -1,60 +1,12 @@
 //! Model file round trip and hostile input: truncations and corruptions give errors, never panics.
-use lq_engine::{Arch, BitConv, ChannelQuant, Isa, Meta, Model, ModelFile, FORMAT_VERSION};
-use lq_quant::{CodeSet, Levels};
+mod common;
+use lq_engine::{Isa, Meta, Model, ModelFile};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 
-/// A random but valid ResNet-8 (shortcut B) file, built the way the exporter builds one.
+/// A valid ResNet-8 (shortcut B, W2A2, 32×32) file, built op by op as the exporter builds one.
 fn resnet8() -> ModelFile {
-    let mut s = 7u64;
-    let mut rnd = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    };
-    let mut f = ModelFile::default();
-    let lv = Levels::from_basis(&[0.4, 0.8], CodeSet::Binary).unwrap();
-    let act = |f: &mut ModelFile, name: &str, c: usize, rnd: &mut dyn FnMut() -> f32| {
-        let scale: Vec<f32> = (0..c).map(|_| rnd() + 0.7).collect();
-        let shift: Vec<f32> = (0..c).map(|_| rnd()).collect();
-        f.put_act(name, &ChannelQuant::fold(&lv, &scale, &shift), &[0.4, 0.8]);
-    };
-    let conv =
-        |f: &mut ModelFile, name: &str, co: usize, ci: usize, k: usize, st: usize, rnd: &mut dyn FnMut() -> f32| {
-            let w: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..co * 2).map(|_| rnd().abs() * 0.1 + 0.01).collect();
-            f.put_conv(name, &BitConv::pack(co, ci, k, st, &w, &b).unwrap());
-        };
-    f.put_f32("conv0.w", vec![16, 3, 3, 3], (0..432).map(|_| rnd()).collect());
-    let mut c_in = 16;
-    for (s, c) in [16usize, 32, 64].into_iter().enumerate() {
-        let p = format!("stage{}.block0", s + 1);
-        let st = if s > 0 { 2 } else { 1 };
-        act(&mut f, &format!("{p}.pre"), c_in, &mut rnd);
-        conv(&mut f, &format!("{p}.conv1"), c, c_in, 3, st, &mut rnd);
-        act(&mut f, &format!("{p}.mid"), c, &mut rnd);
-        conv(&mut f, &format!("{p}.conv2"), c, c, 3, 1, &mut rnd);
-        if s > 0 {
-            conv(&mut f, &format!("{p}.proj"), c, c_in, 1, st, &mut rnd);
-            f.put_f32(&format!("{p}.proj_bn.scale"), vec![c], vec![1.0; c]);
-            f.put_f32(&format!("{p}.proj_bn.shift"), vec![c], vec![0.0; c]);
-        }
-        c_in = c;
-    }
-    f.put_f32("head_bn.scale", vec![64], vec![1.0; 64]);
-    f.put_f32("head_bn.shift", vec![64], vec![0.1; 64]);
-    f.put_f32("fc.weight", vec![10, 64], (0..640).map(|_| rnd()).collect());
-    f.put_f32("fc.bias", vec![10], vec![0.0; 10]);
-    let arch = Arch {
-        kind: "resnet".into(),
-        depth: 8,
-        shortcut: "B".into(),
-        classes: 10,
-        w_bits: 2,
-        a_bits: 2,
-        input: [3, 32, 32],
-    };
-    f.meta = Some(Meta { version: FORMAT_VERSION, arch, mean: vec![128.0; 3072], scale: vec![1.0 / 64.0; 3] });
-    f
+    common::resnet_cifar(8, 'B', 2, 2, 32, 7)
 }
 
 #[test]
@@ -148,53 +100,33 @@ fn edited(edit: impl FnOnce(&mut Meta)) -> ModelFile {
     f
 }
 
-/// Every declared input the runtime would index out of bounds (or overflow on) is a load error naming the problem.
+/// Every declared input the graph cannot run (or that would overflow a size) is a load error naming the problem.
 #[test]
 fn input_shape_disagreeing_with_layers_is_rejected() {
     let cases: Vec<(&str, ModelFile, &str)> = vec![
-        // Shortcut A pools 2×2 after the stride-2 stages: 30 → 15 → 8 reads past row 14.
-        (
-            "A 30x30",
-            edited(|m| (m.arch.shortcut, m.arch.input, m.mean) = ("A".into(), [3, 30, 30], vec![128.0; 3])),
-            "divisible by 4",
-        ),
-        (
-            "A 32x30",
-            edited(|m| (m.arch.shortcut, m.arch.input, m.mean) = ("A".into(), [3, 32, 30], vec![128.0; 3])),
-            "divisible by 4",
-        ),
-        ("zero height", edited(|m| (m.arch.input, m.mean) = ([3, 0, 32], vec![128.0; 3])), "empty"),
-        ("zero channels", edited(|m| (m.arch.input, m.mean, m.scale) = ([0, 32, 32], vec![], vec![])), "empty"),
-        ("size overflow", edited(|m| (m.arch.input, m.mean) = ([3, 1 << 40, 1 << 40], vec![128.0; 3])), "too large"),
+        ("zero height", edited(|m| (m.input, m.mean) = ([3, 0, 32], vec![128.0; 3])), "empty"),
+        ("zero channels", edited(|m| (m.input, m.mean, m.scale) = ([0, 32, 32], vec![], vec![])), "empty"),
+        ("size overflow", edited(|m| (m.input, m.mean) = ([3, 1 << 40, 1 << 40], vec![128.0; 3])), "too large"),
         (
             "1 channel vs conv0.w",
-            edited(|m| (m.arch.input, m.mean, m.scale) = ([1, 32, 32], vec![128.0], vec![0.1])),
+            edited(|m| (m.input, m.mean, m.scale) = ([1, 32, 32], vec![128.0], vec![0.1])),
             "conv0.w",
         ),
-        (
-            "vgg 28x28",
-            edited(|m| (m.arch.kind, m.arch.input, m.mean) = ("vgg_small".into(), [3, 28, 28], vec![128.0; 3])),
-            "32x32",
-        ),
-        ("classes", edited(|m| m.arch.classes = 7), "fc.weight"),
+        ("classes", edited(|m| m.classes = 7), "needs 1x1x7"),
+        ("mean", edited(|m| m.mean = vec![0.0; 5]), "normalisation"),
     ];
     for (what, f, want) in cases {
         let e = Model::from_file(&f).unwrap_err();
         assert!(e.contains(want), "{what}: {e}");
     }
-    // 0 classes with matching empty FC tensors: logits would be empty (the CLI indexes the top class).
-    let mut f = edited(|m| m.arch.classes = 0);
-    f.put_f32("fc.weight", vec![0, 64], vec![]);
-    f.put_f32("fc.bias", vec![0], vec![]);
-    assert!(Model::from_file(&f).unwrap_err().contains("0 classes"));
-    // Shortcut A at 32x32 and shortcut B at an odd size (conv1 and proj agree on ⌈h/2⌉) load and run.
-    for f in
-        [edited(|m| m.arch.shortcut = "A".into()), edited(|m| (m.arch.input, m.mean) = ([3, 30, 30], vec![128.0; 3]))]
-    {
-        let m = Model::from_file(&f).unwrap();
-        let [c, h, w] = m.meta.arch.input;
-        assert_eq!(m.forward(&vec![0.1; c * h * w], Isa::best()).unwrap().len(), 10);
-    }
+    assert!(Model::from_file(&edited(|m| m.classes = 0)).unwrap_err().contains("0 classes"));
+    // Shortcut A halves the map by pooling, conv1 by a stride-2 conv: at 30x30 they disagree (15 → 7 vs 8).
+    let f = common::resnet_cifar(8, 'A', 2, 2, 30, 3);
+    let e = Model::from_file(&f).unwrap_err();
+    assert!(e.contains("(add)") && e.contains("different shapes"), "{e}");
+    // Shortcut B at an odd size (conv1 and proj agree on ⌈h/2⌉) loads and runs.
+    let m = Model::from_file(&common::resnet_cifar(8, 'B', 2, 2, 31, 3)).unwrap();
+    assert_eq!(m.forward(&vec![0.1; 3 * 31 * 31], Isa::best()).unwrap().len(), 10);
 }
 
 #[test]
@@ -206,8 +138,8 @@ fn non_finite_values_are_named() {
         }
         let e = Model::from_file(&f).unwrap_err();
         assert!(e.contains("stage2.block0.conv1.basis") && e.contains("index 3"), "{e}");
-        let e = Model::from_file(&edited(|m| m.mean[5] = v)).unwrap_err();
-        assert!(e.contains("mean") && e.contains("index 5"), "{e}");
+        let e = Model::from_file(&edited(|m| m.mean[2] = v)).unwrap_err();
+        assert!(e.contains("mean") && e.contains("index 2"), "{e}");
         let e = Model::from_file(&edited(|m| m.scale[1] = v)).unwrap_err();
         assert!(e.contains("scale") && e.contains("index 1"), "{e}");
     }
@@ -253,9 +185,15 @@ fn content_hash_catches_edits() {
 }
 
 #[test]
-fn version_1_file_asks_for_re_export() {
-    // A version-1 file as the previous build wrote it: only the `lqnets` key, no hash.
-    let f = edited(|m| m.version = 1);
+fn old_versions_ask_for_re_export() {
+    for v in [1, 2] {
+        old_version_asks_for_re_export(v);
+    }
+}
+
+fn old_version_asks_for_re_export(version: u32) {
+    // A version-1 or -2 file as older builds wrote it: the fixed-architecture metadata; no hash in version 1.
+    let f = edited(|m| m.version = version);
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = f
         .tensors
         .iter()
@@ -273,13 +211,16 @@ fn version_1_file_asks_for_re_export() {
             (n.as_str(), TensorView::new(dt, s.clone(), b).unwrap())
         })
         .collect();
-    let json = serde_json::to_string(f.meta.as_ref().unwrap()).unwrap();
+    let json = format!(
+        r#"{{"version":{version},"arch":{{"kind":"resnet","depth":8,"shortcut":"B","classes":10,"w_bits":2,"a_bits":2,"input":[3,32,32]}},"mean":[128.0,128.0,128.0],"scale":[0.015625,0.015625,0.015625]}}"#
+    );
     let bytes = safetensors::serialize(views, &Some(HashMap::from([("lqnets".to_string(), json)]))).unwrap();
     let e = ModelFile::from_bytes(&bytes).unwrap_err();
-    assert!(e.contains("format version 1 (this build reads 2): re-export the checkpoint with `lqnets export`"), "{e}");
-    // Also when a v1 file carries a (valid) hash.
+    let want = format!("format version {version} (this build reads 3): re-export the checkpoint with `lqnets export`");
+    assert!(e.contains(&want), "{e}");
+    // Also when the file carries a (valid) hash.
     let e = ModelFile::from_bytes(&saved_bytes(&f)).unwrap_err();
-    assert!(e.contains("format version 1") && e.contains("re-export"), "{e}");
+    assert!(e.contains(&format!("format version {version}")) && e.contains("re-export"), "{e}");
 }
 
 /// A read error names the file once and its cause once, also as `anyhow`'s `{:#}` prints the chain.
