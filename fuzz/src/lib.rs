@@ -33,7 +33,7 @@ pub fn model_file(data: &[u8]) {
     let _ = lq_engine::ModelFile::from_bytes(data);
     if let Ok(f) = lq_engine::ModelFile::from_bytes_unverified(data) {
         if let Ok(m) = lq_engine::Model::from_file(&f) {
-            let [c, h, w] = m.meta.arch.input;
+            let [c, h, w] = m.meta.input;
             if c * h * w <= 1 << 16 {
                 let x = m.normalize(&vec![100; c * h * w]);
                 let _ = m.forward(&x, lq_engine::Isa::Portable);
@@ -127,7 +127,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
 
 /// A valid ResNet-8 (shortcut B, W1A1, 8×8 input) model file, as `lqnets export` writes one.
 fn model_seed() -> Vec<u8> {
-    use lq_engine::{Arch, BitConv, ChannelQuant, Meta, ModelFile, FORMAT_VERSION};
+    use lq_engine::{BitConv, ChannelQuant, Meta, ModelFile, Op, Weights, FORMAT_VERSION};
     let mut s = 7u64;
     let mut rnd = move || {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -135,8 +135,19 @@ fn model_seed() -> Vec<u8> {
     };
     let lv = lq_quant::Levels::from_basis(&[0.6], lq_quant::CodeSet::Binary).expect("levels");
     let mut f = ModelFile::default();
+    let mut g = Vec::new();
     f.put_f32("conv0.w", vec![16, 3, 3, 3], (0..432).map(|_| rnd()).collect());
-    let mut c_in = 16;
+    g.push(Op::Conv {
+        name: "conv0".into(),
+        src: 0,
+        c_out: 16,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        weights: Weights::Fp,
+        bias: false,
+    });
+    let (mut x, mut c_in) = (1, 16);
     for (st, c) in [16usize, 32, 64].into_iter().enumerate() {
         let p = format!("stage{}.block0", st + 1);
         let stride = if st > 0 { 2 } else { 1 };
@@ -146,37 +157,51 @@ fn model_seed() -> Vec<u8> {
         };
         act(&mut f, &format!("{p}.pre"), c_in);
         act(&mut f, &format!("{p}.mid"), c);
-        for (name, co, ci, k, s) in [("conv1", c, c_in, 3, stride), ("conv2", c, c, 3, 1), ("proj", c, c_in, 1, stride)]
-        {
-            if name == "proj" && st == 0 {
-                continue;
-            }
-            let w: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
-            f.put_conv(&format!("{p}.{name}"), &BitConv::pack(co, ci, k, s, &w, &vec![0.05; co]).expect("conv"));
-        }
-        if st > 0 {
+        let mut conv = |f: &mut ModelFile, g: &mut Vec<Op>, name: &str, src, act: &str, ci, k, s| {
+            let w: Vec<f32> = (0..c * ci * k * k).map(|_| rnd()).collect();
+            f.put_conv(&format!("{p}.{name}"), &BitConv::pack(c, ci, k, s, &w, &vec![0.05; c]).expect("conv"));
+            let (name, act) = (format!("{p}.{name}"), format!("{p}.{act}"));
+            g.push(Op::QConv { name, src, act, c_out: c, k, stride: s, pad: k / 2, bias: false });
+            g.len()
+        };
+        let r = conv(&mut f, &mut g, "conv1", x, "pre", c_in, 3, stride);
+        let r = conv(&mut f, &mut g, "conv2", r, "mid", c, 3, 1);
+        let short = if st > 0 {
+            let s = conv(&mut f, &mut g, "proj", x, "pre", c_in, 1, stride);
             f.put_f32(&format!("{p}.proj_bn.scale"), vec![c], vec![1.0; c]);
             f.put_f32(&format!("{p}.proj_bn.shift"), vec![c], vec![0.0; c]);
-        }
-        c_in = c;
+            g.push(Op::Bn { name: format!("{p}.proj_bn"), src: s, relu: false });
+            g.len()
+        } else {
+            x
+        };
+        g.push(Op::Add { a: r, b: short });
+        (x, c_in) = (g.len(), c);
     }
     f.put_f32("head_bn.scale", vec![64], vec![1.0; 64]);
     f.put_f32("head_bn.shift", vec![64], vec![0.1; 64]);
     f.put_f32("fc.weight", vec![10, 64], (0..640).map(|_| rnd()).collect());
     f.put_f32("fc.bias", vec![10], vec![0.0; 10]);
-    let arch = Arch {
-        kind: "resnet".into(),
-        depth: 8,
-        shortcut: "B".into(),
+    g.push(Op::Bn { name: "head_bn".into(), src: x, relu: true });
+    g.push(Op::GlobalAvgPool { src: g.len() });
+    g.push(Op::Linear { name: "fc".into(), src: g.len(), c_out: 10 });
+    f.meta = Some(Meta {
+        version: FORMAT_VERSION,
+        model: r#"{"arch":"resnet_cifar","depth":8,"shortcut":"B"}"#.into(),
         classes: 10,
         w_bits: 1,
         a_bits: 1,
         input: [3, 8, 8],
-    };
-    f.meta = Some(Meta { version: FORMAT_VERSION, arch, mean: vec![128.0; 3], scale: vec![1.0 / 64.0; 3] });
+        mean: vec![128.0; 3],
+        scale: vec![1.0 / 64.0; 3],
+        graph: g,
+    });
     let p = scratch().join("seed.lqm");
     f.save(&p).expect("seed model");
     let b = std::fs::read(&p).expect("seed model");
+    // The seed must load, or the fuzzer starts from a rejected file and rarely reaches the runtime.
+    let parsed = ModelFile::from_bytes(&b).expect("seed model parses");
+    lq_engine::Model::from_file(&parsed).expect("seed model is valid");
     model_file(&b);
     b
 }
