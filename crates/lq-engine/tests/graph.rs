@@ -88,12 +88,28 @@ fn pooled(kw: usize, ka: usize) -> ModelFile {
     n.finish()
 }
 
+/// Ops other than an fp conv reading the input (its NHWC copy) next to an fp conv reading it (from CHW), and an
+/// add of a value to itself.
+fn input_ops(kw: usize, ka: usize) -> ModelFile {
+    let mut n = Net::new([3, 6, 5], kw, ka, 41);
+    let a = n.act("a_in", 0);
+    let q = n.qconv("q", 0, "a_in", 8, 3, 1, 1, true);
+    let c = n.conv("c", 0, 4, 3, 1, 1, Weights::Fp, false);
+    let x = n.concat(&[a, q, c]);
+    let x = n.conv("mix", x, 8, 1, 1, 0, Weights::Fp, false);
+    let x = n.add(x, x);
+    let x = n.global_avg_pool(x);
+    n.linear("fc", x, 3);
+    n.finish()
+}
+
 #[test]
 fn every_op_matches_the_reference() {
     for (kw, ka) in [(1, 2), (2, 2), (3, 3)] {
         check(&format!("stem W{kw}A{ka}"), &stem(kw, ka));
         check(&format!("alexnet W{kw}A{ka}"), &alexnet(kw, ka));
         check(&format!("pooled W{kw}A{ka}"), &pooled(kw, ka));
+        check(&format!("input ops W{kw}A{ka}"), &input_ops(kw, ka));
     }
 }
 
