@@ -69,6 +69,24 @@ pub struct Meta {
     pub data: Option<DataInfo>,
 }
 
+/// Version 1 kept the quantization in `[model]` and called the CIFAR ResNet `resnet`: move `method`, `w_bits`,
+/// `a_bits` to `[quant]` and name the network as today.
+fn upgrade_v1(j: &mut serde_json::Value) -> Option<()> {
+    let cfg = j.get_mut("config")?.as_object_mut()?;
+    let model = cfg.get_mut("model")?.as_object_mut()?;
+    let mut quant = serde_json::Map::new();
+    for k in ["method", "w_bits", "a_bits"] {
+        quant.insert(k.into(), model.remove(k)?);
+    }
+    if model.get("arch")?.as_str()? == "vgg_small" {
+        model.retain(|k, _| k == "arch");
+    } else {
+        model.insert("arch".into(), "resnet_cifar".into());
+    }
+    cfg.insert("quant".into(), quant.into());
+    Some(())
+}
+
 /// SHA-256 over the metadata JSON and every tensor's name, shape and little-endian bytes, in the given order.
 fn digest<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
     let mut h = Sha256::new();
@@ -144,7 +162,13 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(HostTensors, Meta), String> {
     if v.version != VERSION && v.version != 1 {
         return Err(format!("checkpoint version {} (this build reads 1 and {VERSION})", v.version));
     }
-    let meta: Meta = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
+    let meta: Meta = if v.version == 1 {
+        let mut j: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?;
+        upgrade_v1(&mut j).ok_or("metadata: version-1 config without a model section")?;
+        serde_json::from_value(j).map_err(|e| format!("metadata: {e}"))?
+    } else {
+        serde_json::from_str(json).map_err(|e| format!("metadata: {e}"))?
+    };
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
     let mut out = HashMap::new();

@@ -1,9 +1,8 @@
 //! The training plan: defaults, then a TOML file, then `--set key=value` overrides. Unknown keys and values of
 //! the wrong type are errors naming the key.
 use crate::error::{Error, Result};
-use crate::layers::QuantSpec;
-use crate::models::Shortcut;
-use crate::quant::Method;
+pub use crate::layers::QuantSpec;
+pub use crate::models::ModelSpec;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -12,8 +11,10 @@ use std::path::Path;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Network and quantization.
-    pub model: ModelConfig,
+    /// Network (`[model] arch = ...` and its parameters).
+    pub model: ModelSpec,
+    /// Quantization of the network.
+    pub quant: QuantSpec,
     /// Dataset and input pipeline.
     pub data: DataConfig,
     /// Optimizer and schedule.
@@ -22,37 +23,102 @@ pub struct TrainConfig {
     pub run: RunConfig,
 }
 
-/// Network and quantization.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// `resnet` (pre-activation CIFAR ResNet) or `vgg_small`.
-    pub arch: String,
-    /// ResNet depth (6n+2).
-    pub depth: usize,
-    /// ResNet shortcut option `A` or `B`.
-    pub shortcut: Shortcut,
-    /// Quantizer family: `lq`, `uniform`, `hwgq`.
-    pub method: Method,
-    /// Weight bits (1..=4 as in the paper, up to 8; 32 = full precision).
-    pub w_bits: u32,
-    /// Activation bits (1..=4, up to 8; 32 = full precision).
-    pub a_bits: u32,
+/// Datasets lqnets reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// CIFAR-10 binary batches (also the Fashion-MNIST stand-in written in that layout).
+    Cifar10,
+    /// CIFAR-100 binary.
+    Cifar100,
+    /// Fashion-MNIST IDX files, padded to 32×32×3.
+    Fashion,
+    /// MNIST IDX files, padded to 32×32×3.
+    Mnist,
+    /// ImageNet as an image folder (`train/<class>/*`, `val/<class>/*`); its reader is issue 10 and not built yet.
+    Imagenet,
+}
+
+impl DatasetKind {
+    /// Number of classes.
+    pub fn classes(self) -> usize {
+        match self {
+            DatasetKind::Cifar100 => 100,
+            DatasetKind::Imagenet => 1000,
+            _ => 10,
+        }
+    }
+}
+
+/// Input normalisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizeKind {
+    /// Mean/std per channel, measured on the training set.
+    PerChannel,
+    /// Mean image subtracted, then /128 (the official VGG-Small input).
+    PerPixel,
+}
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// `lr · gamma^(milestones passed)`.
+    Multistep,
+    /// Linear (polynomial power 1) from `lr` to `final_lr` over the run.
+    Poly,
+}
+
+/// Where tensors live: `"cpu"`, `"cuda"` (device 0) or `"cuda:N"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}' (cpu, cuda, cuda:N)")),
+        }
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        match d {
+            DeviceSpec::Cpu => "cpu".into(),
+            DeviceSpec::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
 }
 
 /// Dataset and input pipeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// `cifar10` (binary batches; also the Fashion-MNIST stand-in in that layout), `cifar100`, or `fashion` /
-    /// `mnist` (IDX files, padded to 32×32×3).
-    pub dataset: String,
+    /// Which dataset.
+    pub dataset: DatasetKind,
     /// Folder holding the files.
     pub dir: String,
-    /// `per_channel` (mean/std of the training set) or `per_pixel` (mean image, then /128: official VGG-Small).
-    pub normalize: String,
+    /// Input normalisation.
+    pub normalize: NormalizeKind,
     /// Zero padding of the random-crop augmentation (0 disables augmentation).
     pub pad: usize,
+    /// Side of the (square) network input; the network is built for it.
+    pub size: usize,
     /// Loader worker threads.
     pub workers: usize,
     /// Use only the first N training images (0 = all).
@@ -77,8 +143,8 @@ pub struct OptimConfig {
     pub batch: usize,
     /// Epochs.
     pub epochs: usize,
-    /// `multistep` or `poly` (power 1 down to `final_lr`).
-    pub schedule: String,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
     /// Epochs at which the multistep schedule multiplies the lr by `gamma`.
     pub milestones: Vec<usize>,
     /// Multistep factor.
@@ -93,31 +159,20 @@ pub struct OptimConfig {
 pub struct RunConfig {
     /// Seed of weights init, shuffling and augmentation.
     pub seed: u64,
-    /// `cpu` or `cuda` (`cuda:N`).
-    pub device: String,
+    /// Device.
+    pub device: DeviceSpec,
     /// Stop after this many steps per epoch (0 = full epochs); for smoke runs and benchmarks.
     pub max_steps_per_epoch: usize,
 }
 
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            arch: "resnet".into(),
-            depth: 20,
-            shortcut: Shortcut::A,
-            method: Method::Lq,
-            w_bits: 2,
-            a_bits: 2,
-        }
-    }
-}
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
-            dataset: "cifar10".into(),
+            dataset: DatasetKind::Cifar10,
             dir: "data/cifar10".into(),
-            normalize: "per_channel".into(),
+            normalize: NormalizeKind::PerChannel,
             pad: 4,
+            size: 32,
             workers: 2,
             train_limit: 0,
             test_limit: 0,
@@ -133,7 +188,7 @@ impl Default for OptimConfig {
             weight_decay: 1e-4,
             batch: 128,
             epochs: 200,
-            schedule: "multistep".into(),
+            schedule: Schedule::Multistep,
             milestones: vec![82, 123],
             gamma: 0.1,
             final_lr: 0.0,
@@ -142,7 +197,7 @@ impl Default for OptimConfig {
 }
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { seed: 1, device: "cpu".into(), max_steps_per_epoch: 0 }
+        RunConfig { seed: 1, device: DeviceSpec::Cpu, max_steps_per_epoch: 0 }
     }
 }
 
@@ -204,33 +259,17 @@ impl TrainConfig {
             .collect()
     }
 
-    /// The quantization of the model.
-    pub fn spec(&self) -> QuantSpec {
-        QuantSpec { method: self.model.method, w_bits: self.model.w_bits, a_bits: self.model.a_bits }
-    }
-
     /// Checks values that types alone do not.
     pub fn validate(&self) -> Result<()> {
         let bad = |k: &str, why: String| Err(Error::Config(format!("{k}: {why}")));
-        for (k, b) in [("model.w_bits", self.model.w_bits), ("model.a_bits", self.model.a_bits)] {
+        for (k, b) in [("quant.w_bits", self.quant.w_bits), ("quant.a_bits", self.quant.a_bits)] {
             if !(1..=8).contains(&b) && b != 32 {
                 return bad(k, format!("{b} bits; use 1..=8 or 32 (full precision)"));
             }
         }
-        if !["resnet", "vgg_small"].contains(&self.model.arch.as_str()) {
-            return bad("model.arch", format!("unknown architecture '{}' (resnet, vgg_small)", self.model.arch));
-        }
-        if !["cifar10", "cifar100", "fashion", "mnist"].contains(&self.data.dataset.as_str()) {
-            return bad(
-                "data.dataset",
-                format!("unknown dataset '{}' (cifar10, cifar100, fashion, mnist)", self.data.dataset),
-            );
-        }
-        if !["per_channel", "per_pixel"].contains(&self.data.normalize.as_str()) {
-            return bad("data.normalize", format!("'{}' (per_channel, per_pixel)", self.data.normalize));
-        }
-        if !["multistep", "poly"].contains(&self.optim.schedule.as_str()) {
-            return bad("optim.schedule", format!("'{}' (multistep, poly)", self.optim.schedule));
+        self.model.check(&self.quant)?;
+        if self.data.size == 0 {
+            return bad("data.size", "must be > 0".into());
         }
         let o = &self.optim;
         for (k, v) in [

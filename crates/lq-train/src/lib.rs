@@ -3,8 +3,10 @@
 //! # Overview
 //! - [`quant::Quantizer`]: LQ / uniform / HWGQ quantizer of a weight or activation tensor with straight-through
 //!   gradients; the QEM basis step runs in the training forward (fused `lq-quant` pass on CPU tensors).
-//! - [`layers`] and [`models`]: quantized conv, BN → ReLU → Q, and the CIFAR networks (pre-activation ResNet-20/
-//!   32/44/56 with shortcut A or B, VGG-Small).
+//! - [`layers`], [`graph`] and [`models`]: quantized conv, BN → ReLU → Q; a network is one list of layer nodes
+//!   ([`graph::Graph`]) built by one function per network (CIFAR ResNet-20/32/44/56 with shortcut A or B,
+//!   VGG-Small; ImageNet ResNet-18/34/50 pre- and post-activation, AlexNet, VGG-Variant, GoogLeNet-Variant,
+//!   DenseNet-121), selected by [`models::ModelSpec`]. Training runs it, export walks it, `summary` prints it.
 //! - [`Trainer`]: one step, evaluation, checkpoints that resume exactly; [`trainer::run`] is the epoch loop.
 //! - [`export::export`]: the trained network as an `lq-engine` model file (packed bits, folded BN).
 //! - [`TrainConfig`]: defaults ← TOML file ← `--set key=value`, unknown keys rejected.
@@ -18,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod export;
+pub mod graph;
 pub mod layers;
 pub mod models;
 pub mod optim;

@@ -1,12 +1,15 @@
 //! SGD with momentum (optionally Nesterov), weight decay on kernels only, and the learning-rate schedules.
+use crate::config::Schedule;
 use tch::Tensor;
 
 /// The learning rate at a fractional `epoch` (pure; unit-tested against the supplement's milestones).
 /// `multistep`: `lr · gamma^(number of milestones ≤ epoch)`; `poly`: linear from `lr` to `final_lr` over `epochs`.
 pub fn lr_at(epoch: f64, cfg: &crate::config::OptimConfig) -> f64 {
-    match cfg.schedule.as_str() {
-        "poly" => cfg.final_lr + (cfg.lr - cfg.final_lr) * (1.0 - epoch / cfg.epochs as f64).max(0.0),
-        _ => cfg.lr * cfg.gamma.powi(cfg.milestones.iter().filter(|&&m| epoch >= m as f64).count() as i32),
+    match cfg.schedule {
+        Schedule::Poly => cfg.final_lr + (cfg.lr - cfg.final_lr) * (1.0 - epoch / cfg.epochs as f64).max(0.0),
+        Schedule::Multistep => {
+            cfg.lr * cfg.gamma.powi(cfg.milestones.iter().filter(|&&m| epoch >= m as f64).count() as i32)
+        }
     }
 }
 

@@ -86,22 +86,30 @@ impl Quantizer {
 
     /// Quantizes a weight tensor `[C_out, ...]` with STE. `train` runs the QEM step (LQ only).
     pub fn forward_weight(&mut self, w: &Tensor, train: bool) -> Result<Tensor> {
-        let q = self.quantize(w, train)?;
+        let q = self.quantize(w, None, train)?;
         Ok(w + (q - w).detach())
     }
 
     /// Quantizes a non-negative activation tensor with the clipped STE: value Q(x), gradient `1[x <= q_max]`.
     pub fn forward_activation(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let q_max = self.levels(None)?[0].max_level() as f64;
-        let q = self.quantize(x, train)?;
         // clamp_max passes the gradient where x <= q_max (ties included, like TF's `minimum`): one pass instead of
         // building a mask.
         let xc = x.clamp_max(q_max);
+        if x.device() == Device::Cpu && x.kind() == Kind::Float && xc.is_contiguous() {
+            // The fused pass writes Q(x) straight over the clamp's output: the value is Q(x), the gradient stays
+            // clamp_max's (its backward reads only x), and the two extra element-wise passes of the STE are gone.
+            let _written = self.quantize(x, Some(&xc), train)?;
+            return Ok(xc);
+        }
+        let q = self.quantize(x, None, train)?;
         Ok(&xc + (q - &xc).detach())
     }
 
-    /// The quantized values (no gradient), updating the basis from this tensor when training an LQ quantizer.
-    fn quantize(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The quantized values (no gradient), updating the basis from this tensor when training an LQ quantizer. On
+    /// the CPU they are written into `out` when given: a fresh contiguous f32 tensor of x's size that nothing has
+    /// read yet (the caller's clamp output).
+    fn quantize(&mut self, x: &Tensor, out: Option<&Tensor>, train: bool) -> Result<Tensor> {
         if x.numel() == 0 {
             return Ok(x.detach().zeros_like());
         }
@@ -124,8 +132,12 @@ impl Quantizer {
             levels = vec![levels[0].clone(); rows];
         }
         let (q, moments) = if on_cpu {
-            let q = Tensor::empty(x.size().as_slice(), (Kind::Float, Device::Cpu));
-            // SAFETY: `q` is a fresh contiguous f32 tensor of the same number of elements, owned here.
+            let q = match out {
+                Some(o) if o.numel() == xd.numel() && o.is_contiguous() && o.kind() == Kind::Float => o.shallow_clone(),
+                _ => Tensor::empty(x.size().as_slice(), (Kind::Float, Device::Cpu)),
+            };
+            // SAFETY: `q` is a contiguous f32 CPU tensor of x's number of elements that does not alias `xd` (a fresh
+            // tensor, or the caller's fresh clamp output), and nothing else reads or writes it meanwhile.
             let y = unsafe { std::slice::from_raw_parts_mut(q.data_ptr() as *mut f32, q.numel()) };
             let m = quantize(&levels, host.expect("cpu input"), y, None, train).map_err(|e| self.err(e))?;
             (q, m)

@@ -1,10 +1,9 @@
 //! The training loop: a step reads top to bottom (lr, forward, loss, backward, SGD, stats; the QEM basis updates
 //! happen inside the forward), the epoch loop adds evaluation, checkpoints and the metrics log.
 use crate::checkpoint::{self, DataInfo, Meta};
-use crate::config::TrainConfig;
+use crate::config::{DatasetKind, DeviceSpec, NormalizeKind, TrainConfig};
 use crate::error::{Error, Result};
-use crate::layers::QuantSpec;
-use crate::models::{Net, ResNetCifar, VggSmall};
+use crate::graph::Graph;
 use crate::optim::{lr_at, Sgd};
 use lq_data::{load_cifar, load_idx, Batch, Cifar, Dataset, Loader, LoaderConfig, Normalize};
 use serde_json::json;
@@ -22,6 +21,8 @@ pub struct Stats {
     pub loss_sum: f64,
     /// Correct top-1 predictions.
     pub correct: usize,
+    /// Labels among the top 5 predictions (evaluation only).
+    pub correct5: usize,
     /// Images.
     pub n: usize,
 }
@@ -30,6 +31,7 @@ impl Stats {
     fn add(&mut self, o: Stats) {
         self.loss_sum += o.loss_sum;
         self.correct += o.correct;
+        self.correct5 += o.correct5;
         self.n += o.n;
     }
     /// Mean loss.
@@ -40,6 +42,10 @@ impl Stats {
     pub fn acc(&self) -> f64 {
         self.correct as f64 / self.n.max(1) as f64
     }
+    /// Top-5 accuracy in [0, 1].
+    pub fn acc5(&self) -> f64 {
+        self.correct5 as f64 / self.n.max(1) as f64
+    }
 }
 
 /// A model, its variables, its optimizer and where the run stands.
@@ -49,7 +55,7 @@ pub struct Trainer {
     /// All variables (weights, BN parameters and statistics).
     pub vs: nn::VarStore,
     /// The network.
-    pub net: Box<dyn Net>,
+    pub net: Graph,
     /// SGD state.
     pub opt: Sgd,
     /// Epochs completed.
@@ -88,37 +94,27 @@ pub fn load_cuda_backend() -> bool {
     tch::Cuda::is_available()
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
-pub fn device(s: &str) -> Result<Device> {
-    if s.starts_with("cuda") {
-        load_cuda_backend();
-    }
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        s if s.starts_with("cuda:") && tch::Cuda::is_available() => {
-            s[5..].parse().map(Device::Cuda).map_err(|_| Error::Config(format!("run.device: bad device '{s}'")))
+/// The libtorch device of `d` (loading the CUDA backend first when asked for).
+pub fn device(d: DeviceSpec) -> Result<Device> {
+    match d {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) if load_cuda_backend() => Ok(Device::Cuda(n)),
+        DeviceSpec::Cuda(_) => {
+            Err(Error::Config("run.device: this libtorch has no CUDA device (see README: LQ_TORCH=cuda)".into()))
         }
-        s if s.starts_with("cuda") => Err(Error::Config(format!(
-            "run.device = {s}: this libtorch has no CUDA device (see README: LQ_TORCH=cuda)"
-        ))),
-        s => Err(Error::Config(format!("run.device: unknown device '{s}' (cpu, cuda, cuda:N)"))),
     }
 }
 
-/// Builds the network named by `cfg.model` under `p`.
-pub fn build_net(p: &nn::Path, cfg: &TrainConfig, classes: i64) -> Result<Box<dyn Net>> {
-    let spec: QuantSpec = cfg.spec();
-    Ok(match cfg.model.arch.as_str() {
-        "vgg_small" => Box::new(VggSmall::new(p, classes, spec)?),
-        _ => Box::new(ResNetCifar::new(p, cfg.model.depth, classes, spec, cfg.model.shortcut)?),
-    })
+/// Builds the network of `cfg` under `p` for `classes` outputs on 3-channel `data.size`² images.
+pub fn build_net(p: &nn::Path, cfg: &TrainConfig, classes: i64) -> Result<Graph> {
+    let s = cfg.data.size as i64;
+    crate::models::build(p.clone(), &cfg.model, cfg.quant, [3, s, s], classes)
 }
 
 impl Trainer {
     /// A fresh run: seeded weights, zero momentum, initial bases.
     pub fn new(cfg: TrainConfig, classes: i64) -> Result<Self> {
-        let dev = device(&cfg.run.device)?; // first: seeding queries libtorch's CUDA hooks
+        let dev = device(cfg.run.device)?; // first: seeding queries libtorch's CUDA hooks
         tch::manual_seed(cfg.run.seed as i64);
         let vs = nn::VarStore::new(dev);
         let net = build_net(&vs.root(), &cfg, classes)?;
@@ -138,7 +134,7 @@ impl Trainer {
         loss.backward();
         self.opt.step(lr);
         let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as usize;
-        Ok(Stats { loss_sum: l * batch.y.len() as f64, correct, n: batch.y.len() })
+        Ok(Stats { loss_sum: l * batch.y.len() as f64, correct, correct5: 0, n: batch.y.len() })
     }
 
     /// Evaluation forward (stored bases, BN running statistics, no updates).
@@ -155,7 +151,10 @@ impl Trainer {
             let y = Tensor::from_slice(&b.y).to_device(logits.device());
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
             let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as usize;
-            s.add(Stats { loss_sum: loss, correct, n: b.y.len() });
+            let k = logits.size()[1].min(5);
+            let top = logits.topk(k, -1, true, true).1;
+            let correct5 = top.eq_tensor(&y.unsqueeze(-1)).sum(Kind::Int64).int64_value(&[]) as usize;
+            s.add(Stats { loss_sum: loss, correct, correct5, n: b.y.len() });
         }
         Ok(s)
     }
@@ -184,10 +183,10 @@ impl Trainer {
 
     /// Restores a run from a checkpoint (its config included); `device` overrides the saved `run.device` (a run
     /// trained on CUDA evaluates on a CPU machine).
-    pub fn load(path: &Path, device: Option<&str>) -> Result<Self> {
+    pub fn load(path: &Path, device: Option<DeviceSpec>) -> Result<Self> {
         let (tensors, mut meta) = checkpoint::load(path)?;
         if let Some(d) = device {
-            meta.config.run.device = d.to_string();
+            meta.config.run.device = d;
         }
         Self::restore(path, tensors, meta)
     }
@@ -355,10 +354,17 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Dataset, Dataset)> {
 pub fn load_split(cfg: &TrainConfig, train: bool) -> Result<Dataset> {
     let d = &cfg.data;
     let dir = Path::new(&d.dir);
-    let ds = match d.dataset.as_str() {
-        "cifar100" => load_cifar(dir, Cifar::Hundred, train)?,
-        "fashion" | "mnist" => load_idx(dir, if train { "train" } else { "t10k" }, true)?,
-        _ => load_cifar(dir, Cifar::Ten, train)?,
+    let ds = match d.dataset {
+        DatasetKind::Cifar10 => load_cifar(dir, Cifar::Ten, train)?,
+        DatasetKind::Cifar100 => load_cifar(dir, Cifar::Hundred, train)?,
+        DatasetKind::Fashion | DatasetKind::Mnist => load_idx(dir, if train { "train" } else { "t10k" }, true)?,
+        DatasetKind::Imagenet => {
+            return Err(Error::Config(
+                "data.dataset = \"imagenet\": the image-folder reader is not built yet (issue 10); the ImageNet \
+                 configs can be inspected with `lqnets summary`"
+                    .into(),
+            ))
+        }
     };
     let n = if train { d.train_limit } else { d.test_limit };
     Ok(if n > 0 { ds.take(n) } else { ds })
@@ -366,10 +372,9 @@ pub fn load_split(cfg: &TrainConfig, train: bool) -> Result<Dataset> {
 
 /// The input normalisation `cfg.data.normalize` measures on the training set.
 pub fn normalization(cfg: &TrainConfig, train: &Dataset) -> Normalize {
-    if cfg.data.normalize == "per_pixel" {
-        Normalize::per_pixel_of(train)
-    } else {
-        Normalize::per_channel_of(train)
+    match cfg.data.normalize {
+        NormalizeKind::PerPixel => Normalize::per_pixel_of(train),
+        NormalizeKind::PerChannel => Normalize::per_channel_of(train),
     }
 }
 
@@ -472,7 +477,7 @@ pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Resul
             .iter()
             .map(|q| json!({"name": q.name, "basis": q.state.basis, "mse": q.last_mse}))
             .collect();
-        let line = json!({"epoch": tr.epoch, "train_loss": s.loss(), "train_acc": s.acc(), "test_loss": test_s.loss(), "test_acc": test_s.acc(), "lr": lr, "seconds": secs, "quantizers": quant});
+        let line = json!({"epoch": tr.epoch, "train_loss": s.loss(), "train_acc": s.acc(), "test_loss": test_s.loss(), "test_acc": test_s.acc(), "test_acc5": test_s.acc5(), "lr": lr, "seconds": secs, "quantizers": quant});
         append_line(&out.join("metrics.jsonl"), &line.to_string())?;
         let best = test_s.acc() > tr.best_acc;
         tr.best_acc = tr.best_acc.max(test_s.acc());

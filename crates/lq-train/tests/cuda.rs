@@ -10,7 +10,7 @@ use lq_train::Trainer;
 #[ignore = "needs a CUDA libtorch and a GPU: run with --ignored there"]
 fn cuda_trains_like_cpu() {
     assert!(load_cuda_backend(), "CUDA is not available (see README: CUDA)");
-    let sets = ["model.w_bits=2", "model.a_bits=2"];
+    let sets = ["quant.w_bits=2", "quant.a_bits=2"];
     let mut cpu = Trainer::new(cfg(&sets), 10).unwrap();
     let mut gpu = Trainer::new(cfg(&[sets[0], sets[1], "run.device=\"cuda\""]), 10).unwrap();
     let src = cpu.vs.variables();

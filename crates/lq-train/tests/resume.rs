@@ -16,7 +16,7 @@ fn weights(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
 fn checkpoint_round_trip_and_exact_resume() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(&["model.w_bits=2", "model.a_bits=2", "optim.epochs=2", "data.train_limit=32"]);
+    let c = cfg(&["quant.w_bits=2", "quant.a_bits=2", "optim.epochs=2", "data.train_limit=32"]);
     let (tl, vl) = trainer::loaders(&c, dataset(32, 1), dataset(16, 2));
     // Two epochs straight.
     let mut straight = Trainer::new(c.clone(), 10).unwrap();

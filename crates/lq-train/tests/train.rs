@@ -10,14 +10,14 @@ use tch::Tensor;
 #[test]
 fn every_model_and_mode_runs_forward_and_backward() {
     let modes: &[&[&str]] = &[
-        &["model.w_bits=32", "model.a_bits=32"],
-        &["model.w_bits=2", "model.a_bits=32"],
-        &["model.w_bits=1", "model.a_bits=2"],
-        &["model.w_bits=2", "model.a_bits=2"],
-        &["model.w_bits=3", "model.a_bits=3"],
-        &["model.w_bits=4", "model.a_bits=4"],
-        &["model.method=\"hwgq\"", "model.w_bits=1", "model.a_bits=2"],
-        &["model.method=\"uniform\"", "model.w_bits=2", "model.a_bits=2"],
+        &["quant.w_bits=32", "quant.a_bits=32"],
+        &["quant.w_bits=2", "quant.a_bits=32"],
+        &["quant.w_bits=1", "quant.a_bits=2"],
+        &["quant.w_bits=2", "quant.a_bits=2"],
+        &["quant.w_bits=3", "quant.a_bits=3"],
+        &["quant.w_bits=4", "quant.a_bits=4"],
+        &["quant.method=\"hwgq\"", "quant.w_bits=1", "quant.a_bits=2"],
+        &["quant.method=\"uniform\"", "quant.w_bits=2", "quant.a_bits=2"],
     ];
     let b = batch(4);
     for arch in [&["model.shortcut=\"A\""][..], &["model.shortcut=\"B\""], &["model.arch=\"vgg_small\""]] {
@@ -43,7 +43,7 @@ fn every_model_and_mode_runs_forward_and_backward() {
 
 #[test]
 fn a_few_steps_lower_the_loss() {
-    let mut tr = Trainer::new(cfg(&["model.w_bits=2", "model.a_bits=2"]), 10).unwrap();
+    let mut tr = Trainer::new(cfg(&["quant.w_bits=2", "quant.a_bits=2"]), 10).unwrap();
     let b = batch(16);
     let first = tr.step(&b, 0.05).unwrap().loss();
     let mut last = first;
@@ -55,7 +55,7 @@ fn a_few_steps_lower_the_loss() {
 
 #[test]
 fn qem_moves_bases_in_training_only() {
-    let mut tr = Trainer::new(cfg(&["model.w_bits=2", "model.a_bits=2"]), 10).unwrap();
+    let mut tr = Trainer::new(cfg(&["quant.w_bits=2", "quant.a_bits=2"]), 10).unwrap();
     let snap =
         |tr: &Trainer| tr.net.quantizers().iter().map(|q| (q.state.basis.clone(), q.state.steps)).collect::<Vec<_>>();
     let b = batch(4);
@@ -71,7 +71,7 @@ fn qem_moves_bases_in_training_only() {
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(&["model.w_bits=32", "model.a_bits=32", "optim.epochs=3", "data.train_limit=32"]);
+    let c = cfg(&["quant.w_bits=32", "quant.a_bits=32", "optim.epochs=3", "data.train_limit=32"]);
     let (tl, vl) = trainer::loaders(&c, dataset(32, 1), dataset(16, 2));
     let mut tr = Trainer::new(c, 10).unwrap();
     trainer::run(&mut tr, &tl, &vl, dir.path()).unwrap();
@@ -90,10 +90,10 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
 fn config_errors_name_the_key() {
     let e = TrainConfig::load(None, &["optim.lrr=0.1".into()]).unwrap_err().to_string();
     assert!(e.contains("lrr"), "{e}");
-    let e = TrainConfig::load(None, &["model.w_bits=5.5".into()]).unwrap_err().to_string();
+    let e = TrainConfig::load(None, &["quant.w_bits=5.5".into()]).unwrap_err().to_string();
     assert!(e.contains("w_bits") || e.contains("integer"), "{e}");
-    let e = TrainConfig::load(None, &["model.a_bits=9".into()]).unwrap_err().to_string();
-    assert!(e.contains("model.a_bits"), "{e}");
+    let e = TrainConfig::load(None, &["quant.a_bits=9".into()]).unwrap_err().to_string();
+    assert!(e.contains("quant.a_bits"), "{e}");
     let e = TrainConfig::load(None, &["optim.lr=-1".into()]).unwrap_err().to_string();
     assert!(e.contains("optim.lr"), "{e}");
     for f in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/cifar10")).unwrap() {
@@ -109,7 +109,7 @@ fn schedules_follow_the_supplement() {
     assert_eq!(lr_at(81.9, &o), 0.1);
     assert!((lr_at(82.0, &o) - 0.01).abs() < 1e-12);
     assert!((lr_at(150.0, &o) - 0.001).abs() < 1e-12);
-    let p = OptimConfig { schedule: "poly".into(), epochs: 64, lr: 0.1, final_lr: 0.0, ..o };
+    let p = OptimConfig { schedule: lq_train::config::Schedule::Poly, epochs: 64, lr: 0.1, final_lr: 0.0, ..o };
     assert!((lr_at(32.0, &p) - 0.05).abs() < 1e-12);
     assert_eq!(lr_at(64.0, &p), 0.0);
 }
@@ -134,11 +134,11 @@ fn activation_ste_masks_above_top_level() {
 #[test]
 fn engine_agrees_with_trainer() {
     let cases: &[&[&str]] = &[
-        &["model.shortcut=\"A\"", "model.w_bits=2", "model.a_bits=2"],
-        &["model.shortcut=\"B\"", "model.w_bits=1", "model.a_bits=2"],
-        &["model.shortcut=\"A\"", "model.w_bits=3", "model.a_bits=3"],
-        &["model.method=\"hwgq\"", "model.w_bits=1", "model.a_bits=2"],
-        &["model.arch=\"vgg_small\"", "model.w_bits=2", "model.a_bits=2"],
+        &["model.shortcut=\"A\"", "quant.w_bits=2", "quant.a_bits=2"],
+        &["model.shortcut=\"B\"", "quant.w_bits=1", "quant.a_bits=2"],
+        &["model.shortcut=\"A\"", "quant.w_bits=3", "quant.a_bits=3"],
+        &["quant.method=\"hwgq\"", "quant.w_bits=1", "quant.a_bits=2"],
+        &["model.arch=\"vgg_small\"", "quant.w_bits=2", "quant.a_bits=2"],
     ];
     let ds = dataset(32, 3);
     let norm = lq_data::Normalize::per_channel_of(&ds);

@@ -10,7 +10,7 @@ use tch::Tensor;
 
 /// A finished one-epoch W2A2 run in `dir`, returning its checkpoint path.
 fn trained(dir: &Path, extra: &[&str]) -> PathBuf {
-    let mut sets = vec!["model.w_bits=2", "model.a_bits=2", "optim.epochs=1", "data.train_limit=16"];
+    let mut sets = vec!["quant.w_bits=2", "quant.a_bits=2", "optim.epochs=1", "data.train_limit=16"];
     sets.extend_from_slice(extra);
     let c = cfg(&sets);
     let (tl, vl) = trainer::loaders(&c, dataset(16, 1), dataset(8, 2));
@@ -59,7 +59,7 @@ fn edited_checkpoints_are_rejected_by_name() {
 
     // Bit widths edited in the stored config: the quantizer states no longer fit.
     std::fs::write(&ck, &orig).unwrap();
-    rewrite(&ck, |_, m| m.config.model.w_bits = 3);
+    rewrite(&ck, |_, m| m.config.quant.w_bits = 3);
     let e = load_err(&ck);
     assert!(e.contains("quantizer") && e.contains("2-bit") && e.contains("3-bit"), "{e}");
 
@@ -89,8 +89,8 @@ fn edited_checkpoints_are_rejected_by_name() {
 fn resume_keeps_the_runs_config() {
     let dir = tempfile::tempdir().unwrap();
     trained(dir.path(), &[]);
-    let e = Trainer::resume(dir.path(), &["model.w_bits=3".into()]).err().unwrap().to_string();
-    assert!(e.contains("model.w_bits") && e.contains("cannot change"), "{e}");
+    let e = Trainer::resume(dir.path(), &["quant.w_bits=3".into()]).err().unwrap().to_string();
+    assert!(e.contains("quant.w_bits") && e.contains("cannot change"), "{e}");
     let tr = Trainer::resume(dir.path(), &["optim.epochs=3".into()]).unwrap();
     assert_eq!((tr.epoch, tr.cfg.optim.epochs), (1, 3));
 
@@ -150,7 +150,66 @@ fn too_little_data_is_an_error() {
 fn config_file_errors_point_at_the_files_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
-    std::fs::write(&p, "[model]\nw_bits = 2\n\n[optim]\nlr = 0.1\nbatch = \"big\"\n").unwrap();
+    std::fs::write(&p, "[quant]\nw_bits = 2\n\n[optim]\nlr = 0.1\nbatch = \"big\"\n").unwrap();
     let e = TrainConfig::load(Some(&p), &[]).unwrap_err().to_string();
     assert!(e.contains("c.toml") && e.contains("line 6") && e.contains("batch"), "{e}");
+}
+
+/// A small deterministic generator (no extra dependency for the mutation tests).
+fn rng(mut s: u64) -> impl FnMut() -> u64 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// Stable-toolchain fuzzing of the checkpoint reader and the config reader (their cargo-fuzz targets would link
+/// libtorch): byte flips, overwrites, truncations and splices of a real checkpoint, and edits of real config
+/// files. Every input must give a value or an error, never a panic.
+#[test]
+fn checkpoint_and_config_readers_survive_mutations() {
+    let dir = tempfile::tempdir().unwrap();
+    let orig = std::fs::read(trained(dir.path(), &[])).unwrap();
+    let mut r = rng(0x9e3779b97f4a7c15);
+    let header = 8 + u64::from_le_bytes(orig[..8].try_into().unwrap()) as usize;
+    for i in 0..4000 {
+        let mut b = orig.clone();
+        match i % 4 {
+            // Most mutations inside the JSON header, where the parsing happens.
+            0 => (0..1 + r() % 4).for_each(|_| {
+                let at = (r() as usize) % header.min(b.len());
+                b[at] ^= 1 << (r() % 8);
+            }),
+            1 => b.truncate((r() as usize) % b.len()),
+            2 => {
+                let at = (r() as usize) % header;
+                b[at] = b"{}[]\",:0123456789e-"[(r() % 19) as usize];
+            }
+            _ => {
+                let (a, c) = ((r() as usize) % b.len(), (r() as usize) % b.len());
+                let to = (r() as usize) % (b.len() - 64);
+                b.copy_within(a.min(c)..a.max(c).min(a.min(c) + 64), to);
+            }
+        }
+        let _ = checkpoint::parse(&b);
+    }
+    let configs: Vec<String> = ["cifar10", "imagenet"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(format!("{}/../../configs/{d}", env!("CARGO_MANIFEST_DIR"))).unwrap())
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    let words = ["=", "[", "]", "\"", "0", "-1", "1e400", "nan", "[model]", "arch", "depth = 18", "[quant]", "\n"];
+    let p = dir.path().join("c.toml");
+    for i in 0..3000 {
+        let mut t = configs[i % configs.len()].clone().into_bytes();
+        for _ in 0..1 + r() % 3 {
+            let at = (r() as usize) % t.len();
+            let w = words[(r() as usize) % words.len()].as_bytes();
+            t.splice(at..(at + (r() as usize) % 4).min(t.len()), w.iter().copied());
+        }
+        std::fs::write(&p, &t).unwrap();
+        let _ = TrainConfig::load(Some(&p), &[]);
+    }
 }

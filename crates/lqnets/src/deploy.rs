@@ -1,10 +1,12 @@
 //! `lqnets export`, `lqnets infer` and `lqnets bench infer`: the bit-op engine side.
 use crate::train::open_checkpoint;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use lq_data::{load_cifar, Cifar};
 use lq_engine::{Data, Isa, Model};
-use lq_train::Trainer;
+use lq_train::config::{ModelSpec, QuantSpec};
+use lq_train::graph::Layer;
+use lq_train::{TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -27,33 +29,34 @@ pub fn export(a: &ExportArgs) -> Result<()> {
     let (tr, info) = open_checkpoint(&a.checkpoint, a.data.as_deref(), "cpu")?;
     let f = lq_train::export::export(&tr, &info.norm()?, info.input, info.classes)?;
     f.save(&a.out)?;
-    // Quantized layers: every conv kernel but conv0 (the engine requires W <= 8 everywhere else).
-    let (mut q_fp32, mut fp) = (0usize, 0usize);
-    for (name, t) in tr.vs.variables() {
-        let bytes = t.numel() * 4;
-        match name.as_str() {
-            "conv0.w" | "fc.weight" | "fc.bias" => fp += bytes,
-            n if n.ends_with(".w") => q_fp32 += bytes,
-            _ => {}
-        }
-    }
-    let packed: usize = f
-        .tensors
+    // Full-precision tensors are stored as f32 `{name}.w` / `.weight` / `.bias` / `.b`; everything else is packed
+    // bits, bases, thresholds and folded BNs. Their fp32 size: every quantized conv kernel of the trainer.
+    let fp_name = |n: &str| [".w", ".weight", ".bias", ".b"].iter().any(|e| n.ends_with(e));
+    let bytes = |d: &Data| match d {
+        Data::F32(v) => v.len() * 4,
+        Data::U64(v) => v.len() * 8,
+        Data::U8(v) => v.len(),
+    };
+    let fp: usize = f.tensors.iter().filter(|(n, _)| fp_name(n)).map(|(_, (_, d))| bytes(d)).sum();
+    let packed: usize = f.tensors.iter().filter(|(n, _)| !fp_name(n)).map(|(_, (_, d))| bytes(d)).sum();
+    let q_fp32: usize = tr
+        .net
+        .nodes
         .iter()
-        .filter(|(n, _)| !n.starts_with("conv0.") && !n.starts_with("fc."))
-        .map(|(_, (_, d))| match d {
-            Data::F32(v) => v.len() * 4,
-            Data::U64(v) => v.len() * 8,
-            Data::U8(v) => v.len(),
+        .filter_map(|n| match &n.layer {
+            Layer::Conv(c) if c.quant.is_some() => Some(c.w.numel() * 4),
+            _ => None,
         })
         .sum();
     let file = std::fs::metadata(&a.out)?.len() as usize;
-    let bound = 1.1 * (tr.cfg.model.w_bits as f64 / 32.0 * q_fp32 as f64 + fp as f64);
-    println!("wrote {} ({file} bytes)", a.out.display());
-    println!("  quantized layers: {q_fp32} bytes as fp32 -> {packed} bytes packed (bits, bases, thresholds)");
-    println!("  full-precision layers (conv0, fc): {fp} bytes");
+    let bound = 1.1 * (tr.cfg.quant.w_bits.min(32) as f64 / 32.0 * q_fp32 as f64 + fp as f64);
+    println!("wrote {} ({file} bytes, {} ops)", a.out.display(), f.meta.as_ref().map_or(0, |m| m.graph.len()));
     println!(
-        "  bound 1.1 x (K_w/32 x quantized fp32 + FP layers) = {bound:.0} bytes: {}",
+        "  quantized layers: {q_fp32} bytes as fp32 -> {packed} bytes packed (bits, bases, thresholds, folded BN)"
+    );
+    println!("  full-precision tensors (first conv, classifier, biases): {fp} bytes");
+    println!(
+        "  bound 1.1 x (K_w/32 x quantized fp32 + full-precision) = {bound:.0} bytes: {}",
         if (file as f64) <= bound { "met" } else { "NOT met" }
     );
     Ok(())
@@ -83,7 +86,7 @@ pub struct InferArgs {
 pub fn infer(a: &InferArgs) -> Result<()> {
     let model = Model::load(&a.model)?;
     let isa = if a.portable { Isa::Portable } else { Isa::best() };
-    let [c, h, w] = model.meta.arch.input;
+    let [c, h, w] = model.meta.input;
     if a.data.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
         let px = read_png(&a.data, [c, h, w])?;
         let logits = model.forward(&model.normalize(&px), isa)?;
@@ -98,7 +101,7 @@ pub fn infer(a: &InferArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let mut ds = load_cifar(&a.data, if model.meta.arch.classes == 100 { Cifar::Hundred } else { Cifar::Ten }, false)?;
+    let mut ds = load_cifar(&a.data, if model.meta.classes == 100 { Cifar::Hundred } else { Cifar::Ten }, false)?;
     if let Some(n) = a.limit {
         ds = ds.take(n);
     }
@@ -106,7 +109,7 @@ pub fn infer(a: &InferArgs) -> Result<()> {
     let t = Instant::now();
     let logits = model.forward_batch(&x, ds.len(), isa)?;
     let secs = t.elapsed().as_secs_f64();
-    let k = model.meta.arch.classes;
+    let k = model.meta.classes;
     let (mut top1, mut top5) = (0, 0);
     for (i, l) in logits.chunks(k).enumerate() {
         let mut idx: Vec<usize> = (0..k).collect();
@@ -170,27 +173,31 @@ pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
     rayon::ThreadPoolBuilder::new().num_threads(a.threads).use_current_thread().build_global().ok();
     tch::set_num_threads(a.threads as i32);
     let model = Model::load(&a.model)?;
-    let arch = &model.meta.arch;
-    let sets = vec![
-        format!("model.arch=\"{}\"", arch.kind),
-        format!("model.depth={}", arch.depth),
-        format!("model.shortcut=\"{}\"", arch.shortcut),
-        "model.w_bits=32".into(),
-        "model.a_bits=32".into(),
-    ];
-    let mut fp = Trainer::new(lq_train::TrainConfig::load(None, &sets)?, arch.classes as i64)?;
+    let m = &model.meta;
+    let spec: ModelSpec = serde_json::from_str(&m.model)
+        .with_context(|| format!("{}: the model description is not one this lqnets builds", a.model.display()))?;
+    let mut cfg = TrainConfig { model: spec.clone(), quant: QuantSpec::FP, ..Default::default() };
+    cfg.data.size = m.input[1];
+    if m.input[1] != m.input[2] || m.input[0] != 3 {
+        bail!(
+            "{}: the libtorch baseline takes square 3-channel inputs, the model has {:?}",
+            a.model.display(),
+            m.input
+        );
+    }
+    let mut fp = Trainer::new(cfg, m.classes as i64)?;
     println!(
         "W{}A{} {} vs libtorch fp32, {} thread(s), kernel {:?}",
-        arch.w_bits,
-        arch.a_bits,
-        arch.kind,
+        m.w_bits,
+        m.a_bits,
+        spec.label(),
         a.threads,
         Isa::best()
     );
     println!("{:>6} {:>14} {:>14} {:>9}", "batch", "libtorch ms", "engine ms", "speed-up");
     for b in a.batches.split(',') {
         let n: usize = b.trim().parse().with_context(|| format!("--batches: '{b}'"))?;
-        let [c, h, w] = arch.input;
+        let [c, h, w] = m.input;
         let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
         let batch = lq_data::Batch { x: x.clone(), y: vec![0; n], shape: [n, c, h, w] };
         let (mut tt, mut te) = (f64::INFINITY, f64::INFINITY);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod deploy;
 mod fit;
+mod summary;
 mod train;
 
 /// LQ-Nets: learned quantization for low-bit CNNs.
@@ -27,6 +28,8 @@ enum Cmd {
     Export(deploy::ExportArgs),
     /// Run the bit-op engine on a CIFAR-format folder or a PNG image.
     Infer(deploy::InferArgs),
+    /// The network of a config layer by layer: shapes, bits, parameters, MACs, deployed bytes.
+    Summary(summary::SummaryArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -55,6 +58,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fit(a) => fit::run(&a),
         Cmd::Train(a) => train::run(&a),
         Cmd::Eval(a) => train::eval(&a),
+        Cmd::Summary(a) => summary::run(&a),
         Cmd::Bench(BenchCmd::Train(a)) => train::bench(&a),
         Cmd::Export(a) => deploy::export(&a),
         Cmd::Infer(a) => deploy::infer(&a),

@@ -3,6 +3,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lq_data::{Dataset, Loader, LoaderConfig, Normalize};
 use lq_train::checkpoint::DataInfo;
+use lq_train::config::DeviceSpec;
 use lq_train::{trainer, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
 /// Opens a checkpoint on `device` with the description of its data (`data_dir` replaces the stored folder). A
 /// version-1 checkpoint has none stored: it is measured on the training set, as the run did.
 pub(crate) fn open_checkpoint(path: &Path, data_dir: Option<&Path>, device: &str) -> Result<(Trainer, DataInfo)> {
+    let device = DeviceSpec::try_from(device.to_string()).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let mut tr = Trainer::load(path, Some(device))?;
     if let Some(d) = data_dir {
         tr.cfg.data.dir = d.display().to_string();
@@ -99,7 +101,14 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     }
     let vl = trainer::test_loader(&tr.cfg, test, info.norm()?);
     let s = tr.evaluate(&vl)?;
-    println!("{}: {} images, loss {:.4}, top-1 accuracy {:.4}", a.checkpoint.display(), s.n, s.loss(), s.acc());
+    println!(
+        "{}: {} images, loss {:.4}, top-1 accuracy {:.4}, top-5 {:.4}",
+        a.checkpoint.display(),
+        s.n,
+        s.loss(),
+        s.acc(),
+        s.acc5()
+    );
     Ok(())
 }
 
@@ -109,80 +118,108 @@ pub struct BenchArgs {
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Timed steps per setting (after 2 warm-up steps).
-    #[arg(long, default_value_t = 10)]
+    /// Timed steps per setting and round.
+    #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Settings as W/A pairs (32 = full precision).
+    /// Rounds over all settings (interleaved A B C A B C ...); the first round is warm-up and not counted.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Settings as W/A pairs (32 = full precision); ratios are to the first.
     #[arg(long, default_value = "32/32,1/2,2/2,3/3,4/32")]
     settings: String,
-    /// Model architecture (resnet or vgg_small).
-    #[arg(long, default_value = "resnet")]
+    /// Network: resnet_cifar (ResNet-20), vgg_small, resnet18, resnet34, resnet50, alexnet, vgg_variant, googlenet,
+    /// densenet121.
+    #[arg(long, default_value = "resnet_cifar")]
     arch: String,
+    /// Input side (32 for the CIFAR networks, 224 for ImageNet ones; 227 for AlexNet).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
     /// Device (cpu, cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
-/// Runs `lqnets bench train`: median step time per W/A setting as a ratio to full precision in the same run,
-/// img/s, time spent waiting for data, and peak resident memory.
+/// Runs `lqnets bench train`: step times of every W/A setting, interleaved over rounds so that drift and warm-up
+/// hit all settings alike (first round dropped); per setting the median, the spread (min–max) and the median as a
+/// ratio to the first setting's median, img/s, data wait per step, and the process's peak resident memory.
 pub fn bench(a: &BenchArgs) -> Result<()> {
-    let n = a.batch * (a.steps + 2);
+    if a.rounds < 2 || a.steps == 0 {
+        bail!("--rounds must be >= 2 (the first is warm-up) and --steps >= 1");
+    }
+    let n = a.batch * a.steps;
     let ds = Arc::new(Dataset {
-        images: (0..n * 3072).map(|i| ((i * 2654435761usize) >> 13) as u8).collect(),
+        images: (0..n * 3 * a.size * a.size).map(|i| ((i * 2654435761usize) >> 13) as u8).collect(),
         labels: (0..n).map(|i| (i % 10) as u16).collect(),
         c: 3,
-        h: 32,
-        w: 32,
+        h: a.size,
+        w: a.size,
         classes: 10,
     });
+    let arch = match a.arch.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok()) {
+        Some(depth) => vec!["model.arch=\"resnet\"".to_string(), format!("model.depth={depth}")],
+        None => vec![format!("model.arch=\"{}\"", a.arch)],
+    };
     let norm = Normalize::per_channel_of(&ds);
     let loader = Loader::new(
         ds,
         norm,
         LoaderConfig { batch: a.batch, shuffle: true, pad: 4, drop_last: true, workers: 2, seed: 1 },
     );
-    let mut fp_median = None;
-    println!(
-        "{:<8} {:>12} {:>9} {:>9} {:>12} {:>12}",
-        "W/A", "median ms", "x FP", "img/s", "data wait ms", "peak RSS MB"
-    );
-    for s in a.settings.split(',') {
+    let settings: Vec<&str> = a.settings.split(',').map(str::trim).collect();
+    let mut runs = Vec::new();
+    for s in &settings {
         let (w, act) = s.split_once('/').with_context(|| format!("--settings: '{s}' is not W/A"))?;
-        let sets = vec![
-            format!("model.arch=\"{}\"", a.arch),
-            format!("model.w_bits={w}"),
-            format!("model.a_bits={act}"),
+        let mut sets = arch.clone();
+        sets.extend([
+            format!("data.size={}", a.size),
+            format!("quant.w_bits={w}"),
+            format!("quant.a_bits={act}"),
             format!("optim.batch={}", a.batch),
             format!("run.device=\"{}\"", a.device),
-        ];
-        let cfg = TrainConfig::load(None, &sets)?;
-        let mut tr = Trainer::new(cfg, 10)?;
-        let (mut times, mut wait) = (Vec::new(), 0.0);
-        let mut it = loader.epoch(0);
-        for i in 0..a.steps + 2 {
-            let t = Instant::now();
-            let b = it.next().context("bench loader ran dry")?;
-            let waited = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            tr.step(&b, 0.01)?;
-            if i >= 2 {
-                times.push(t.elapsed().as_secs_f64());
-                wait += waited;
+        ]);
+        runs.push((Trainer::new(TrainConfig::load(None, &sets)?, 10)?, Vec::new(), 0.0f64));
+    }
+    for round in 0..a.rounds {
+        for (tr, times, wait) in &mut runs {
+            let mut it = loader.epoch(round as u64);
+            for _ in 0..a.steps {
+                let t = Instant::now();
+                let b = it.next().context("bench loader ran dry")?;
+                let waited = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                tr.step(&b, 0.01)?;
+                if round > 0 {
+                    times.push(t.elapsed().as_secs_f64());
+                    *wait += waited;
+                }
             }
         }
+    }
+    println!(
+        "{} at {}x{}, batch {}, {} rounds x {} steps per setting, interleaved (first round dropped)",
+        a.arch, a.size, a.size, a.batch, a.rounds, a.steps
+    );
+    println!(
+        "{:<8} {:>10} {:>17} {:>8} {:>8} {:>13}",
+        "W/A", "median ms", "spread ms", "x first", "img/s", "data wait ms"
+    );
+    let mut first = None;
+    for (s, (_, times, wait)) in settings.iter().zip(&mut runs) {
         times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
-        let base = *fp_median.get_or_insert(med);
+        let base = *first.get_or_insert(med);
         println!(
-            "{:<8} {:>12.1} {:>9.3} {:>9.0} {:>12.2} {:>12.0}",
+            "{:<8} {:>10.1} {:>8.1}-{:<8.1} {:>8.3} {:>8.0} {:>13.2}",
             s,
             med * 1e3,
+            times[0] * 1e3,
+            times[times.len() - 1] * 1e3,
             med / base,
             a.batch as f64 / med,
-            wait * 1e3 / a.steps as f64,
-            peak_rss_mb()
+            *wait * 1e3 / times.len() as f64
         );
     }
+    println!("peak resident memory {:.0} MB", peak_rss_mb());
     Ok(())
 }
 

@@ -5,8 +5,10 @@ use lq_train::TrainConfig;
 
 /// Tiny ResNet/VGG settings for tests, plus `sets`.
 pub fn cfg(sets: &[&str]) -> TrainConfig {
-    let mut s: Vec<String> =
-        vec!["model.depth=8".into(), "optim.batch=8".into(), "data.workers=1".into(), "data.pad=2".into()];
+    let mut s: Vec<String> = vec!["optim.batch=8".into(), "data.workers=1".into(), "data.pad=2".into()];
+    if !sets.iter().any(|x| x.starts_with("model.arch")) {
+        s.extend(["model.arch=\"resnet_cifar\"".into(), "model.depth=8".into()]);
+    }
     s.extend(sets.iter().map(|x| x.to_string()));
     TrainConfig::load(None, &s).unwrap()
 }
