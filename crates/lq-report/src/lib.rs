@@ -31,9 +31,16 @@
 pub use error::{Error, Result};
 pub use figure::{write_figures, FigureOptions};
 pub use hist::{Histogram, Range};
+pub use paper::{compare, Match, PaperRow};
+pub use report::{render, write as write_report, Format, Summary};
+pub use run::{Epoch, Run, RunConfig};
 pub use stats::{ActivationCollector, Kind, LayerStats, Mse, Options, Panel, StatsFile};
 
 mod error;
 pub mod figure;
 pub mod hist;
+pub mod paper;
+pub mod report;
+pub mod run;
 pub mod stats;
+pub mod svg;
