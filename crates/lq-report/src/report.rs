@@ -97,10 +97,15 @@ impl Summary {
         }
     }
 
-    /// The paper's top-1 and `final − paper`, only for a comparable run.
+    /// True when every planned epoch is logged.
+    pub fn finished(&self) -> bool {
+        self.epochs_done as i64 >= self.epochs_planned
+    }
+
+    /// The paper's top-1 for a comparable run, and `final − paper` once the run has finished its schedule.
     pub fn paper_diff(&self) -> Option<(f64, Option<f64>)> {
         match &self.paper {
-            Match::Row(r) => Some((r.top1, self.final_top1.map(|f| f - r.top1))),
+            Match::Row(r) => Some((r.top1, self.final_top1.filter(|_| self.finished()).map(|f| f - r.top1))),
             _ => None,
         }
     }
@@ -108,15 +113,27 @@ impl Summary {
     /// "compared", or why not.
     pub fn note(&self) -> String {
         match &self.paper {
-            Match::Row(r) if !r.verified => "paper number unverified (spec §4.2)".into(),
-            Match::Row(_) => String::new(),
+            Match::Row(r) => {
+                let mut notes = Vec::new();
+                if !self.finished() {
+                    notes.push(format!("in progress: compared at epoch {}", self.epochs_planned));
+                }
+                if !r.verified {
+                    notes.push("paper number unverified (spec §4.2)".to_string());
+                }
+                notes.join("; ")
+            }
             Match::NotComparable(why) => format!("not comparable: {why}"),
             Match::NoRow(why) => why.clone(),
         }
     }
 
     fn cells(&self) -> Vec<String> {
-        let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_default();
+        let pair = |best: Option<f64>, last: Option<f64>| match (best, last) {
+            (Some(b), Some(l)) => format!("{b:.2} / {l:.2}"),
+            (Some(b), None) => format!("{b:.2} / –"),
+            _ => String::new(),
+        };
         let (paper, diff) = match self.paper_diff() {
             Some((p, d)) => (format!("{p:.1}"), d.map(|d| format!("{d:+.2}")).unwrap_or_default()),
             None => (String::new(), String::new()),
@@ -128,10 +145,8 @@ impl Summary {
             self.bits.clone(),
             self.method.clone(),
             format!("{}/{}", self.epochs_done, self.epochs_planned),
-            f(self.best_top1),
-            f(self.final_top1),
-            f(self.best_top5),
-            f(self.final_top5),
+            pair(self.best_top1, self.final_top1),
+            pair(self.best_top5, self.final_top5),
             duration(self.wall_seconds),
             self.images_per_second.map(|v| format!("{v:.0}")).unwrap_or_default(),
             paper,
@@ -141,17 +156,15 @@ impl Summary {
     }
 }
 
-const HEADER: [&str; 15] = [
+const HEADER: [&str; 13] = [
     "run",
     "model",
     "dataset",
     "W/A",
     "method",
     "epochs",
-    "best top-1",
-    "final top-1",
-    "best top-5",
-    "final top-5",
+    "top-1 best / final",
+    "top-5 best / final",
     "wall time",
     "img/s",
     "paper top-1",
@@ -215,7 +228,7 @@ fn csv(rows: &[Summary]) -> String {
     let mut s = HEADER.join(",") + ",problems\n";
     for r in rows {
         let mut cells = r.cells();
-        cells[10] = format!("{:.1}", r.wall_seconds); // seconds, machine-readable
+        cells[8] = format!("{:.1}", r.wall_seconds); // seconds, machine-readable
         cells.push(r.problems.len().to_string());
         let _ = writeln!(s, "{}", cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
     }
@@ -226,11 +239,11 @@ const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-seri
 max-width:1400px;color:#222;line-height:1.4}h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px \
 solid #ddd}h3{font-size:1rem}.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.85rem}th,td{padding:\
 .3rem .5rem;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}th{background:#f5f5f5;position:\
-sticky;top:0}td.l,th.l{text-align:left}td.note{white-space:normal;min-width:14rem;text-align:left;color:#555}.neg\
+sticky;top:0}td.l,th.l{text-align:left}td.w{white-space:normal}td.note{white-space:normal;min-width:12rem;text-align:left;color:#555}th{white-space:normal}.neg\
 {color:#b00}.pos{color:#070}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,430px),1fr));\
 gap:1rem}.small{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:.5rem}svg{max-width:100%;\
 height:auto;display:block}svg.chart{font-size:11px;font-family:inherit}.ct{font-size:13px;font-weight:600}.tk\
-{font-size:11px;fill:#333}.fig{overflow-x:auto;border:1px solid #eee}.problems{color:#a40}details{margin:.5rem 0}";
+{font-size:11px;fill:#333}.fig{overflow-x:auto;border:1px solid #eee}.fig svg{min-width:1800px}.problems{color:#a40}details{margin:.5rem 0}";
 
 fn html(runs: &[Run], rows: &[Summary]) -> String {
     let mut s = format!(
@@ -242,17 +255,18 @@ fn html(runs: &[Run], rows: &[Summary]) -> String {
     );
     s.push_str("<div class=\"scroll\"><table><thead><tr>");
     for (i, h) in HEADER.iter().enumerate() {
-        let _ = write!(s, "<th{}>{}</th>", if i < 5 || i == 14 { " class=\"l\"" } else { "" }, escape(h));
+        let _ = write!(s, "<th{}>{}</th>", if i < 5 || i == 12 { " class=\"l\"" } else { "" }, escape(h));
     }
     s.push_str("</tr></thead><tbody>");
     for r in rows {
         s.push_str("<tr>");
         for (i, c) in r.cells().iter().enumerate() {
             let class = match i {
-                0..5 => " class=\"l\"",
-                13 if c.starts_with('-') => " class=\"neg\"",
-                13 if c.starts_with('+') => " class=\"pos\"",
-                14 => " class=\"note\"",
+                0 | 2 => " class=\"l w\"",
+                1..5 => " class=\"l\"",
+                11 if c.starts_with('-') => " class=\"neg\"",
+                11 if c.starts_with('+') => " class=\"pos\"",
+                12 => " class=\"note\"",
                 _ => "",
             };
             let _ = write!(s, "<td{class}>{}</td>", escape(c));
@@ -407,7 +421,7 @@ fn run_section(s: &mut String, run: &Run) {
         let body = svg.find("<svg").map(|i| &svg[i..]).unwrap_or("");
         let _ = write!(
             s,
-            "<h3>Figure I: weights and activations before and after quantization</h3><div class=\"fig\">{body}</div>"
+            "<h3>Figure I: weights and activations before and after quantization (scroll sideways)</h3><div class=\"fig\">{body}</div>"
         );
     }
 }

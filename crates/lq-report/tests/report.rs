@@ -147,6 +147,12 @@ fn summary_rows_compare_only_comparable_runs() {
     assert!(s.note().contains("not comparable"));
     assert_eq!(s.images_per_second, Some(3.0 * 49_920.0 / 30.0)); // 390 batches of 128 per 10 s epoch
 
+    // Comparable but unfinished: the paper's number, no difference yet.
+    write_run(&full, R20_W3A3, &[line(1, 0.5)]);
+    let s = Summary::of(&Run::read(&full).unwrap());
+    assert_eq!(s.paper_diff(), Some((91.6, None)));
+    assert!(s.note().contains("in progress"), "{}", s.note());
+
     write_run(&full, R20_W3A3, &[line(200, 0.9)]);
     let s = Summary::of(&Run::read(&full).unwrap());
     let (paper, diff) = s.paper_diff().unwrap();
