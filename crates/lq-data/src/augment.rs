@@ -77,7 +77,7 @@ impl Normalize {
         (finite && c > 0 && plane > 0).then_some(Normalize { mean, scale: scale.to_vec(), plane })
     }
     #[inline]
-    fn apply(&self, i: usize, p: u8) -> f32 {
+    pub(crate) fn apply(&self, i: usize, p: u8) -> f32 {
         (p as f32 - self.mean[i]) * self.scale[i / self.plane]
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Reading or preparing data failed. Every variant names the file.
+/// Reading or preparing data failed. Every variant names the file (`TooManyBad`: the first bad one).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -24,6 +24,20 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong, with the byte offset where it helps.
         why: String,
+    },
+    /// More files failed to load than the configured fraction allows (the run stops).
+    #[error(
+        "{bad} of {total} images could not be loaded (more than the allowed fraction {max_fraction}); first: {first}"
+    )]
+    TooManyBad {
+        /// Bad images so far this epoch.
+        bad: usize,
+        /// Images in the dataset.
+        total: usize,
+        /// The configured limit.
+        max_fraction: f64,
+        /// The first failure (names its file).
+        first: String,
     },
     /// A dataset file is missing (offline download, wrong folder).
     #[error("{path}: missing; {hint}")]

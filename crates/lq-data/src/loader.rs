@@ -112,7 +112,7 @@ fn make_batch(ds: &Dataset, norm: &Normalize, order: &[usize], cfg: &LoaderConfi
 }
 
 /// A seed for (base, epoch, batch): splitmix64 over the three.
-fn mix(seed: u64, epoch: u64, batch: u64) -> u64 {
+pub(crate) fn mix(seed: u64, epoch: u64, batch: u64) -> u64 {
     let mut z = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ batch.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
