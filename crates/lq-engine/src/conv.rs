@@ -206,7 +206,9 @@ impl ChannelQuant {
             for &t in th {
                 // relu(y) > t  ⇔  y > t for the non-negative thresholds of activation levels.
                 let t = t.max(0.0);
-                tau.push(if a == 0.0 {
+                // ±f32::MAX rather than ±inf (a zero BN scale, or a tiny one overflowing): the same decisions for
+                // every finite input, and model files hold only finite values.
+                let tau_t = if a == 0.0 {
                     if b > t {
                         f32::NEG_INFINITY
                     } else {
@@ -214,7 +216,8 @@ impl ChannelQuant {
                     }
                 } else {
                     ((t as f64 - b as f64) / a as f64) as f32
-                });
+                };
+                tau.push(tau_t.clamp(-f32::MAX, f32::MAX));
             }
         }
         ChannelQuant { sign, tau, codes: levels.codes().to_vec() }

@@ -159,3 +159,15 @@ fn fused_quantize_matches_planes() {
         }
     }
 }
+
+/// A zero BN scale makes a channel's code constant; its thresholds must still be finite (model files hold only
+/// finite values) and decide the same way for every finite input.
+#[test]
+fn zero_bn_scale_folds_to_finite_thresholds() {
+    let lv = lq_quant::Levels::from_basis(&[0.5, 1.0], lq_quant::CodeSet::Binary).unwrap();
+    let q = lq_engine::ChannelQuant::fold(&lv, &[0.0, 0.0, 2.0], &[2.0, -1.0, 0.0]);
+    assert!(q.tau.iter().all(|t| t.is_finite()), "{:?}", q.tau);
+    // Channel 0: the output 2.0 is above every threshold; channel 1: -1 is below all.
+    assert!(q.tau[..3].iter().all(|&t| t == -f32::MAX) && q.tau[3..6].iter().all(|&t| t == f32::MAX));
+    assert_eq!(&q.tau[6..], &[0.125, 0.375, 0.625]);
+}

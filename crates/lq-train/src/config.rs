@@ -207,9 +207,14 @@ impl TrainConfig {
         let mut doc = match file {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::file(p, e))?;
-                // The file alone first, so that an error points at the file's own line.
-                toml::from_str::<TrainConfig>(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
-                text.parse::<toml::Table>().map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+                let doc = text.parse::<toml::Table>().map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+                // The file alone first, so that an error points at the file's own line (a `[model]` without
+                // `arch` gets the default network below, which the file's own text does not name).
+                let names_arch = doc.get("model").and_then(|m| m.get("arch")).is_some();
+                if names_arch || !doc.contains_key("model") {
+                    toml::from_str::<TrainConfig>(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+                }
+                doc
             }
             None => toml::Table::new(),
         };
@@ -224,7 +229,11 @@ impl TrainConfig {
         Self::from_table(doc)
     }
 
-    fn from_table(doc: toml::Table) -> Result<Self> {
+    fn from_table(mut doc: toml::Table) -> Result<Self> {
+        // `[model]` keys without `arch` are the default network's (`--set model.depth=32`).
+        if let Some(m) = doc.get_mut("model").and_then(|m| m.as_table_mut()) {
+            m.entry("arch").or_insert_with(|| "resnet_cifar".into());
+        }
         // Through text so that the error shows the offending `key = value` line.
         let text = toml::to_string(&doc).map_err(|e| Error::Config(e.to_string()))?;
         let cfg: TrainConfig = toml::from_str(&text).map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;

@@ -28,6 +28,9 @@ pub struct ExportArgs {
 pub fn export(a: &ExportArgs) -> Result<()> {
     let (tr, info) = open_checkpoint(&a.checkpoint, a.data.as_deref(), "cpu")?;
     let f = lq_train::export::export(&tr, &info.norm()?, info.input, info.classes)?;
+    // The engine validates the file before it is written: a model that would not load is never saved.
+    Model::from_file(&f)
+        .map_err(|why| anyhow::anyhow!("{}: export does not validate: {why}", a.checkpoint.display()))?;
     f.save(&a.out)?;
     // Full-precision tensors are stored as f32 `{name}.w` / `.weight` / `.bias` / `.b`; everything else is packed
     // bits, bases, thresholds and folded BNs. Their fp32 size: every quantized conv kernel of the trainer.

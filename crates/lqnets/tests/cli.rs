@@ -44,3 +44,72 @@ fn bad_input_gives_a_clear_error() {
     let o = lqnets(&["train", "--set", "optim.lrr=1"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("lrr"));
 }
+
+/// A CIFAR-10-layout folder of `n` records per training batch and `n` test records: 10 classes, each a fixed
+/// pattern plus noise.
+fn cifar_folder(dir: &std::path::Path, n: usize) {
+    let mut s = 7u64;
+    let mut rnd = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) as u8
+    };
+    let protos: Vec<Vec<u8>> = (0..10).map(|_| (0..3072).map(|_| rnd()).collect()).collect();
+    let mut file = |name: &str| {
+        let mut b = Vec::new();
+        for i in 0..n {
+            b.push((i % 10) as u8);
+            b.extend(protos[i % 10].iter().map(|&p| p.saturating_add(rnd() % 24)));
+        }
+        std::fs::write(dir.join(name), b).unwrap();
+    };
+    (1..=5).for_each(|i| file(&format!("data_batch_{i}.bin")));
+    file("test_batch.bin");
+}
+
+/// train → eval → export → infer --check → resume rules → summary, as a user runs them.
+#[test]
+fn train_export_infer_end_to_end() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    cifar_folder(&data, 20);
+    let run = d.path().join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let sets =
+        ["model.depth=8", "optim.batch=20", "optim.epochs=1", "data.workers=1", "quant.w_bits=2", "quant.a_bits=2"];
+    let dir_set = format!("data.dir=\"{data_s}\"");
+    let mut args = vec!["train", "--out", run_s, "--set", &dir_set];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = lqnets(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck = run.join("last.safetensors");
+    let ck_s = ck.to_str().unwrap();
+
+    // eval needs only the test split: remove the training files.
+    (1..=5).for_each(|i| std::fs::remove_file(data.join(format!("data_batch_{i}.bin"))).unwrap());
+    let o = lqnets(&["eval", "--checkpoint", ck_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("20 images"), "{}", String::from_utf8_lossy(&o.stdout));
+
+    let model = d.path().join("m.lqm");
+    let o = lqnets(&["export", "--checkpoint", ck_s, "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = lqnets(&["infer", "--model", model.to_str().unwrap(), "--data", data_s, "--check", ck_s]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("top-1 identical on"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+
+    // Resume: a changed training setting is refused by name; --config is refused.
+    let o = lqnets(&["train", "--resume", run_s, "--set", "optim.lr=0.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("optim.lr cannot change"));
+    let o = lqnets(&["train", "--resume", run_s, "--config", "x.toml"]);
+    assert!(!o.status.success());
+
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/imagenet/resnet18-w2a2.toml");
+    let o = lqnets(&["summary", "--config", cfg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("group3.block1.conv2") && out.contains("W2A2") && out.contains("total:"), "{out}");
+}
