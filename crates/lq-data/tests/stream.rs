@@ -430,3 +430,22 @@ fn real_photos_decode_and_transform() {
         assert_eq!(b[0].shape[1..], tf.out_shape([0, 0, 3]));
     }
 }
+
+#[test]
+fn check_counts_images_sizes_and_every_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let nbad = make_folder(dir.path());
+    let src = ImageFolder::open(dir.path(), Split::Train).unwrap();
+    let rep = check(&src, 2);
+    assert_eq!((rep.classes, rep.files, rep.images, rep.bad.len()), (4, 8, 8 - nbad, nbad));
+    assert_eq!(rep.empty_classes, ["d_empty"]);
+    // Shorter sides 40, 40, 30, 30, 40: all below 64.
+    assert_eq!(rep.sizes.values().sum::<usize>(), 5);
+    assert_eq!(rep.sizes.get("0: <64"), Some(&5));
+    let text = rep.to_string();
+    for f in ["6.JPEG", "7.JPEG", "notes.txt", "classes without images: d_empty"] {
+        assert!(text.contains(f), "{f} missing from\n{text}");
+    }
+    let b = bench(&src, Transform::fb(32), 16, &[1, 2]);
+    assert!(b.total_ms() > 0.0 && b.scaling.len() == 2 && b.scaling.iter().all(|s| s.1 > 0.0), "{b:?}");
+}
