@@ -97,12 +97,28 @@ impl Graph {
     /// Logits for a batch; `train` selects BN batch statistics and QEM updates. Values are dropped after their
     /// last use (autograd keeps what backward needs).
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.run(x, train, None)
+    }
+
+    /// Evaluation forward that shows `probe` each activation quantizer with its input (`relu(bn(x))`), for the
+    /// statistics of `lqnets stats`.
+    pub fn forward_probed(&mut self, x: &Tensor, probe: Probe) -> Result<Tensor> {
+        self.run(x, false, Some(probe))
+    }
+
+    fn run(&mut self, x: &Tensor, train: bool, mut probe: Option<Probe>) -> Result<Tensor> {
         let mut vals: Vec<Option<Tensor>> = vec![Some(x.shallow_clone())];
         for (i, n) in self.nodes.iter_mut().enumerate() {
             let ins: Vec<&Tensor> = n.inputs.iter().map(|&v| vals[v].as_ref().expect("value alive")).collect();
             let y = match &mut n.layer {
                 Layer::Conv(c) => c.forward(ins[0], train)?,
-                Layer::Act(a) => a.forward(ins[0], train)?,
+                Layer::Act(a) => {
+                    let h = a.pre(ins[0], train);
+                    if let (Some(p), Some(q)) = (probe.as_mut(), a.quant.as_ref()) {
+                        p(q, &h);
+                    }
+                    a.quantize(&h, train)?
+                }
                 Layer::Bn { bn, relu } => {
                     let y = ins[0].apply_t(bn, train);
                     if *relu {
@@ -158,6 +174,9 @@ impl Graph {
             .collect()
     }
 }
+
+/// Sees each activation quantizer with its input during [`Graph::forward_probed`].
+pub type Probe<'p> = &'p mut dyn FnMut(&Quantizer, &Tensor);
 
 /// Conv options beyond the geometry.
 #[derive(Clone, Copy, Debug)]

@@ -116,13 +116,23 @@ impl BnReluQuant {
 
     /// `Q(relu(bn(x)))`.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = match &self.bn {
+        let h = self.pre(x, train);
+        self.quantize(&h, train)
+    }
+
+    /// `relu(bn(x))`: the quantizer's input.
+    pub fn pre(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.bn {
             Some(bn) => x.apply_t(bn, train).relu(),
             None => x.relu(),
-        };
+        }
+    }
+
+    /// `Q(h)` (or `h` without a quantizer).
+    pub fn quantize(&mut self, h: &Tensor, train: bool) -> Result<Tensor> {
         match &mut self.quant {
-            Some(q) => q.forward_activation(&h, train),
-            None => Ok(h),
+            Some(q) => q.forward_activation(h, train),
+            None => Ok(h.shallow_clone()),
         }
     }
 }

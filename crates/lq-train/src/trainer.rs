@@ -407,6 +407,17 @@ pub fn test_loader(cfg: &TrainConfig, test: Dataset, norm: Normalize) -> Loader 
 
 /// Runs (or resumes) training into `out`: `metrics.jsonl`, `config.toml`, `last.safetensors`, `best.safetensors`.
 pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Result<()> {
+    run_with(tr, train, test, out, &mut |_| {})
+}
+
+/// [`run`], calling `after_epoch` once each epoch's log line and checkpoints are written (e.g. to refresh a report).
+pub fn run_with(
+    tr: &mut Trainer,
+    train: &Loader,
+    test: &Loader,
+    out: &Path,
+    after_epoch: &mut dyn FnMut(&Trainer),
+) -> Result<()> {
     let d = &tr.cfg.data;
     if train.batches() == 0 {
         return Err(Error::Config(format!(
@@ -486,6 +497,7 @@ pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Resul
             std::fs::copy(out.join("last.safetensors"), out.join("best.tmp")).map_err(|e| Error::file(out, e))?;
             std::fs::rename(out.join("best.tmp"), out.join("best.safetensors")).map_err(|e| Error::file(out, e))?;
         }
+        after_epoch(tr);
     }
     Ok(())
 }

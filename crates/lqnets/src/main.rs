@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod deploy;
 mod fit;
+mod report;
 mod summary;
 mod train;
 
@@ -28,6 +29,10 @@ enum Cmd {
     Export(deploy::ExportArgs),
     /// Run the bit-op engine on a CIFAR-format folder or a PNG image.
     Infer(deploy::InferArgs),
+    /// Quantizer statistics and the supplement's Figure I from a checkpoint.
+    Stats(report::StatsArgs),
+    /// Table (md, csv) or HTML dashboard of run folders, compared with the paper where comparable.
+    Report(report::ReportArgs),
     /// The network of a config layer by layer: shapes, bits, parameters, MACs, deployed bytes.
     Summary(summary::SummaryArgs),
     /// Benchmarks.
@@ -59,6 +64,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train::run(&a),
         Cmd::Eval(a) => train::eval(&a),
         Cmd::Summary(a) => summary::run(&a),
+        Cmd::Stats(a) => report::stats(&a),
+        Cmd::Report(a) => report::report(&a),
         Cmd::Bench(BenchCmd::Train(a)) => train::bench(&a),
         Cmd::Export(a) => deploy::export(&a),
         Cmd::Infer(a) => deploy::infer(&a),

@@ -2,6 +2,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lq_data::{Dataset, Loader, LoaderConfig, Normalize};
+use lq_report::Format;
 use lq_train::checkpoint::DataInfo;
 use lq_train::config::DeviceSpec;
 use lq_train::{trainer, TrainConfig, Trainer};
@@ -25,6 +26,9 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint, with its config.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Refresh the run's report.html (the `lqnets report` dashboard) after each epoch.
+    #[arg(long)]
+    report: bool,
 }
 
 /// Runs `lqnets train`.
@@ -43,7 +47,16 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     };
     let (train, test) = trainer::load_data(&tr.cfg)?;
     let (tl, vl) = trainer::loaders(&tr.cfg, train, test);
-    trainer::run(&mut tr, &tl, &vl, &out)?;
+    let page = out.join("report.html");
+    trainer::run_with(&mut tr, &tl, &vl, &out, &mut |_| {
+        if a.report {
+            // A report that cannot be written is worth a warning, never a stopped run.
+            if let Err(e) = lq_report::Run::read(&out).and_then(|r| lq_report::write_report(&[r], Format::Html, &page))
+            {
+                eprintln!("warning: {}: {e}", page.display());
+            }
+        }
+    })?;
     eprintln!("done: best test accuracy {:.4}; checkpoints in {}", tr.best_acc, out.display());
     Ok(())
 }

@@ -107,6 +107,21 @@ fn train_export_infer_end_to_end() {
     let o = lqnets(&["train", "--resume", run_s, "--config", "x.toml"]);
     assert!(!o.status.success());
 
+    // Figure I and the report of the run.
+    let stats = run.join("stats");
+    let o = lqnets(&["stats", "--checkpoint", ck_s, "--batches", "1", "--out", stats.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["stats.json", "figure-1.png", "figure-1.svg"] {
+        assert!(stats.join(f).is_file(), "{f} missing");
+    }
+    let o = lqnets(&["report", run_s, "--format", "md"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("W2/A2"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let page = d.path().join("r.html");
+    let o = lqnets(&["report", run_s, "--format", "html", "--out", page.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
+
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/imagenet/resnet18-w2a2.toml");
     let o = lqnets(&["summary", "--config", cfg]);
     let out = String::from_utf8_lossy(&o.stdout);
