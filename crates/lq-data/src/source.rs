@@ -144,3 +144,43 @@ impl Source for ImageFolder {
         self.files[i].clone()
     }
 }
+
+/// `n` images spread evenly over a source (image `i` is the source's `i·len/n`), so a limited run of a folder
+/// sorted by class still sees every class.
+pub struct Subset<S> {
+    inner: S,
+    n: usize,
+}
+
+impl<S: Source> Subset<S> {
+    /// The first `n.min(len)` evenly spaced images of `inner`.
+    pub fn new(inner: S, n: usize) -> Self {
+        let n = n.min(inner.len());
+        Subset { inner, n }
+    }
+    fn at(&self, i: usize) -> usize {
+        // i < n ≤ len, so the product fits whenever len·n does; u128 keeps it exact for any sizes.
+        (i as u128 * self.inner.len() as u128 / self.n.max(1) as u128) as usize
+    }
+}
+
+impl<S: Source> Source for Subset<S> {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn label(&self, i: usize) -> u16 {
+        self.inner.label(self.at(i))
+    }
+    fn classes(&self) -> usize {
+        self.inner.classes()
+    }
+    fn load(&self, i: usize) -> Result<Image> {
+        self.inner.load(self.at(i))
+    }
+    fn path(&self, i: usize) -> PathBuf {
+        self.inner.path(self.at(i))
+    }
+    fn shape(&self) -> Option<[usize; 3]> {
+        self.inner.shape()
+    }
+}

@@ -35,7 +35,7 @@ pub enum DatasetKind {
     Fashion,
     /// MNIST IDX files, padded to 32×32×3.
     Mnist,
-    /// ImageNet as an image folder (`train/<class>/*`, `val/<class>/*`); its reader is issue 10 and not built yet.
+    /// ImageNet as an image folder (`train/<class>/*`, `val/<class>/*`), streamed.
     Imagenet,
 }
 
@@ -48,6 +48,17 @@ impl DatasetKind {
             _ => 10,
         }
     }
+}
+
+/// Training augmentation of streamed (ImageNet) images (supplement §2.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Augment {
+    /// fb.resnet.torch: random-resized crop, colour jitter, PCA lighting, flip (the rows above 1/2 bits).
+    #[default]
+    Fb,
+    /// HWGQ comparison: resize shorter side to 256, random crop, flip (the 1/2-bit rows).
+    Hwgq,
 }
 
 /// Input normalisation.
@@ -115,8 +126,10 @@ pub struct DataConfig {
     pub dir: String,
     /// Input normalisation.
     pub normalize: NormalizeKind,
-    /// Zero padding of the random-crop augmentation (0 disables augmentation).
+    /// Zero padding of the random-crop augmentation of in-memory datasets (0 disables augmentation).
     pub pad: usize,
+    /// Augmentation of streamed (ImageNet) training images.
+    pub augment: Augment,
     /// Side of the (square) network input; the network is built for it.
     pub size: usize,
     /// Loader worker threads.
@@ -172,6 +185,7 @@ impl Default for DataConfig {
             dir: "data/cifar10".into(),
             normalize: NormalizeKind::PerChannel,
             pad: 4,
+            augment: Augment::Fb,
             size: 32,
             workers: 2,
             train_limit: 0,

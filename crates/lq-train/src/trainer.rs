@@ -1,11 +1,14 @@
 //! The training loop: a step reads top to bottom (lr, forward, loss, backward, SGD, stats; the QEM basis updates
 //! happen inside the forward), the epoch loop adds evaluation, checkpoints and the metrics log.
 use crate::checkpoint::{self, DataInfo, Meta};
-use crate::config::{DatasetKind, DeviceSpec, NormalizeKind, TrainConfig};
+use crate::config::{Augment, DatasetKind, DeviceSpec, NormalizeKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::optim::{lr_at, Sgd};
-use lq_data::{load_cifar, load_idx, Batch, Cifar, Dataset, Loader, LoaderConfig, Normalize};
+use lq_data::{
+    load_cifar, load_idx, Batch, Cifar, Dataset, ImageFolder, Loader, LoaderConfig, Normalize, Source, Split,
+    StreamConfig, StreamLoader, Transform, IMAGENET_MEAN, IMAGENET_STD,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::Write;
@@ -144,9 +147,10 @@ impl Trainer {
     }
 
     /// Loss and accuracy over a loader's epoch 0.
-    pub fn evaluate(&mut self, loader: &Loader) -> Result<Stats> {
+    pub fn evaluate(&mut self, loader: &Feed) -> Result<Stats> {
         let mut s = Stats::default();
         for b in loader.epoch(0) {
+            let b = b?;
             let logits = self.logits(&b)?;
             let y = Tensor::from_slice(&b.y).to_device(logits.device());
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
@@ -360,9 +364,7 @@ pub fn load_split(cfg: &TrainConfig, train: bool) -> Result<Dataset> {
         DatasetKind::Fashion | DatasetKind::Mnist => load_idx(dir, if train { "train" } else { "t10k" }, true)?,
         DatasetKind::Imagenet => {
             return Err(Error::Config(
-                "data.dataset = \"imagenet\": the image-folder reader is not built yet (issue 10); the ImageNet \
-                 configs can be inspected with `lqnets summary`"
-                    .into(),
+                "data.dataset = \"imagenet\" is streamed from its folder (trainer::feeds), not loaded in memory".into(),
             ))
         }
     };
@@ -379,7 +381,7 @@ pub fn normalization(cfg: &TrainConfig, train: &Dataset) -> Normalize {
 }
 
 /// Train and test loaders for `cfg` (normalisation measured on the training set).
-pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Loader, Loader) {
+pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Feed, Feed) {
     let norm = normalization(cfg, &train);
     let base = LoaderConfig {
         batch: cfg.optim.batch,
@@ -389,11 +391,11 @@ pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Loader, Loa
         workers: cfg.data.workers,
         seed: cfg.run.seed,
     };
-    (Loader::new(Arc::new(train), norm.clone(), base), test_loader(cfg, test, norm))
+    (Feed::Memory(Loader::new(Arc::new(train), norm.clone(), base)), test_loader(cfg, test, norm))
 }
 
 /// The evaluation loader: in order, no augmentation, every image.
-pub fn test_loader(cfg: &TrainConfig, test: Dataset, norm: Normalize) -> Loader {
+pub fn test_loader(cfg: &TrainConfig, test: Dataset, norm: Normalize) -> Feed {
     let c = LoaderConfig {
         batch: cfg.optim.batch,
         shuffle: false,
@@ -402,19 +404,117 @@ pub fn test_loader(cfg: &TrainConfig, test: Dataset, norm: Normalize) -> Loader 
         workers: cfg.data.workers,
         seed: cfg.run.seed,
     };
-    Loader::new(Arc::new(test), norm, c)
+    Feed::Memory(Loader::new(Arc::new(test), norm, c))
+}
+
+/// Where a run's batches come from: a dataset held in memory (CIFAR, IDX) or images streamed from a folder
+/// (ImageNet), decoded and augmented by worker threads.
+#[allow(clippy::large_enum_variant)] // two per run: boxing would only add a pointer chase
+pub enum Feed {
+    /// In memory.
+    Memory(Loader),
+    /// Streamed; `norm` turns its u8 batches into network inputs, `desc` is what checkpoints record.
+    Stream {
+        /// The loader.
+        loader: StreamLoader,
+        /// Input normalisation.
+        norm: Normalize,
+        /// Classes, input shape, normalisation.
+        desc: DataInfo,
+        /// Images in the split.
+        len: usize,
+    },
+}
+
+impl Feed {
+    /// Batches per epoch.
+    pub fn batches(&self) -> usize {
+        match self {
+            Feed::Memory(l) => l.batches(),
+            Feed::Stream { loader, .. } => loader.batches(),
+        }
+    }
+    /// Images in the split.
+    pub fn len(&self) -> usize {
+        match self {
+            Feed::Memory(l) => l.dataset().len(),
+            Feed::Stream { len, .. } => *len,
+        }
+    }
+    /// True without images.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Classes, input shape and normalisation, as checkpoints record them.
+    pub fn info(&self) -> DataInfo {
+        match self {
+            Feed::Memory(l) => DataInfo::new(l.dataset(), l.norm()),
+            Feed::Stream { desc, .. } => desc.clone(),
+        }
+    }
+    /// The batches of `epoch` (a streamed image that cannot be read is skipped and recorded; too many end the
+    /// epoch with an error).
+    pub fn epoch(&self, epoch: u64) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        match self {
+            Feed::Memory(l) => Box::new(l.epoch(epoch).map(Ok)),
+            Feed::Stream { loader, norm, .. } => {
+                Box::new(loader.epoch(epoch).map(move |b| Ok(b.map_err(Error::Data)?.to_batch(norm))))
+            }
+        }
+    }
+}
+
+/// The training and test feeds of `cfg`: in-memory datasets through [`loaders`], ImageNet as an image folder
+/// (`data.dir/train/<class>/*`, `data.dir/val/<class>/*`) with the `data.augment` chain for training and resize-256
+/// + centre crop for testing, normalised with ImageNet's mean and std.
+pub fn feeds(cfg: &TrainConfig) -> Result<(Feed, Feed)> {
+    if cfg.data.dataset != DatasetKind::Imagenet {
+        let (train, test) = load_data(cfg)?;
+        return Ok(loaders(cfg, train, test));
+    }
+    let d = &cfg.data;
+    let size = d.size;
+    let norm = Normalize::per_channel(&IMAGENET_MEAN, &IMAGENET_STD, size, size);
+    let stream = |split: Split, tf: Transform, train: bool| -> Result<Feed> {
+        let src = ImageFolder::open(Path::new(&d.dir), split)?;
+        let mut n = src.len();
+        if let l @ 1.. = if train { d.train_limit } else { d.test_limit } {
+            n = n.min(l);
+        }
+        let desc = DataInfo {
+            classes: src.classes(),
+            input: [3, size, size],
+            mean: norm.compact_mean(),
+            scale: norm.parts().1.to_vec(),
+        };
+        let c = StreamConfig {
+            batch: cfg.optim.batch,
+            shuffle: train,
+            drop_last: train,
+            workers: d.workers,
+            seed: cfg.run.seed,
+            ..StreamConfig::default()
+        };
+        let src: Arc<dyn Source> = if n < src.len() { Arc::new(lq_data::Subset::new(src, n)) } else { Arc::new(src) };
+        Ok(Feed::Stream { loader: StreamLoader::new(src, tf, c)?, norm: norm.clone(), desc, len: n })
+    };
+    let augment = match d.augment {
+        Augment::Fb => Transform::fb(size),
+        Augment::Hwgq => Transform::hwgq(size),
+    };
+    Ok((stream(Split::Train, augment, true)?, stream(Split::Val, Transform::eval(size), false)?))
 }
 
 /// Runs (or resumes) training into `out`: `metrics.jsonl`, `config.toml`, `last.safetensors`, `best.safetensors`.
-pub fn run(tr: &mut Trainer, train: &Loader, test: &Loader, out: &Path) -> Result<()> {
+pub fn run(tr: &mut Trainer, train: &Feed, test: &Feed, out: &Path) -> Result<()> {
     run_with(tr, train, test, out, &mut |_| {})
 }
 
 /// [`run`], calling `after_epoch` once each epoch's log line and checkpoints are written (e.g. to refresh a report).
 pub fn run_with(
     tr: &mut Trainer,
-    train: &Loader,
-    test: &Loader,
+    train: &Feed,
+    test: &Feed,
     out: &Path,
     after_epoch: &mut dyn FnMut(&Trainer),
 ) -> Result<()> {
@@ -422,19 +522,19 @@ pub fn run_with(
     if train.batches() == 0 {
         return Err(Error::Config(format!(
             "data: {} training images make no full batch of optim.batch = {} (data.dir = {}, data.train_limit = {})",
-            train.dataset().len(),
+            train.len(),
             tr.cfg.optim.batch,
             d.dir,
             d.train_limit
         )));
     }
-    if test.dataset().is_empty() {
+    if test.is_empty() {
         return Err(Error::Config(format!(
             "data: no test images (data.dir = {}, data.test_limit = {})",
             d.dir, d.test_limit
         )));
     }
-    let info = DataInfo::new(train.dataset(), train.norm());
+    let info = train.info();
     match &tr.data {
         Some(d) if d.classes != info.classes || d.input != info.input || d.norm()? != info.norm()? => {
             return Err(Error::Config(format!(
@@ -459,6 +559,7 @@ pub fn run_with(
         let mut s = Stats::default();
         let mut lr = 0.0;
         for (i, b) in train.epoch(tr.epoch as u64).take(steps).enumerate() {
+            let b = b?;
             lr = lr_at(tr.epoch as f64 + i as f64 / steps as f64, &tr.cfg.optim);
             let st = tr.step(&b, lr).map_err(|e| match e {
                 Error::NonFiniteLoss { epoch, loss, .. } => Error::NonFiniteLoss { epoch, step: i, loss },

@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod data;
 mod deploy;
 mod fit;
 mod report;
@@ -35,15 +36,26 @@ enum Cmd {
     Report(report::ReportArgs),
     /// The network of a config layer by layer: shapes, bits, parameters, MACs, deployed bytes.
     Summary(summary::SummaryArgs),
+    /// Image-folder datasets.
+    #[command(subcommand)]
+    Data(DataCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
 }
 
 #[derive(Subcommand, Debug)]
+enum DataCmd {
+    /// Walk both splits: class count, image count, size histogram, every bad file.
+    Check(data::DataArgs),
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// Training step time per W/A setting vs full precision (ResNet-20, batch 128, synthetic data).
     Train(train::BenchArgs),
+    /// Decoded + augmented images/s and per-stage times of an image-folder dataset.
+    Data(data::DataArgs),
     /// Engine inference latency vs libtorch fp32 (same architecture, same threads).
     Infer(deploy::BenchInferArgs),
 }
@@ -70,5 +82,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Export(a) => deploy::export(&a),
         Cmd::Infer(a) => deploy::infer(&a),
         Cmd::Bench(BenchCmd::Infer(a)) => deploy::bench_infer(&a),
+        Cmd::Bench(BenchCmd::Data(a)) => data::bench(&a),
+        Cmd::Data(DataCmd::Check(a)) => data::check(&a),
     }
 }

@@ -98,6 +98,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     let loader = trainer::test_loader(&tr.cfg, test, info.norm()?);
     let mut seen = 0;
     for b in loader.epoch(0).take(a.batches) {
+        let b = b?;
         let shape: Vec<i64> = b.shape.iter().map(|&d| d as i64).collect();
         let x = Tensor::from_slice(&b.x).view(shape.as_slice());
         let mut failed = None;

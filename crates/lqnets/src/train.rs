@@ -33,20 +33,19 @@ pub struct TrainArgs {
 
 /// Runs `lqnets train`.
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let (mut tr, out) = match &a.resume {
+    let (mut tr, out, (tl, vl)) = match &a.resume {
         Some(dir) => {
             let tr = Trainer::resume(dir, &a.sets)?;
             eprintln!("resuming {} after epoch {}", dir.display(), tr.epoch);
-            (tr, dir.clone())
+            let feeds = trainer::feeds(&tr.cfg)?;
+            (tr, dir.clone(), feeds)
         }
         None => {
             let cfg = TrainConfig::load(a.config.as_deref(), &a.sets)?;
-            let train = trainer::load_split(&cfg, true)?;
-            (Trainer::new(cfg, train.classes as i64)?, a.out.clone())
+            let feeds = trainer::feeds(&cfg)?;
+            (Trainer::new(cfg, feeds.0.info().classes as i64)?, a.out.clone(), feeds)
         }
     };
-    let (train, test) = trainer::load_data(&tr.cfg)?;
-    let (tl, vl) = trainer::loaders(&tr.cfg, train, test);
     let page = out.join("report.html");
     trainer::run_with(&mut tr, &tl, &vl, &out, &mut |_| {
         if a.report {
