@@ -28,7 +28,7 @@ pub use image::{decode, read_image, Image};
 pub use loader::{Batch, Loader, LoaderConfig};
 pub use npy::{read_npy, write_npy, NpyArray};
 pub use png::read_png;
-pub use source::{ImageFolder, Source, Split, Subset};
+pub use source::{ImageFolder, Source, Split, Subset, VAL_LABELS};
 pub use stream::{StreamConfig, StreamLoader, U8Batch, IMAGENET_MEAN, IMAGENET_STD};
 pub use transform::{Filter, Geometry, Transform};
 

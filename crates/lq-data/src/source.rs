@@ -91,8 +91,13 @@ impl ImageFolder {
             Split::Val => "val",
         });
         if split == Split::Val {
-            if let Some(extra) = list(&dir, true)?.into_iter().find(|c| class_names.binary_search(c).is_err()) {
+            let sub = list(&dir, true)?;
+            if let Some(extra) = sub.iter().find(|c| class_names.binary_search(c).is_err()) {
                 return Err(Error::format(&dir.join(extra), "class folder missing from train/"));
+            }
+            let label_file = root.join(VAL_LABELS);
+            if sub.is_empty() && label_file.is_file() {
+                return Self::flat_val(&dir, &label_file, class_names);
             }
         }
         let (mut files, mut labels) = (Vec::new(), Vec::new());
@@ -105,6 +110,40 @@ impl ImageFolder {
                 files.push(cdir.join(f));
                 labels.push(label as u16);
             }
+        }
+        Ok(ImageFolder { class_names, files, labels })
+    }
+}
+
+/// The label file of a flat `val/` folder (ImageNet's validation images as distributed, without class folders).
+pub const VAL_LABELS: &str = "val_labels.txt";
+
+impl ImageFolder {
+    /// `val/` holds the images directly and `root/val_labels.txt` names each one's class: lines `FILE CLASS`
+    /// (space, tab or comma separated; blank lines and `#` comments skipped), or Kaggle's `LOC_val_solution.csv`
+    /// as is (header `ImageId,PredictionString`; the class is the first word of the prediction string, the file
+    /// `ImageId.JPEG`). Errors name the label file and line; a listed file that is missing is a bad file at load.
+    fn flat_val(dir: &Path, label_file: &Path, class_names: Vec<String>) -> Result<Self> {
+        let text = std::fs::read_to_string(label_file).map_err(|e| Error::io(label_file, e))?;
+        let (mut files, mut labels) = (Vec::new(), Vec::new());
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with("ImageId,") {
+                continue;
+            }
+            let mut words = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty());
+            let (Some(file), Some(class)) = (words.next(), words.next()) else {
+                return Err(Error::format(label_file, format!("line {}: expected `FILE CLASS`", n + 1)));
+            };
+            let label = class_names.binary_search_by(|c| c.as_str().cmp(class)).map_err(|_| {
+                Error::format(label_file, format!("line {}: class `{class}` is not a folder of train/", n + 1))
+            })?;
+            if file.contains('/') || file.contains('\\') || file == ".." {
+                return Err(Error::format(label_file, format!("line {}: `{file}` is not a file name", n + 1)));
+            }
+            let name = if Path::new(file).extension().is_some() { file.to_string() } else { format!("{file}.JPEG") };
+            files.push(dir.join(name));
+            labels.push(label as u16);
         }
         Ok(ImageFolder { class_names, files, labels })
     }

@@ -449,3 +449,31 @@ fn check_counts_images_sizes_and_every_bad_file() {
     let b = bench(&src, Transform::fb(32), 16, &[1, 2]);
     assert!(b.total_ms() > 0.0 && b.scaling.len() == 2 && b.scaling.iter().all(|s| s.1 > 0.0), "{b:?}");
 }
+
+/// ImageNet's validation images as distributed: one flat `val/` folder and a label file (our `FILE CLASS` lines
+/// or Kaggle's LOC_val_solution.csv); classes come from `train/`.
+#[test]
+fn flat_val_folder_with_a_label_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for c in ["n01", "n02"] {
+        std::fs::create_dir_all(root.join("train").join(c)).unwrap();
+        std::fs::write(root.join("train").join(c).join("a.png"), png_rgb(4, 4, &[9; 48])).unwrap();
+    }
+    std::fs::create_dir_all(root.join("val")).unwrap();
+    for f in ["v1.JPEG", "v2.JPEG", "v3.png"] {
+        std::fs::write(root.join("val").join(f), png_rgb(4, 4, &[7; 48])).unwrap();
+    }
+    let labels = root.join(lq_data::VAL_LABELS);
+    std::fs::write(&labels, "ImageId,PredictionString\nv1,n02 1 2 3 4\nv2,n01 5 6 7 8\n# comment\nv3.png n02\n")
+        .unwrap();
+    let v = lq_data::ImageFolder::open(root, lq_data::Split::Val).unwrap();
+    assert_eq!(v.labels, [1, 0, 1]);
+    assert_eq!(v.files[0], root.join("val/v1.JPEG"));
+    assert!(v.load(2).is_ok());
+    std::fs::write(&labels, "v1 n03\n").unwrap();
+    let e = lq_data::ImageFolder::open(root, lq_data::Split::Val).unwrap_err().to_string();
+    assert!(e.contains("val_labels.txt") && e.contains("line 1") && e.contains("n03"), "{e}");
+    std::fs::write(&labels, "../x n01\n").unwrap();
+    assert!(lq_data::ImageFolder::open(root, lq_data::Split::Val).is_err());
+}
