@@ -40,8 +40,9 @@ const META_KEY: &str = "lqnets";
 const HASH_KEY: &str = "lqnets.sha256";
 
 /// SHA-256 (hex) of the metadata JSON and the tensors `(name, dtype, shape, bytes)`, which must come in name order.
-/// Every field is length-prefixed so no two different contents feed the same byte stream.
-fn content_hash<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+/// Every field is length-prefixed so no two different contents feed the same byte stream. The one content hash of
+/// lqnets files: model files here, checkpoints in `lq-train`.
+pub fn content_hash<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
     let mut h = Sha256::new();
     let mut put = |b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());

@@ -2,15 +2,15 @@
 //! momentum buffer (`momentum/<name>`) and, as JSON metadata under `lqnets`, the quantizer states (bases, EMA,
 //! step), the epoch, the best accuracy, the resolved config and what the data looked like (classes, input shape,
 //! normalisation: `eval` and `export` then need no training set). A SHA-256 of the content under `lqnets.sha256`
-//! is verified on load, so an edited or damaged file is an error, not a silently different model. Written
-//! atomically: temporary file, fsync, rename.
+//! (the model file's [`content_hash`]) is verified on load, so an edited or damaged file is an error, not a
+//! silently different model. Written atomically: temporary file, fsync, rename.
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::quant::Quantizer;
 use lq_data::Normalize;
+use lq_engine::model::content_hash;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -87,22 +87,6 @@ fn upgrade_v1(j: &mut serde_json::Value) -> Option<()> {
     Some(())
 }
 
-/// SHA-256 over the metadata JSON and every tensor's name, shape and little-endian bytes, in the given order.
-fn digest<'a>(json: &str, tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
-    let mut h = Sha256::new();
-    h.update((json.len() as u64).to_le_bytes());
-    h.update(json.as_bytes());
-    for (name, shape, bytes) in tensors {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((shape.len() as u64).to_le_bytes());
-        shape.iter().for_each(|d| h.update((*d as u64).to_le_bytes()));
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Writes `tensors` and `meta` to `path` atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<()> {
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
@@ -122,7 +106,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<()
         .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::file(path, e))?)))
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| Error::file(path, e))?;
-    let hash = digest(&json, host.iter().map(|(n, s, b)| (n.as_str(), s.as_slice(), b.as_slice())));
+    let hash = content_hash(&json, host.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())));
     let info = HashMap::from([("lqnets".to_string(), json), ("lqnets.sha256".to_string(), hash)]);
     let bytes = safetensors::serialize(views, &Some(info)).map_err(|e| Error::file(path, e))?;
     write_atomic(path, &bytes)
@@ -188,7 +172,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(HostTensors, Meta), String> {
     }
     if meta.version >= 2 {
         let want = info.and_then(|m| m.get("lqnets.sha256")).ok_or("no content hash (lqnets.sha256)")?;
-        let got = digest(json, views.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
+        let got = content_hash(json, views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())));
         if &got != want {
             return Err("content hash mismatch: the file was modified or corrupted after it was written".into());
         }
