@@ -179,8 +179,18 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(HostTensors, Meta), String> {
     }
     meta.config.validate().map_err(|e| format!("stored {e}"))?;
     if let Some(d) = &meta.data {
-        if d.classes == 0 || d.input.contains(&0) {
-            return Err(format!("data: {} classes, input {:?}", d.classes, d.input));
+        // Checked before anything is allocated from them (the normalisation expands to c·h·w floats).
+        let [c, h, w] = d.input;
+        let max = crate::config::MAX_SIZE;
+        if !(1..=65535).contains(&d.classes)
+            || !(1..=4).contains(&c)
+            || !(1..=max).contains(&h)
+            || !(1..=max).contains(&w)
+        {
+            return Err(format!(
+                "data: {} classes, input {:?} (1..=65535 classes, 1..=4 channels, sides 1..={max})",
+                d.classes, d.input
+            ));
         }
     }
     for q in &meta.quantizers {

@@ -23,6 +23,10 @@ pub struct TrainConfig {
     pub run: RunConfig,
 }
 
+/// Largest input side (`data.size`, and the input of a checkpoint's data description): far above any network here,
+/// and small enough that a per-pixel normalisation (`3·size²` floats) is a modest allocation.
+pub const MAX_SIZE: usize = 2048;
+
 /// Datasets lqnets reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -291,8 +295,8 @@ impl TrainConfig {
             }
         }
         self.model.check(&self.quant)?;
-        if self.data.size == 0 {
-            return bad("data.size", "must be > 0".into());
+        if !(1..=MAX_SIZE).contains(&self.data.size) {
+            return bad("data.size", format!("{}: use 1..={MAX_SIZE}", self.data.size));
         }
         let o = &self.optim;
         for (k, v) in [

@@ -389,7 +389,7 @@ impl Graph {
                         let bias = conv.b.as_ref().map_or(0, numel);
                         let params = numel(&conv.w) + bias;
                         let macs = (c * h * w) as u64 * (c_in * k * k) as u64;
-                        let a_in = match self.nodes.get(n.inputs[0].wrapping_sub(1)).map(|p| &p.layer) {
+                        let a_in = match n.inputs[0].checked_sub(1).and_then(|p| self.nodes.get(p)).map(|p| &p.layer) {
                             Some(Layer::Act(a)) => a.quant.as_ref().map_or(32, |q| q.state.bits),
                             _ => 32,
                         };

@@ -63,6 +63,14 @@ fn edited_checkpoints_are_rejected_by_name() {
     let e = load_err(&ck);
     assert!(e.contains("quantizer") && e.contains("2-bit") && e.contains("3-bit"), "{e}");
 
+    // A data description whose input would allocate without bound (the normalisation expands to c·h·w).
+    std::fs::write(&ck, &orig).unwrap();
+    rewrite(&ck, |_, m| m.data.as_mut().unwrap().input = [3, 1 << 30, 1 << 30]);
+    let e = load_err(&ck);
+    assert!(e.contains("data:") && e.contains("sides"), "{e}");
+    let e = TrainConfig::load(None, &["data.size=100000".into()]).unwrap_err().to_string();
+    assert!(e.contains("data.size"), "{e}");
+
     // Non-finite weights.
     std::fs::write(&ck, &orig).unwrap();
     rewrite(&ck, |t, _| {
