@@ -25,7 +25,7 @@ pub use dataset::Dataset;
 pub use error::{Error, Result};
 pub use idx::load_idx;
 pub use image::{decode, read_image, Image};
-pub use loader::{Batch, Loader, LoaderConfig};
+pub use loader::{Batch, Loader, LoaderConfig, Shard};
 pub use npy::{read_npy, write_npy, NpyArray};
 pub use png::read_png;
 pub use source::{ImageFolder, Source, Split, Subset, VAL_LABELS};

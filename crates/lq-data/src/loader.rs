@@ -1,8 +1,9 @@
 //! Batches prepared by worker threads ahead of the training step, with seeded, reproducible shuffling.
 //!
-//! The order of an epoch is a permutation seeded by `(seed, epoch)`; each batch's augmentation draws from an RNG
-//! seeded by `(seed, epoch, batch)`. So a batch does not depend on which worker made it or on the number of
-//! workers, and a run resumed at an epoch boundary sees exactly the batches it would have seen.
+//! The order of an epoch is a permutation seeded by `(seed, epoch)`; each image's augmentation draws from an RNG
+//! seeded by `(seed, epoch, image index)`. So a batch does not depend on which worker made it, on the number of
+//! workers or on how it is sharded over data-parallel ranks ([`Shard`]), and a run resumed at an epoch boundary
+//! sees exactly the batches it would have seen.
 use crate::augment::{pad_crop_flip, plain, Normalize};
 use crate::dataset::Dataset;
 use rand::seq::SliceRandom;
@@ -37,6 +38,34 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Base seed.
     pub seed: u64,
+    /// The part of every batch this process takes (data-parallel rank).
+    pub shard: Shard,
+}
+
+/// A data-parallel rank's part of every batch: `batch` stays the global batch, and rank `r` of `world` takes the
+/// contiguous block `[n·r/world, n·(r+1)/world)` of each batch's `n` images. The ranks' blocks in rank order are
+/// the whole batch, so the global order is the same for every world size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank, `< world`.
+    pub rank: usize,
+    /// Number of ranks (at least 1).
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// This rank's block of `batch` (all of it for one rank; a rank ≥ world gets nothing).
+    pub fn of<'a, T>(&self, batch: &'a [T]) -> &'a [T] {
+        let (n, w) = (batch.len(), self.world.max(1));
+        let r = self.rank.min(w);
+        &batch[n * r / w..n * (r + 1).min(w) / w]
+    }
 }
 
 /// A dataset, its normalisation and a batching configuration.
@@ -97,12 +126,12 @@ impl Loader {
 }
 
 fn make_batch(ds: &Dataset, norm: &Normalize, order: &[usize], cfg: &LoaderConfig, epoch: u64, b: usize) -> Batch {
-    let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(order.len())];
+    let idx = cfg.shard.of(&order[b * cfg.batch..((b + 1) * cfg.batch).min(order.len())]);
     let size = ds.c * ds.h * ds.w;
     let mut x = vec![0.0f32; idx.len() * size];
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch, b as u64));
     for (&i, out) in idx.iter().zip(x.chunks_exact_mut(size)) {
         if cfg.pad > 0 {
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch, i as u64));
             pad_crop_flip(ds.image(i), [ds.c, ds.h, ds.w], cfg.pad, norm, &mut rng, out);
         } else {
             plain(ds.image(i), norm, out);
@@ -111,7 +140,7 @@ fn make_batch(ds: &Dataset, norm: &Normalize, order: &[usize], cfg: &LoaderConfi
     Batch { x, y: idx.iter().map(|&i| ds.labels[i] as i64).collect(), shape: [idx.len(), ds.c, ds.h, ds.w] }
 }
 
-/// A seed for (base, epoch, batch): splitmix64 over the three.
+/// A seed for (base, epoch, item): splitmix64 over the three.
 pub(crate) fn mix(seed: u64, epoch: u64, batch: u64) -> u64 {
     let mut z = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ batch.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

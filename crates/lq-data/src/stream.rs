@@ -8,7 +8,7 @@
 //! counted; once an epoch's count exceeds `max_bad_fraction · len` the epoch ends with [`Error::TooManyBad`].
 use crate::augment::Normalize;
 use crate::error::{Error, Result};
-use crate::loader::{mix, Batch};
+use crate::loader::{mix, Batch, Shard};
 use crate::source::Source;
 use crate::transform::{Scratch, Transform};
 use rand::seq::SliceRandom;
@@ -71,6 +71,8 @@ pub struct StreamConfig {
     pub seed: u64,
     /// Largest fraction of the dataset allowed to fail to load in one epoch (e.g. 0.001).
     pub max_bad_fraction: f64,
+    /// The part of every batch this process takes (data-parallel rank).
+    pub shard: Shard,
 }
 
 impl Default for StreamConfig {
@@ -83,6 +85,7 @@ impl Default for StreamConfig {
             prefetch: 2,
             seed: 1,
             max_bad_fraction: 0.001,
+            shard: Shard::default(),
         }
     }
 }
@@ -150,7 +153,7 @@ impl StreamLoader {
                 std::thread::spawn(move || {
                     let mut scratch = Scratch::default();
                     for b in (wk..nb).step_by(workers) {
-                        let idx = &order[b * cfg.batch..((b + 1) * cfg.batch).min(order.len())];
+                        let idx = cfg.shard.of(&order[b * cfg.batch..((b + 1) * cfg.batch).min(order.len())]);
                         let batch = make_batch(&*src, &tf, out, idx, cfg.seed, epoch, &mut scratch, &bad);
                         if tx.send(batch).is_err() {
                             return; // the consumer stopped early

@@ -255,7 +255,15 @@ fn tiny(n: usize) -> Dataset {
 fn loader_is_reproducible_and_worker_independent() {
     let ds = Arc::new(tiny(37));
     let norm = Normalize::per_channel_of(&ds);
-    let cfg = LoaderConfig { batch: 8, shuffle: true, pad: 4, drop_last: false, workers: 1, seed: 5 };
+    let cfg = LoaderConfig {
+        batch: 8,
+        shuffle: true,
+        pad: 4,
+        drop_last: false,
+        workers: 1,
+        seed: 5,
+        shard: Shard::default(),
+    };
     let one: Vec<Batch> = Loader::new(ds.clone(), norm.clone(), cfg).epoch(3).collect();
     let three: Vec<Batch> =
         Loader::new(ds.clone(), norm.clone(), LoaderConfig { workers: 3, ..cfg }).epoch(3).collect();
@@ -271,6 +279,38 @@ fn loader_is_reproducible_and_worker_independent() {
     assert_eq!(seen, want);
     let dropped = Loader::new(ds, norm, LoaderConfig { drop_last: true, ..cfg });
     assert_eq!(dropped.batches(), 4);
+}
+
+/// Data-parallel shards: the ranks' parts of each batch, in rank order, are exactly the one-process batch (images,
+/// augmentation and labels), for every world size; a batch that does not split evenly still splits completely.
+#[test]
+fn shards_of_a_batch_make_the_whole_batch() {
+    let ds = Arc::new(tiny(37));
+    let norm = Normalize::per_channel_of(&ds);
+    let cfg = LoaderConfig {
+        batch: 12,
+        shuffle: true,
+        pad: 4,
+        drop_last: false,
+        workers: 2,
+        seed: 9,
+        shard: Shard::default(),
+    };
+    let whole: Vec<Batch> = Loader::new(ds.clone(), norm.clone(), cfg).epoch(2).collect();
+    for world in [2, 3, 4] {
+        let parts: Vec<Vec<Batch>> = (0..world)
+            .map(|rank| {
+                Loader::new(ds.clone(), norm.clone(), LoaderConfig { shard: Shard { rank, world }, ..cfg })
+                    .epoch(2)
+                    .collect()
+            })
+            .collect();
+        for (b, w) in whole.iter().enumerate() {
+            let x: Vec<f32> = parts.iter().flat_map(|p| p[b].x.clone()).collect();
+            let y: Vec<i64> = parts.iter().flat_map(|p| p[b].y.clone()).collect();
+            assert_eq!((&x, &y), (&w.x, &w.y), "world {world}, batch {b}");
+        }
+    }
 }
 
 #[test]

@@ -189,6 +189,29 @@ fn tiny(n: usize) -> Dataset {
     Dataset { images, labels: (0..n).map(|i| (i % 10) as u16).collect(), c: 3, h: 8, w: 8, classes: 10 }
 }
 
+/// The streamed loader shards like the in-memory one: the ranks' parts of each batch in rank order are the
+/// one-process batch, augmentation included.
+#[test]
+fn stream_shards_make_the_whole_batch() {
+    let src: Arc<dyn Source> = Arc::new(tiny(30));
+    let cfg = StreamConfig { batch: 8, workers: 2, ..Default::default() };
+    let whole: Vec<U8Batch> =
+        StreamLoader::new(src.clone(), Transform::cifar(2), cfg).unwrap().epoch(1).collect::<Result<_>>().unwrap();
+    for world in [2, 3] {
+        let parts: Vec<Vec<U8Batch>> = (0..world)
+            .map(|rank| {
+                let c = StreamConfig { shard: Shard { rank, world }, ..cfg };
+                StreamLoader::new(src.clone(), Transform::cifar(2), c).unwrap().epoch(1).collect::<Result<_>>().unwrap()
+            })
+            .collect();
+        for (b, w) in whole.iter().enumerate() {
+            let x: Vec<u8> = parts.iter().flat_map(|p| p[b].x.clone()).collect();
+            let y: Vec<i64> = parts.iter().flat_map(|p| p[b].y.clone()).collect();
+            assert_eq!((&x, &y), (&w.x, &w.y), "world {world}, batch {b}");
+        }
+    }
+}
+
 #[test]
 fn workers_stop_ahead_of_a_slow_consumer() {
     let src = Arc::new(Counting(tiny(100_000), AtomicUsize::new(0)));
@@ -217,7 +240,15 @@ fn in_memory_dataset_is_a_source_and_u8_batches_normalise_like_the_f32_loader() 
     let old = Loader::new(
         Arc::new(ds),
         norm,
-        LoaderConfig { batch: 10, shuffle: false, pad: 0, drop_last: false, workers: 1, seed: 1 },
+        LoaderConfig {
+            batch: 10,
+            shuffle: false,
+            pad: 0,
+            drop_last: false,
+            workers: 1,
+            seed: 1,
+            shard: Default::default(),
+        },
     )
     .epoch(0)
     .next()

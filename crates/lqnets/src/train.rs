@@ -175,7 +175,15 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let loader = Loader::new(
         ds,
         norm,
-        LoaderConfig { batch: a.batch, shuffle: true, pad: 4, drop_last: true, workers: 2, seed: 1 },
+        LoaderConfig {
+            batch: a.batch,
+            shuffle: true,
+            pad: 4,
+            drop_last: true,
+            workers: 2,
+            seed: 1,
+            shard: Default::default(),
+        },
     );
     let settings: Vec<&str> = a.settings.split(',').map(str::trim).collect();
     let mut runs = Vec::new();
