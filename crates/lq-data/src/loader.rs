@@ -81,6 +81,11 @@ impl Loader {
         let cfg = LoaderConfig { batch: cfg.batch.max(1), workers: cfg.workers.max(1), ..cfg };
         Loader { ds, norm: Arc::new(norm), cfg }
     }
+    /// The same loader taking `shard`'s part of every batch.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.cfg.shard = shard;
+        self
+    }
     /// The normalisation applied to every image.
     pub fn norm(&self) -> &Normalize {
         &self.norm

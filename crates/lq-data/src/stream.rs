@@ -114,6 +114,11 @@ impl StreamLoader {
         };
         Ok(StreamLoader { src, tf, cfg, out, bad: Default::default() })
     }
+    /// The same loader taking `shard`'s part of every batch.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.cfg.shard = shard;
+        self
+    }
     /// Output image shape `[h, w, c]`.
     pub fn out_shape(&self) -> [usize; 3] {
         self.out

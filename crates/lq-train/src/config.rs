@@ -180,6 +180,9 @@ pub struct RunConfig {
     pub device: DeviceSpec,
     /// Stop after this many steps per epoch (0 = full epochs); for smoke runs and benchmarks.
     pub max_steps_per_epoch: usize,
+    /// Data-parallel runs: BatchNorm statistics over the whole global batch (synchronised BN) instead of each
+    /// rank's part (PyTorch DDP's default).
+    pub sync_bn: bool,
 }
 
 impl Default for DataConfig {
@@ -215,7 +218,7 @@ impl Default for OptimConfig {
 }
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { seed: 1, device: DeviceSpec::Cpu, max_steps_per_epoch: 0 }
+        RunConfig { seed: 1, device: DeviceSpec::Cpu, max_steps_per_epoch: 0, sync_bn: false }
     }
 }
 

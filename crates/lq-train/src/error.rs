@@ -22,6 +22,10 @@ pub enum Error {
     /// Data loading failed.
     #[error(transparent)]
     Data(#[from] lq_data::Error),
+    /// Data-parallel training failed: joining the group, a collective (a rank died or timed out), or ranks that
+    /// disagree.
+    #[error("data-parallel: {0}")]
+    Dist(String),
     /// A configuration key is unknown or its value invalid.
     #[error("config: {0}")]
     Config(String),

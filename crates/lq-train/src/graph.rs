@@ -113,14 +113,14 @@ impl Graph {
             let y = match &mut n.layer {
                 Layer::Conv(c) => c.forward(ins[0], train)?,
                 Layer::Act(a) => {
-                    let h = a.pre(ins[0], train);
+                    let h = a.pre(ins[0], train)?;
                     if let (Some(p), Some(q)) = (probe.as_mut(), a.quant.as_ref()) {
                         p(q, &h);
                     }
                     a.quantize(&h, train)?
                 }
                 Layer::Bn { bn, relu } => {
-                    let y = ins[0].apply_t(bn, train);
+                    let y = crate::dist::batch_norm(ins[0], bn, train)?;
                     if *relu {
                         y.relu()
                     } else {
@@ -160,6 +160,44 @@ impl Graph {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Data-parallel half of the QEM phase: the activation quantizers' moments of the last training forward
+    /// (each rank saw its own images) are summed over the ranks in **one** f64 all-reduce, together with the
+    /// caller's `extra` words (the step's loss and accuracy counts), so that [`Graph::fit_quantizers`] solves the
+    /// same least squares on every rank, on the whole global batch. Weight quantizers need no reduction: every
+    /// rank holds the same weights.
+    pub fn reduce_moments(&mut self, extra: &mut [f64], g: &crate::dist::Group) -> Result<()> {
+        let mut qs: Vec<&mut Quantizer> =
+            self.quantizers_mut().into_iter().filter(|q| q.state.code_set == lq_quant::CodeSet::Binary).collect();
+        let mut buf: Vec<f64> = extra.to_vec();
+        for q in qs.iter_mut() {
+            for m in q.pending_moments().into_iter().flatten() {
+                buf.extend(m.count.iter().map(|&c| c as f64));
+                buf.extend_from_slice(&m.sum);
+                buf.push(m.sum_sq);
+            }
+        }
+        g.sum_f64(&mut buf)?;
+        extra.copy_from_slice(&buf[..extra.len()]);
+        let mut it = buf[extra.len()..].iter().copied();
+        for q in qs.iter_mut() {
+            for m in q.pending_moments().into_iter().flatten() {
+                // Counts are sums of whole numbers below 2^53: exact in f64.
+                m.count.iter_mut().zip(&mut it).for_each(|(c, v)| *c = v as u64);
+                m.sum.iter_mut().zip(&mut it).for_each(|(s, v)| *s = v);
+                m.sum_sq = it.next().unwrap_or(0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The QEM phase of a training step, after backward: every quantizer updates its basis from the moments of
+    /// the last training forward ([`Quantizer::fit`]).
+    pub fn fit_quantizers(&mut self) -> Result<()> {
+        let mut qs = self.quantizers_mut();
+        crate::quant::gather_moments(&mut qs)?;
+        qs.into_iter().try_for_each(|q| q.fit())
     }
 
     /// Every quantizer, mutable (checkpoint restore).

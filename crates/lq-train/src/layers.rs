@@ -86,11 +86,20 @@ pub fn dotted(p: &nn::Path) -> String {
     p.components().collect::<Vec<_>>().join(".")
 }
 
+/// BatchNorm momentum (the official decay 0.9).
+pub const BN_MOMENTUM: f64 = 0.1;
+/// BatchNorm ε.
+pub const BN_EPS: f64 = 1e-5;
+
 /// BatchNorm with the official settings: decay 0.9 (momentum 0.1), ε = 1e-5; without γ/β when not `affine` (the
 /// official FC-side BNs), γ starting at 0 when `zero_gamma` (last BN of a post-activation residual branch).
 pub fn batch_norm(p: &nn::Path, c: i64, affine: bool, zero_gamma: bool) -> nn::BatchNorm {
     let ws_init = if zero_gamma { Init::Const(0.0) } else { Init::Const(1.0) };
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { momentum: 0.1, eps: 1e-5, affine, ws_init, ..Default::default() })
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig { momentum: BN_MOMENTUM, eps: BN_EPS, affine, ws_init, ..Default::default() },
+    )
 }
 
 /// BN → ReLU → activation quantizer (spec §1.4). The BN is absent where the official code quantizes a tensor
@@ -116,16 +125,16 @@ impl BnReluQuant {
 
     /// `Q(relu(bn(x)))`.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.pre(x, train);
+        let h = self.pre(x, train)?;
         self.quantize(&h, train)
     }
 
     /// `relu(bn(x))`: the quantizer's input.
-    pub fn pre(&self, x: &Tensor, train: bool) -> Tensor {
-        match &self.bn {
-            Some(bn) => x.apply_t(bn, train).relu(),
+    pub fn pre(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(match &self.bn {
+            Some(bn) => crate::dist::batch_norm(x, bn, train)?.relu(),
             None => x.relu(),
-        }
+        })
     }
 
     /// `Q(h)` (or `h` without a quantizer).

@@ -18,6 +18,7 @@ pub use trainer::{Stats, Trainer};
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 mod error;
 pub mod export;
 pub mod graph;

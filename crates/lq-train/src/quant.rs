@@ -22,6 +22,34 @@ pub enum Method {
     Hwgq,
 }
 
+/// QEM moments of a training forward: on the host (the fused CPU pass), or still on the device as a
+/// `[rows, 2·levels + 1]` f64 tensor (per sorted level: counts, then sums; then Σx²) until [`gather_moments`]
+/// brings every quantizer's to the host in one copy.
+#[derive(Debug)]
+enum Pending {
+    Host(Vec<Moments>),
+    Device(Tensor),
+}
+
+impl Clone for Pending {
+    fn clone(&self) -> Self {
+        match self {
+            Pending::Host(m) => Pending::Host(m.clone()),
+            Pending::Device(t) => Pending::Device(t.copy()),
+        }
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (Pending::Host(a), Pending::Host(b)) => a == b,
+            (Pending::Device(a), Pending::Device(b)) => a.equal(b),
+            _ => false,
+        }
+    }
+}
+
 /// A quantizer's state: its QEM state (bits, code set, bases, EMA) and the method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quantizer {
@@ -34,6 +62,9 @@ pub struct Quantizer {
     /// Mean squared quantization error of the last training forward.
     #[serde(skip)]
     pub last_mse: f64,
+    /// The levels and QEM moments of the last training forward, until [`Quantizer::fit`] uses them.
+    #[serde(skip)]
+    pending: Option<(Vec<Levels>, Pending)>,
 }
 
 impl Quantizer {
@@ -48,7 +79,7 @@ impl Quantizer {
         if method == Method::Hwgq && bits != 1 {
             return Err(Error::Config(format!("{name}: HWGQ weights are 1-bit, got {bits}")));
         }
-        Ok(Quantizer { name: name.into(), method, state, last_mse: 0.0 })
+        Ok(Quantizer { name: name.into(), method, state, last_mse: 0.0, pending: None })
     }
 
     /// Activation quantizer (one basis per layer).
@@ -64,7 +95,7 @@ impl Quantizer {
             }
             Method::Hwgq => return Err(Error::Config(format!("{name}: HWGQ activations are 2-bit, got {bits}"))),
         };
-        Ok(Quantizer { name: name.into(), method, state, last_mse: 0.0 })
+        Ok(Quantizer { name: name.into(), method, state, last_mse: 0.0, pending: None })
     }
 
     fn err(&self, source: lq_quant::Error) -> Error {
@@ -113,7 +144,6 @@ impl Quantizer {
         if x.numel() == 0 {
             return Ok(x.detach().zeros_like());
         }
-        let fit = train && self.method == Method::Lq;
         let rows = if self.state.code_set == CodeSet::Signed { x.size()[0] as usize } else { 1 };
         let xd = x.detach().contiguous();
         let on_cpu = x.device() == Device::Cpu && x.kind() == Kind::Float;
@@ -131,7 +161,7 @@ impl Quantizer {
         if levels.len() == 1 && rows > 1 {
             levels = vec![levels[0].clone(); rows];
         }
-        let (q, moments) = if on_cpu {
+        let (q, pending) = if on_cpu {
             let q = match out {
                 Some(o) if o.numel() == xd.numel() && o.is_contiguous() && o.kind() == Kind::Float => o.shallow_clone(),
                 _ => Tensor::empty(x.size().as_slice(), (Kind::Float, Device::Cpu)),
@@ -140,70 +170,124 @@ impl Quantizer {
             // tensor, or the caller's fresh clamp output), and nothing else reads or writes it meanwhile.
             let y = unsafe { std::slice::from_raw_parts_mut(q.data_ptr() as *mut f32, q.numel()) };
             let m = quantize(&levels, host.expect("cpu input"), y, None, train).map_err(|e| self.err(e))?;
-            (q, m)
+            (q, m.map(Pending::Host))
         } else {
-            tensor_quantize(&xd, &levels, train)?
+            let (q, stats) = tensor_quantize(&xd, &levels, train)?;
+            (q, stats.map(Pending::Device))
         };
-        if let Some(m) = moments {
-            self.record(&levels, &m, fit)?;
+        if let Some(p) = pending {
+            self.pending = Some((levels, p));
         }
         Ok(q)
     }
 
-    /// Keeps the error of this forward for the metrics and runs the QEM basis update.
-    fn record(&mut self, levels: &[Levels], m: &[Moments], fit: bool) -> Result<()> {
+    /// The host moments of the last training forward, not yet used by [`Quantizer::fit`] (one per basis row);
+    /// `None` while they are still on the device (see [`gather_moments`]).
+    pub fn pending_moments(&mut self) -> Option<&mut [Moments]> {
+        match &mut self.pending {
+            Some((_, Pending::Host(m))) => Some(m.as_mut_slice()),
+            _ => None,
+        }
+    }
+
+    /// The QEM phase: keeps the error of the last training forward for the metrics and updates the basis from its
+    /// moments (LQ), or keeps the per-layer basis actually used (uniform/HWGQ, for checkpoints and export). Does
+    /// nothing without a training forward since the last call.
+    pub fn fit(&mut self) -> Result<()> {
+        let m = match self.pending.take() {
+            None => return Ok(()),
+            Some((levels, Pending::Host(m))) => (levels, m),
+            Some((levels, Pending::Device(t))) => {
+                let v = Vec::<f64>::try_from(&t.flatten(0, -1).to_device(Device::Cpu))?;
+                let m = moments_from_stats(&levels, &v);
+                (levels, m)
+            }
+        };
+        let (levels, m) = m;
         let n: u64 = m.iter().map(Moments::n).sum();
-        let sse: f64 = m.iter().zip(levels).map(|(m, l)| m.mse(&l.basis(), l.code_set()) * m.n() as f64).sum();
+        let sse: f64 = m.iter().zip(&levels).map(|(m, l)| m.mse(&l.basis(), l.code_set()) * m.n() as f64).sum();
         self.last_mse = sse / n.max(1) as f64;
-        if fit {
-            self.state.update(m, DEFAULT_RIDGE).map_err(|e| self.err(e))?;
-        } else if self.method != Method::Lq {
-            // Keep the per-layer basis actually used, so checkpoints and the exporter see it.
+        if self.method == Method::Lq {
+            self.state.update(&m, DEFAULT_RIDGE).map_err(|e| self.err(e))?;
+        } else {
             self.state.basis = levels[0].basis();
         }
         Ok(())
     }
 }
 
-/// Quantization with tensor ops (any device; the CPU uses the fused pass instead and tests compare the two): index = #thresholds below, value = gathered level; statistics by
-/// one-hot sums, copied to the host (2^K numbers per row).
-pub fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Tensor, Option<Vec<Moments>>)> {
+/// Brings every quantizer's device-side moments to the host in **one** copy (the step's only host
+/// synchronisation for the quantizers), so that [`Quantizer::pending_moments`] and [`Quantizer::fit`] see them.
+pub fn gather_moments(qs: &mut [&mut Quantizer]) -> Result<()> {
+    let dev: Vec<&Tensor> = qs
+        .iter()
+        .filter_map(|q| match &q.pending {
+            Some((_, Pending::Device(t))) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if dev.is_empty() {
+        return Ok(());
+    }
+    let flat: Vec<Tensor> = dev.iter().map(|t| t.flatten(0, -1)).collect();
+    let host = Vec::<f64>::try_from(&Tensor::cat(&flat, 0).to_device(Device::Cpu))?;
+    let mut off = 0;
+    for q in qs.iter_mut() {
+        if let Some((levels, Pending::Device(t))) = &q.pending {
+            let n = t.numel();
+            let m = moments_from_stats(levels, &host[off..off + n]);
+            off += n;
+            q.pending = Some((levels.clone(), Pending::Host(m)));
+        }
+    }
+    Ok(())
+}
+
+/// Moments from the `[rows, 2·levels + 1]` statistics of [`tensor_quantize`] (per sorted level: counts, sums;
+/// then Σx²), mapped from sorted levels to codes.
+pub fn moments_from_stats(levels: &[Levels], v: &[f64]) -> Vec<Moments> {
+    let nl = levels.first().map_or(0, |l| l.levels().len());
+    levels
+        .iter()
+        .zip(v.chunks_exact(2 * nl + 1))
+        .map(|(l, row)| {
+            let mut m = Moments::new(l.bits());
+            for s in 0..nl {
+                let c = l.codes()[s] as usize;
+                m.count[c] += row[s] as u64;
+                m.sum[c] += row[nl + s];
+            }
+            m.sum_sq = row[2 * nl];
+            m
+        })
+        .collect()
+}
+
+/// Quantization with tensor ops (any device; the CPU uses the fused pass instead and tests compare the two):
+/// index = number of thresholds below (`bucketize` on each row's sorted thresholds), value = gathered level. With
+/// `stats`, the QEM statistics stay on the device: a `[rows, 2·levels + 1]` f64 tensor of per-level counts and sums
+/// (`scatter_add` on the indices) and Σx² (see [`moments_from_stats`]); nothing is copied to the host.
+pub fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Tensor, Option<Tensor>)> {
     let dev = x.device();
     let rows = levels.len() as i64;
     let flat = x.reshape([rows, -1]);
-    let thr: Vec<f32> = levels.iter().flat_map(|l| l.thresholds().to_vec()).collect();
-    let lv: Vec<f32> = levels.iter().flat_map(|l| l.levels().to_vec()).collect();
     let nl = levels[0].levels().len() as i64;
-    let thr = Tensor::from_slice(&thr).view([rows, 1, nl - 1]).to_device(dev);
-    let lv = Tensor::from_slice(&lv).view([rows, nl]).to_device(dev);
-    let idx = flat.unsqueeze(-1).gt_tensor(&thr).sum_dim_intlist(-1, false, Kind::Int64);
+    // One upload for both tables: thresholds (nl − 1) then levels (nl), per row.
+    let tab: Vec<f32> = levels.iter().flat_map(|l| l.thresholds().iter().chain(l.levels()).copied()).collect();
+    let tab = Tensor::from_slice(&tab).view([rows, 2 * nl - 1]).to_device(dev);
+    let (thr, lv) = (tab.narrow(1, 0, nl - 1).contiguous(), tab.narrow(1, nl - 1, nl));
+    // right = false: the number of thresholds strictly below x (a value on a threshold takes the lower level).
+    let idx = flat.contiguous().searchsorted(&thr, false, false, "left", None::<Tensor>);
     let q = lv.gather(1, &idx, false).reshape(x.size().as_slice());
     if !stats {
         return Ok((q, None));
     }
-    let onehot = idx.one_hot(nl).to_kind(Kind::Double);
     let xd = flat.to_kind(Kind::Double);
-    let count =
-        Vec::<f64>::try_from(&onehot.sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu).flatten(0, -1))?;
-    let sum = Vec::<f64>::try_from(
-        &(onehot * xd.unsqueeze(-1)).sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu).flatten(0, -1),
-    )?;
-    let sq = Vec::<f64>::try_from(&(&xd * &xd).sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu))?;
-    let moments = levels
-        .iter()
-        .enumerate()
-        .map(|(r, l)| {
-            let mut m = Moments::new(l.bits());
-            for s in 0..nl as usize {
-                let c = l.codes()[s] as usize;
-                m.count[c] += count[r * nl as usize + s] as u64;
-                m.sum[c] += sum[r * nl as usize + s];
-            }
-            m.sum_sq = sq[r];
-            m
-        })
-        .collect();
-    Ok((q, Some(moments)))
+    let opts = (Kind::Double, dev);
+    let count = Tensor::zeros([rows, nl], opts).scatter_add(1, &idx, &xd.ones_like());
+    let sum = Tensor::zeros([rows, nl], opts).scatter_add(1, &idx, &xd);
+    let sq = (&xd * &xd).sum_dim_intlist(1, true, Kind::Double);
+    Ok((q, Some(Tensor::cat(&[count, sum, sq], 1))))
 }
 
 #[cfg(test)]
@@ -230,7 +314,7 @@ mod tests {
             let (q, tm) =
                 tensor_quantize(&Tensor::from_slice(&x).view([rows as i64, n as i64]), &levels, true).unwrap();
             assert_eq!(Vec::<f32>::try_from(&q.flatten(0, -1)).unwrap(), y);
-            let tm = tm.unwrap();
+            let tm = moments_from_stats(&levels, &Vec::<f64>::try_from(&tm.unwrap().flatten(0, -1)).unwrap());
             for (a, b) in m.iter().zip(&tm) {
                 assert_eq!(a.count, b.count);
                 assert!(a.sum.iter().zip(&b.sum).all(|(p, q)| (p - q).abs() < 1e-9 * (1.0 + p.abs())));

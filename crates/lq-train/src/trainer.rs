@@ -1,12 +1,14 @@
-//! The training loop: a step reads top to bottom (lr, forward, loss, backward, SGD, stats; the QEM basis updates
-//! happen inside the forward), the epoch loop adds evaluation, checkpoints and the metrics log.
+//! The training loop: a step reads top to bottom (lr → forward → loss → backward → all-reduce of gradients and
+//! moments when data-parallel → SGD → QEM → stats); the epoch loop adds evaluation, checkpoints and the metrics
+//! log (rank 0 alone writes files).
 use crate::checkpoint::{self, DataInfo, Meta};
 use crate::config::{Augment, DatasetKind, DeviceSpec, NormalizeKind, TrainConfig};
+use crate::dist::Group;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::optim::{lr_at, Sgd};
 use lq_data::{
-    load_cifar, load_idx, Batch, Cifar, Dataset, ImageFolder, Loader, LoaderConfig, Normalize, Source, Split,
+    load_cifar, load_idx, Batch, Cifar, Dataset, ImageFolder, Loader, LoaderConfig, Normalize, Shard, Source, Split,
     StreamConfig, StreamLoader, Transform, IMAGENET_MEAN, IMAGENET_STD,
 };
 use serde_json::json;
@@ -67,6 +69,8 @@ pub struct Trainer {
     pub best_acc: f64,
     /// The data the run trains on (set by [`run`], restored from checkpoints).
     pub data: Option<DataInfo>,
+    /// The data-parallel group this rank trains in ([`Trainer::join`]); `None` for one process.
+    pub group: Option<Group>,
 }
 
 /// Config keys a resumed run may change (with `--set` or in its `config.toml`): where the data lives, how the run
@@ -122,22 +126,88 @@ impl Trainer {
         let vs = nn::VarStore::new(dev);
         let net = build_net(&vs.root(), &cfg, classes)?;
         let opt = Sgd::new(&vs, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay);
-        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0, data: None })
+        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0, data: None, group: None })
     }
 
-    /// One training step on `batch` at learning rate `lr`.
+    /// Joins a data-parallel group: every rank must run the same config (up to where its data lives, its
+    /// workers and its device) and the same lqnets at the same epoch, else all fail here; then rank 0's weights,
+    /// BN statistics and momenta become everyone's, and BN is synchronised when `run.sync_bn`.
+    pub fn join(&mut self, g: Group) -> Result<()> {
+        if self.cfg.optim.batch % g.world != 0 {
+            return Err(Error::Config(format!(
+                "optim.batch = {} (the global batch) does not split evenly over {} ranks",
+                self.cfg.optim.batch, g.world
+            )));
+        }
+        let mut c = self.cfg.clone();
+        (c.run.device, c.data.dir, c.data.workers) = (DeviceSpec::Cpu, String::new(), 0);
+        let text = toml::to_string(&c).map_err(|e| Error::Config(e.to_string()))?;
+        g.agree(&[crate::dist::digest(env!("CARGO_PKG_VERSION").as_bytes())], "the lqnets version")?;
+        g.agree(&[crate::dist::digest(text.as_bytes())], "the config")?;
+        g.agree(&[self.epoch as i64], "the epoch to start from")?;
+        g.broadcast_vars(&self.vs)?;
+        tch::no_grad(|| self.opt.params.iter().try_for_each(|p| g.broadcast(&p.buf, 0)))?;
+        crate::dist::set_sync_bn(self.cfg.run.sync_bn.then_some(&g));
+        self.group = Some(g);
+        Ok(())
+    }
+
+    /// A digest of every variable and quantizer basis, bit for bit (data-parallel ranks must hold the same).
+    pub fn state_digest(&self) -> Result<i64> {
+        let mut vars = self.vs.variables().into_iter().collect::<Vec<_>>();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut bytes = Vec::new();
+        for (name, v) in vars {
+            bytes.extend(name.as_bytes());
+            let v = Vec::<f32>::try_from(v.to_device(tch::Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
+            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        for q in self.net.quantizers() {
+            bytes.extend(q.state.basis.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        Ok(crate::dist::digest(&bytes))
+    }
+
+    /// This rank's part of every batch (all of it for one process).
+    pub fn shard(&self) -> Shard {
+        self.group.as_ref().map_or(Shard::default(), |g| Shard { rank: g.rank, world: g.world })
+    }
+
+    /// Whether this process writes files and logs (rank 0, or the only process).
+    pub fn is_main(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank == 0)
+    }
+
+    /// One training step on `batch` (this rank's part of the global batch) at learning rate `lr`. The stats are
+    /// the global batch's.
     pub fn step(&mut self, batch: &Batch, lr: f64) -> Result<Stats> {
         let (x, y) = self.tensors(batch);
         let logits = self.net.forward(&x, true)?;
         let loss = logits.cross_entropy_for_logits(&y);
+        let n = batch.y.len() as f64;
         let l = loss.double_value(&[]);
-        if !l.is_finite() {
+        if self.group.is_none() && !l.is_finite() {
             return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
         }
-        loss.backward();
+        loss.f_backward().map_err(|e| match &self.group {
+            // Synchronised BN's backward runs collectives: a lost rank surfaces here.
+            Some(g) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
+            None => e.into(),
+        })?;
+        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
+        let mut s = [l * n, correct, n];
+        if let Some(g) = &self.group {
+            let vars: Vec<&Tensor> = self.opt.params.iter().map(|p| &p.var).collect();
+            g.average_grads(&vars)?;
+            self.net.reduce_moments(&mut s, g)?;
+            let l = s[0] / s[2];
+            if !l.is_finite() {
+                return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
+            }
+        }
         self.opt.step(lr);
-        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as usize;
-        Ok(Stats { loss_sum: l * batch.y.len() as f64, correct, correct5: 0, n: batch.y.len() })
+        self.net.fit_quantizers()?;
+        Ok(Stats { loss_sum: s[0], correct: s[1] as usize, correct5: 0, n: s[2] as usize })
     }
 
     /// Evaluation forward (stored bases, BN running statistics, no updates).
@@ -159,6 +229,12 @@ impl Trainer {
             let top = logits.topk(k, -1, true, true).1;
             let correct5 = top.eq_tensor(&y.unsqueeze(-1)).sum(Kind::Int64).int64_value(&[]) as usize;
             s.add(Stats { loss_sum: loss, correct, correct5, n: b.y.len() });
+        }
+        if let Some(g) = &self.group {
+            // Each rank evaluated its shard of every batch.
+            let mut v = [s.loss_sum, s.correct as f64, s.correct5 as f64, s.n as f64];
+            g.sum_f64(&mut v)?;
+            s = Stats { loss_sum: v[0], correct: v[1] as usize, correct5: v[2] as usize, n: v[3] as usize };
         }
         Ok(s)
     }
@@ -390,6 +466,7 @@ pub fn loaders(cfg: &TrainConfig, train: Dataset, test: Dataset) -> (Feed, Feed)
         drop_last: true,
         workers: cfg.data.workers,
         seed: cfg.run.seed,
+        shard: Shard::default(),
     };
     (Feed::Memory(Loader::new(Arc::new(train), norm.clone(), base)), test_loader(cfg, test, norm))
 }
@@ -403,6 +480,7 @@ pub fn test_loader(cfg: &TrainConfig, test: Dataset, norm: Normalize) -> Feed {
         drop_last: false,
         workers: cfg.data.workers,
         seed: cfg.run.seed,
+        shard: Shard::default(),
     };
     Feed::Memory(Loader::new(Arc::new(test), norm, c))
 }
@@ -427,6 +505,15 @@ pub enum Feed {
 }
 
 impl Feed {
+    /// The same feed taking `shard`'s part of every batch (data-parallel ranks).
+    pub fn with_shard(self, shard: Shard) -> Feed {
+        match self {
+            Feed::Memory(l) => Feed::Memory(l.with_shard(shard)),
+            Feed::Stream { loader, norm, desc, len } => {
+                Feed::Stream { loader: loader.with_shard(shard), norm, desc, len }
+            }
+        }
+    }
     /// Batches per epoch.
     pub fn batches(&self) -> usize {
         match self {
@@ -546,10 +633,13 @@ pub fn run_with(
         Some(_) => {}
         None => tr.data = Some(info),
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
-    let cfg_text = toml::to_string(&tr.cfg).map_err(|e| Error::Config(e.to_string()))?;
-    checkpoint::write_atomic(&out.join("config.toml"), cfg_text.as_bytes())?;
-    eprintln!("config:\n{cfg_text}");
+    let main = tr.is_main();
+    if main {
+        std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+        let cfg_text = toml::to_string(&tr.cfg).map_err(|e| Error::Config(e.to_string()))?;
+        checkpoint::write_atomic(&out.join("config.toml"), cfg_text.as_bytes())?;
+        eprintln!("config:\n{cfg_text}");
+    }
     let steps = match tr.cfg.run.max_steps_per_epoch {
         0 => train.batches(),
         m => m.min(train.batches()),
@@ -566,13 +656,26 @@ pub fn run_with(
                 e => e,
             })?;
             s.add(st);
-            progress(tr, i + 1, steps, &s, t0);
+            if main {
+                progress(tr, i + 1, steps, &s, t0);
+            }
+        }
+        if let Some(g) = &tr.group {
+            // Per-rank BN keeps per-rank running statistics: rank 0's become everyone's (as DDP's buffer
+            // broadcast), so every rank evaluates and checkpoints the same network.
+            g.broadcast_buffers(&tr.vs)?;
+            g.agree(&[tr.state_digest()?], "the weights and bases after this epoch (the ranks diverged)")?;
         }
         let test_s = tr.evaluate(test)?;
         if !test_s.loss().is_finite() || !tr.all_finite() {
             return Err(Error::Diverged { epoch: tr.epoch, test_loss: test_s.loss() });
         }
         tr.epoch += 1;
+        let best = test_s.acc() > tr.best_acc;
+        tr.best_acc = tr.best_acc.max(test_s.acc());
+        if !main {
+            continue;
+        }
         let secs = t0.elapsed().as_secs_f64();
         eprintln!(
             "\repoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {lr:.4} | {secs:.1}s",
@@ -591,8 +694,6 @@ pub fn run_with(
             .collect();
         let line = json!({"epoch": tr.epoch, "train_loss": s.loss(), "train_acc": s.acc(), "test_loss": test_s.loss(), "test_acc": test_s.acc(), "test_acc5": test_s.acc5(), "lr": lr, "seconds": secs, "quantizers": quant});
         append_line(&out.join("metrics.jsonl"), &line.to_string())?;
-        let best = test_s.acc() > tr.best_acc;
-        tr.best_acc = tr.best_acc.max(test_s.acc());
         tr.save(&out.join("last.safetensors"))?;
         if best {
             std::fs::copy(out.join("last.safetensors"), out.join("best.tmp")).map_err(|e| Error::file(out, e))?;

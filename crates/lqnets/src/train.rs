@@ -29,11 +29,114 @@ pub struct TrainArgs {
     /// Refresh the run's report.html (the `lqnets report` dashboard) after each epoch.
     #[arg(long)]
     report: bool,
+    #[command(flatten)]
+    launch: LaunchArgs,
 }
 
-/// Runs `lqnets train`.
+/// Data-parallel launch, like torchrun: `--nproc N` starts N ranks on this machine (one per device); several
+/// machines run the same command with `--nnodes`, their `--node-rank` and rank 0's `--master-addr/--master-port`.
+/// A process started with `WORLD_SIZE`/`RANK`/`MASTER_ADDR`/`MASTER_PORT` set (by this launcher or another) is one
+/// rank and ignores these flags.
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// Ranks (processes) on this machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    nproc: u16,
+    /// Machines in the job.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    nnodes: u16,
+    /// This machine's index among them.
+    #[arg(long, default_value_t = 0)]
+    node_rank: u16,
+    /// Address of node 0, where rank 0 serves the rendezvous (default 127.0.0.1 on one machine).
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Its port (default: a free one, on one machine).
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// Seconds a rank waits for the others (start-up and every collective) before the job fails.
+    #[arg(long, default_value_t = lq_train::dist::DEFAULT_TIMEOUT.as_secs())]
+    dist_timeout: u64,
+}
+
+/// Starts this machine's ranks as child processes running the same command line and waits for them; the first
+/// rank to fail stops the others, and the launcher fails naming it.
+fn launch(l: &LaunchArgs) -> Result<()> {
+    if l.node_rank >= l.nnodes {
+        bail!("--node-rank {} must be below --nnodes {}", l.node_rank, l.nnodes);
+    }
+    let (addr, port) = match (&l.master_addr, l.master_port) {
+        (Some(a), Some(p)) => (a.clone(), p),
+        _ if l.nnodes > 1 => bail!("--nnodes {} needs --master-addr and --master-port (node 0's)", l.nnodes),
+        (a, p) => {
+            let port = match p {
+                Some(p) => p,
+                None => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+            };
+            (a.clone().unwrap_or_else(|| "127.0.0.1".into()), port)
+        }
+    };
+    let world = l.nproc as usize * l.nnodes as usize;
+    // Like torchrun: the machine's cores are shared by its ranks, not oversubscribed by each.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / l.nproc as usize).max(1).to_string());
+    let exe = std::env::current_exe().context("cannot find the lqnets executable to start the ranks")?;
+    let mut children = Vec::new();
+    for local in 0..l.nproc as usize {
+        let rank = l.node_rank as usize * l.nproc as usize + local;
+        let child = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("MASTER_ADDR", &addr)
+            .env("MASTER_PORT", port.to_string())
+            .env("LQ_DIST_TIMEOUT", l.dist_timeout.to_string())
+            .env("OMP_NUM_THREADS", &threads)
+            .spawn()
+            .with_context(|| format!("cannot start rank {rank}"))?;
+        children.push((rank, child));
+    }
+    eprintln!(
+        "launched ranks {}..{} of {world} (rendezvous {addr}:{port})",
+        children[0].0,
+        children[children.len() - 1].0
+    );
+    let mut failed: Option<(usize, std::process::ExitStatus)> = None;
+    while !children.is_empty() {
+        let mut i = 0;
+        while i < children.len() {
+            match children[i].1.try_wait()? {
+                Some(st) => {
+                    let (rank, _) = children.remove(i);
+                    if !st.success() && failed.is_none() {
+                        failed = Some((rank, st));
+                        for (_, c) in &mut children {
+                            let _ = c.kill(); // it would fail at its next collective anyway
+                        }
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    match failed {
+        Some((rank, st)) => bail!("rank {rank} failed ({st}); the other ranks on this machine were stopped"),
+        None => Ok(()),
+    }
+}
+
+/// Runs `lqnets train`: one process, one rank of a data-parallel job (from the environment), or the launcher of
+/// `--nproc` ranks.
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let (mut tr, out, (tl, vl)) = match &a.resume {
+    let rank_env = std::env::var_os("WORLD_SIZE").is_some();
+    if !rank_env && (a.launch.nproc > 1 || a.launch.nnodes > 1) {
+        return launch(&a.launch);
+    }
+    // Joins before anything else can fail differently on different ranks (a missing data folder fails everywhere).
+    let group = lq_train::dist::Group::from_env()?;
+    let (mut tr, out, (mut tl, mut vl)) = match &a.resume {
         Some(dir) => {
             let tr = Trainer::resume(dir, &a.sets)?;
             eprintln!("resuming {} after epoch {}", dir.display(), tr.epoch);
@@ -41,14 +144,26 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             (tr, dir.clone(), feeds)
         }
         None => {
-            let cfg = TrainConfig::load(a.config.as_deref(), &a.sets)?;
+            let mut cfg = TrainConfig::load(a.config.as_deref(), &a.sets)?;
+            if let (Some(_), DeviceSpec::Cuda(_)) = (&group, cfg.run.device) {
+                // One process per device: local rank r trains on cuda:r.
+                let local = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+                cfg.run.device = DeviceSpec::Cuda(local);
+            }
             let feeds = trainer::feeds(&cfg)?;
             (Trainer::new(cfg, feeds.0.info().classes as i64)?, a.out.clone(), feeds)
         }
     };
+    if let Some(g) = group {
+        eprintln!("rank {} of {} joined", g.rank, g.world);
+        tr.join(g)?;
+        tl = tl.with_shard(tr.shard());
+        vl = vl.with_shard(tr.shard());
+    }
+    let main = tr.is_main();
     let page = out.join("report.html");
     trainer::run_with(&mut tr, &tl, &vl, &out, &mut |_| {
-        if a.report {
+        if a.report && main {
             // A report that cannot be written is worth a warning, never a stopped run.
             if let Err(e) = lq_report::Run::read(&out).and_then(|r| lq_report::write_report(&[r], Format::Html, &page))
             {
@@ -56,7 +171,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             }
         }
     })?;
-    eprintln!("done: best test accuracy {:.4}; checkpoints in {}", tr.best_acc, out.display());
+    if main {
+        eprintln!("done: best test accuracy {:.4}; checkpoints in {}", tr.best_acc, out.display());
+    }
     Ok(())
 }
 

@@ -1,4 +1,6 @@
 //! The `lqnets` binary end to end on small generated files.
+mod common;
+use common::cifar_folder;
 use std::process::Command;
 
 fn lqnets(args: &[&str]) -> std::process::Output {
@@ -43,27 +45,6 @@ fn bad_input_gives_a_clear_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.npy"));
     let o = lqnets(&["train", "--set", "optim.lrr=1"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("lrr"));
-}
-
-/// A CIFAR-10-layout folder of `n` records per training batch and `n` test records: 10 classes, each a fixed
-/// pattern plus noise.
-fn cifar_folder(dir: &std::path::Path, n: usize) {
-    let mut s = 7u64;
-    let mut rnd = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (s >> 33) as u8
-    };
-    let protos: Vec<Vec<u8>> = (0..10).map(|_| (0..3072).map(|_| rnd()).collect()).collect();
-    let mut file = |name: &str| {
-        let mut b = Vec::new();
-        for i in 0..n {
-            b.push((i % 10) as u8);
-            b.extend(protos[i % 10].iter().map(|&p| p.saturating_add(rnd() % 24)));
-        }
-        std::fs::write(dir.join(name), b).unwrap();
-    };
-    (1..=5).for_each(|i| file(&format!("data_batch_{i}.bin")));
-    file("test_batch.bin");
 }
 
 /// train → eval → export → infer --check → resume rules → summary, as a user runs them.

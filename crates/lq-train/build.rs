@@ -1,0 +1,25 @@
+//! Compiles `csrc/dist.cpp` (the c10d process group and synchronised BatchNorm of `src/dist.rs`) against the same
+//! libtorch headers torch-sys builds with: `$LIBTORCH/include`, set by `.cargo/config.toml` or the environment.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let lt = PathBuf::from(std::env::var("LIBTORCH").expect(
+        "LIBTORCH is not set: run scripts/setup-libtorch.sh (the workspace's .cargo/config.toml points at it)",
+    ));
+    let inc = lt.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/dist.cpp")
+        .include("csrc")
+        .include(&inc)
+        .include(inc.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("USE_C10D_GLOO", None)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .opt_level(2)
+        .compile("lq_dist");
+}
