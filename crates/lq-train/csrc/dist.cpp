@@ -65,9 +65,8 @@ struct SyncBn : public torch::autograd::Function<SyncBn> {
     const int64_t c = x.size(1);
     std::vector<int64_t> dims{0};
     for (int64_t d = 2; d < x.dim(); d++) dims.push_back(d);
-    auto xd = x.to(at::kDouble);
-    auto stats = at::cat({xd.sum(dims), (xd * xd).sum(dims),
-                          at::full({1}, static_cast<double>(x.numel() / c), xd.options())});
+    auto stats = at::cat({at::sum(x, dims, false, at::kDouble), at::sum(x * x, dims, false, at::kDouble),
+                          at::full({1}, static_cast<double>(x.numel() / c), x.options().dtype(at::kDouble))});
     all_reduce(g, stats, 0);
     auto n = stats[2 * c].item<double>();
     auto mean = stats.slice(0, 0, c) / n;

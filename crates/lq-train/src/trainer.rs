@@ -71,6 +71,8 @@ pub struct Trainer {
     pub data: Option<DataInfo>,
     /// The data-parallel group this rank trains in ([`Trainer::join`]); `None` for one process.
     pub group: Option<Group>,
+    /// Time spent in the step's explicit collectives (gradients, moments) since the last reset.
+    pub comm: std::time::Duration,
 }
 
 /// Config keys a resumed run may change (with `--set` or in its `config.toml`): where the data lives, how the run
@@ -126,7 +128,7 @@ impl Trainer {
         let vs = nn::VarStore::new(dev);
         let net = build_net(&vs.root(), &cfg, classes)?;
         let opt = Sgd::new(&vs, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay);
-        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0, data: None, group: None })
+        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0, data: None, group: None, comm: Default::default() })
     }
 
     /// Joins a data-parallel group: every rank must run the same config (up to where its data lives, its
@@ -197,9 +199,11 @@ impl Trainer {
         let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
         let mut s = [l * n, correct, n];
         if let Some(g) = &self.group {
+            let t0 = Instant::now();
             let vars: Vec<&Tensor> = self.opt.params.iter().map(|p| &p.var).collect();
             g.average_grads(&vars)?;
             self.net.reduce_moments(&mut s, g)?;
+            self.comm += t0.elapsed();
             let l = s[0] / s[2];
             if !l.is_finite() {
                 return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
@@ -646,6 +650,7 @@ pub fn run_with(
     };
     while tr.epoch < tr.cfg.optim.epochs {
         let t0 = Instant::now();
+        tr.comm = Default::default();
         let mut s = Stats::default();
         let mut lr = 0.0;
         for (i, b) in train.epoch(tr.epoch as u64).take(steps).enumerate() {
@@ -692,7 +697,11 @@ pub fn run_with(
             .iter()
             .map(|q| json!({"name": q.name, "basis": q.state.basis, "mse": q.last_mse}))
             .collect();
-        let line = json!({"epoch": tr.epoch, "train_loss": s.loss(), "train_acc": s.acc(), "test_loss": test_s.loss(), "test_acc": test_s.acc(), "test_acc5": test_s.acc5(), "lr": lr, "seconds": secs, "quantizers": quant});
+        let mut line = json!({"epoch": tr.epoch, "train_loss": s.loss(), "train_acc": s.acc(), "test_loss": test_s.loss(), "test_acc": test_s.acc(), "test_acc5": test_s.acc5(), "lr": lr, "seconds": secs, "quantizers": quant});
+        if let Some(g) = &tr.group {
+            line["world"] = json!(g.world);
+            line["comm_seconds"] = json!(tr.comm.as_secs_f64());
+        }
         append_line(&out.join("metrics.jsonl"), &line.to_string())?;
         tr.save(&out.join("last.safetensors"))?;
         if best {
