@@ -1,10 +1,13 @@
 // The C side of lq-train's data-parallel training (src/dist.rs): a c10d process group (TCPStore rendezvous +
-// ProcessGroupGloo, both compiled into libtorch_cpu.so) and synchronised BatchNorm as a libtorch autograd function.
+// ProcessGroupGloo, both compiled into libtorch_cpu.so), PyTorch DDP's own gradient Reducer on it (bucketed
+// all-reduce launched from autograd hooks while backward runs), and synchronised BatchNorm as a libtorch autograd
+// function.
 // Every entry point catches C++ exceptions and returns -1 / null with the message kept for lqd_last_error, so no
 // exception crosses into Rust. Tensors cross as `at::Tensor*`, which is what tch's C_tensor is.
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
 
 #include <chrono>
 #include <cstdlib>
@@ -18,6 +21,8 @@ struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   std::chrono::milliseconds timeout;
+  int rank, world;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;  // the ProcessGroup front the Reducer needs, made on demand
 };
 
 c10d::ReduceOp reduce_op(int op) {
@@ -144,7 +149,7 @@ void* lqd_new(const char* addr, int port, int rank, int world, int64_t timeout_m
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
-    out = new Group{store, pg, timeout};
+    out = new Group{store, pg, timeout, rank, world, {}};
   });
   return rc == 0 ? out : nullptr;
 }
@@ -177,5 +182,44 @@ int lqd_sync_bn(void* g, at::Tensor* x, at::Tensor* w, at::Tensor* b, at::Tensor
     *out = new at::Tensor(std::move(y));
   });
 }
+
+// DDP's Reducer over `n` parameters (in forward order): buckets of `bucket_bytes` (the first 1 MiB, as DDP), in
+// reverse order because gradients become ready from the last layer back. Each step: lqd_ddp_prepare before the
+// backward; when backward returns, every parameter's .grad is the average over ranks.
+int lqd_ddp_new(void* gp, at::Tensor** params, int n, int64_t bucket_bytes, void** out) {
+  return guard([&] {
+    auto* g = static_cast<Group*>(gp);
+    if (!g->group) {
+      auto pg = c10::make_intrusive<c10d::ProcessGroup>(g->store, g->rank, g->world);
+      pg->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+      pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, g->pg);
+      pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, g->pg);
+      g->group = pg;
+    }
+    std::vector<at::Tensor> ps;
+    for (int i = 0; i < n; i++) ps.push_back(*params[i]);
+    std::vector<bool> sparse(n, false);
+    auto [buckets, limits] = c10d::compute_bucket_assignment_by_size(
+        ps, {static_cast<size_t>(c10d::kDefaultFirstBucketBytes), static_cast<size_t>(bucket_bytes)}, sparse);
+    std::reverse(buckets.begin(), buckets.end());
+    std::vector<int64_t> caps(limits.rbegin(), limits.rend());
+    auto* r = new std::shared_ptr<c10d::Reducer>(std::make_shared<c10d::Reducer>(
+        ps, buckets, g->group, sparse, bucket_bytes, /*find_unused_parameters=*/false,
+        /*gradient_as_bucket_view=*/false, std::unordered_map<size_t, std::string>{},
+        c10d::kDefaultFirstBucketBytes, /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
+        caps));
+    *out = r;
+  });
+}
+
+int lqd_ddp_prepare(void* r) {
+  return guard([&] {
+    auto& red = *static_cast<std::shared_ptr<c10d::Reducer>*>(r);
+    red->prepare_for_forward();
+    red->prepare_for_backward({});
+  });
+}
+
+void lqd_ddp_free(void* r) { delete static_cast<std::shared_ptr<c10d::Reducer>*>(r); }
 
 }  // extern "C"

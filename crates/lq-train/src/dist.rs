@@ -19,6 +19,15 @@ extern "C" {
     fn lqd_free(g: *mut c_void);
     fn lqd_all_reduce(g: *mut c_void, t: *mut c_void, op: c_int) -> c_int;
     fn lqd_broadcast(g: *mut c_void, t: *mut c_void, root: c_int) -> c_int;
+    fn lqd_ddp_new(
+        g: *mut c_void,
+        params: *const *mut c_void,
+        n: c_int,
+        bucket_bytes: i64,
+        out: *mut *mut c_void,
+    ) -> c_int;
+    fn lqd_ddp_prepare(r: *mut c_void) -> c_int;
+    fn lqd_ddp_free(r: *mut c_void);
     #[allow(clippy::too_many_arguments)]
     fn lqd_sync_bn(
         g: *mut c_void,
@@ -193,52 +202,19 @@ impl Group {
         }
     }
 
-    /// Averages the gradients of `vars` over ranks, in buckets of at most 8 Mi elements of one dtype and device
-    /// (one collective per bucket). Variables without a gradient count as zero.
-    pub fn average_grads(&self, vars: &[&Tensor]) -> Result<()> {
-        const BUCKET: i64 = 1 << 23;
-        let mut i = 0;
-        while i < vars.len() {
-            let (kind, dev) = (vars[i].kind(), vars[i].device());
-            let mut j = i;
-            let mut n = 0;
-            while j < vars.len()
-                && vars[j].kind() == kind
-                && vars[j].device() == dev
-                && (j == i || n + vars[j].numel() as i64 <= BUCKET)
-            {
-                n += vars[j].numel() as i64;
-                j += 1;
-            }
-            let grads: Vec<Tensor> = vars[i..j]
-                .iter()
-                .map(|v| {
-                    let g = v.grad();
-                    if g.defined() {
-                        g.reshape([-1])
-                    } else {
-                        v.zeros_like().reshape([-1])
-                    }
-                })
-                .collect();
-            let flat = Tensor::cat(&grads, 0);
-            self.all_reduce(&flat, Op::Sum)?;
-            let flat = flat / self.world as f64;
-            let mut off = 0;
-            tch::no_grad(|| {
-                for v in &vars[i..j] {
-                    let k = v.numel() as i64;
-                    let mut g = v.grad();
-                    // A variable no rank's forward reached keeps no gradient (the same on every rank).
-                    if g.defined() {
-                        g.copy_(&flat.narrow(0, off, k).view(v.size().as_slice()));
-                    }
-                    off += k;
-                }
-            });
-            i = j;
+    /// PyTorch DDP's gradient reducer over `vars` (trainable; forward order buckets best): from then on every backward
+    /// preceded by [`Ddp::prepare`] leaves each variable's gradient averaged over the ranks, the all-reduce of
+    /// 25 MiB buckets (the first 1 MiB) launched from autograd hooks while the backward still runs.
+    pub fn ddp(&self, vars: &[&Tensor]) -> Result<Ddp> {
+        const BUCKET_BYTES: i64 = 25 << 20;
+        let ptrs: Vec<*mut c_void> = vars.iter().map(|v| v.as_ptr() as *mut c_void).collect();
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: the group is alive; `ptrs` holds live tensors (copied by the shim) for the call's duration.
+        let rc = unsafe { lqd_ddp_new(self.ptr.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int, BUCKET_BYTES, &mut out) };
+        match NonNull::new(out) {
+            Some(ptr) if rc == 0 => Ok(Ddp { ptr }),
+            _ => Err(last_error(&format!("rank {}: gradient reducer", self.rank))),
         }
-        Ok(())
     }
 
     /// Copies rank 0's BN running statistics (the variables without gradient) to all ranks.
@@ -266,6 +242,34 @@ impl Drop for Group {
         set_sync_bn(None);
         // SAFETY: `ptr` came from lqd_new and is freed once, here.
         unsafe { lqd_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// PyTorch DDP's gradient reducer ([`Group::ddp`]); it keeps its own reference to the process group.
+#[derive(Debug)]
+pub struct Ddp {
+    ptr: NonNull<c_void>,
+}
+
+// SAFETY: used from the training thread only; the reducer synchronises with its autograd hooks itself.
+unsafe impl Send for Ddp {}
+
+impl Ddp {
+    /// Arms the reducer for the next backward (call once per training step, before it).
+    pub fn prepare(&self) -> Result<()> {
+        // SAFETY: `ptr` came from lqd_ddp_new and is alive until drop.
+        if unsafe { lqd_ddp_prepare(self.ptr.as_ptr()) } == 0 {
+            Ok(())
+        } else {
+            Err(last_error("gradient reducer"))
+        }
+    }
+}
+
+impl Drop for Ddp {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from lqd_ddp_new and is freed once, here.
+        unsafe { lqd_ddp_free(self.ptr.as_ptr()) }
     }
 }
 

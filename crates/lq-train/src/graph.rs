@@ -162,7 +162,8 @@ impl Graph {
             .collect()
     }
 
-    /// Data-parallel half of the QEM phase: the activation quantizers' moments of the last training forward
+    /// Data-parallel half of the QEM phase (after [`Graph::gather`]): the activation quantizers' moments of the
+    /// last training forward
     /// (each rank saw its own images) are summed over the ranks in **one** f64 all-reduce, together with the
     /// caller's `extra` words (the step's loss and accuracy counts), so that [`Graph::fit_quantizers`] solves the
     /// same least squares on every rank, on the whole global batch. Weight quantizers need no reduction: every
@@ -195,9 +196,13 @@ impl Graph {
     /// The QEM phase of a training step, after backward: every quantizer updates its basis from the moments of
     /// the last training forward ([`Quantizer::fit`]).
     pub fn fit_quantizers(&mut self) -> Result<()> {
-        let mut qs = self.quantizers_mut();
-        crate::quant::gather_moments(&mut qs)?;
-        qs.into_iter().try_for_each(|q| q.fit())
+        self.quantizers_mut().into_iter().try_for_each(|q| q.fit())
+    }
+
+    /// Copies the step's `stats` (a device tensor) and every quantizer's device-side moments to the host in one
+    /// transfer ([`crate::quant::gather_moments`]); returns the stats. A no-op copy on the CPU.
+    pub fn gather(&mut self, stats: &Tensor) -> Result<Vec<f64>> {
+        crate::quant::gather_moments(&mut self.quantizers_mut(), stats)
     }
 
     /// Every quantizer, mutable (checkpoint restore).

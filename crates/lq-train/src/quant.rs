@@ -216,22 +216,19 @@ impl Quantizer {
     }
 }
 
-/// Brings every quantizer's device-side moments to the host in **one** copy (the step's only host
-/// synchronisation for the quantizers), so that [`Quantizer::pending_moments`] and [`Quantizer::fit`] see them.
-pub fn gather_moments(qs: &mut [&mut Quantizer]) -> Result<()> {
-    let dev: Vec<&Tensor> = qs
-        .iter()
-        .filter_map(|q| match &q.pending {
-            Some((_, Pending::Device(t))) => Some(t),
-            _ => None,
-        })
-        .collect();
-    if dev.is_empty() {
-        return Ok(());
+/// Brings every quantizer's device-side moments to the host together with `extra` (e.g. the step's loss and
+/// accuracy counts, on the same device) in **one** copy: the step's only host synchronisation. Returns `extra`'s
+/// values; afterwards [`Quantizer::pending_moments`] and [`Quantizer::fit`] see host moments.
+pub fn gather_moments(qs: &mut [&mut Quantizer], extra: &Tensor) -> Result<Vec<f64>> {
+    let mut parts = vec![extra.flatten(0, -1).to_kind(Kind::Double)];
+    for q in qs.iter() {
+        if let Some((_, Pending::Device(t))) = &q.pending {
+            parts.push(t.flatten(0, -1).to_device(extra.device()));
+        }
     }
-    let flat: Vec<Tensor> = dev.iter().map(|t| t.flatten(0, -1)).collect();
-    let host = Vec::<f64>::try_from(&Tensor::cat(&flat, 0).to_device(Device::Cpu))?;
-    let mut off = 0;
+    let host = Vec::<f64>::try_from(&Tensor::cat(&parts, 0).to_device(Device::Cpu))?;
+    let k = extra.numel();
+    let mut off = k;
     for q in qs.iter_mut() {
         if let Some((levels, Pending::Device(t))) = &q.pending {
             let n = t.numel();
@@ -240,7 +237,7 @@ pub fn gather_moments(qs: &mut [&mut Quantizer]) -> Result<()> {
             q.pending = Some((levels.clone(), Pending::Host(m)));
         }
     }
-    Ok(())
+    Ok(host[..k].to_vec())
 }
 
 /// Moments from the `[rows, 2·levels + 1]` statistics of [`tensor_quantize`] (per sorted level: counts, sums;

@@ -71,8 +71,12 @@ pub struct Trainer {
     pub data: Option<DataInfo>,
     /// The data-parallel group this rank trains in ([`Trainer::join`]); `None` for one process.
     pub group: Option<Group>,
-    /// Time spent in the step's explicit collectives (gradients, moments) since the last reset.
+    /// Time spent in the step's collectives after backward (the moments; gradients overlap the backward) since
+    /// the last reset.
     pub comm: std::time::Duration,
+    /// The gradient reducer of a data-parallel run (declared after `group`: dropped after it, it holds its own
+    /// reference to the process group).
+    ddp: Option<crate::dist::Ddp>,
 }
 
 /// Config keys a resumed run may change (with `--set` or in its `config.toml`): where the data lives, how the run
@@ -128,7 +132,18 @@ impl Trainer {
         let vs = nn::VarStore::new(dev);
         let net = build_net(&vs.root(), &cfg, classes)?;
         let opt = Sgd::new(&vs, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay);
-        Ok(Trainer { cfg, vs, net, opt, epoch: 0, best_acc: 0.0, data: None, group: None, comm: Default::default() })
+        Ok(Trainer {
+            cfg,
+            vs,
+            net,
+            opt,
+            epoch: 0,
+            best_acc: 0.0,
+            data: None,
+            group: None,
+            comm: Default::default(),
+            ddp: None,
+        })
     }
 
     /// Joins a data-parallel group: every rank must run the same config (up to where its data lives, its
@@ -150,6 +165,8 @@ impl Trainer {
         g.broadcast_vars(&self.vs)?;
         tch::no_grad(|| self.opt.params.iter().try_for_each(|p| g.broadcast(&p.buf, 0)))?;
         crate::dist::set_sync_bn(self.cfg.run.sync_bn.then_some(&g));
+        let vars: Vec<&Tensor> = self.opt.params.iter().map(|p| &p.var).collect();
+        self.ddp = Some(g.ddp(&vars)?);
         self.group = Some(g);
         Ok(())
     }
@@ -186,28 +203,30 @@ impl Trainer {
         let (x, y) = self.tensors(batch);
         let logits = self.net.forward(&x, true)?;
         let loss = logits.cross_entropy_for_logits(&y);
-        let n = batch.y.len() as f64;
-        let l = loss.double_value(&[]);
-        if self.group.is_none() && !l.is_finite() {
-            return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
+        if let Some(d) = &self.ddp {
+            d.prepare()?;
         }
         loss.f_backward().map_err(|e| match &self.group {
-            // Synchronised BN's backward runs collectives: a lost rank surfaces here.
+            // The gradient all-reduce (and synchronised BN) run inside backward: a lost rank surfaces here.
             Some(g) => Error::Dist(format!("rank {}: backward: {e}", g.rank)),
             None => e.into(),
         })?;
-        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
-        let mut s = [l * n, correct, n];
+        // Loss, accuracy and the quantizers' moments reach the host in one copy (on a GPU, the step's only
+        // synchronisation).
+        let n = batch.y.len() as f64;
+        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Double);
+        let count = correct.zeros_like() + n;
+        let stats = Tensor::stack(&[loss.detach().to_kind(Kind::Double) * n, correct, count], 0);
+        let mut s: [f64; 3] = self.net.gather(&stats)?.try_into().expect("three stats");
         if let Some(g) = &self.group {
             let t0 = Instant::now();
-            let vars: Vec<&Tensor> = self.opt.params.iter().map(|p| &p.var).collect();
-            g.average_grads(&vars)?;
             self.net.reduce_moments(&mut s, g)?;
             self.comm += t0.elapsed();
-            let l = s[0] / s[2];
-            if !l.is_finite() {
-                return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
-            }
+        }
+        let l = s[0] / s[2];
+        if !l.is_finite() {
+            // Before the update: the weights stay those of the last finite step on every rank.
+            return Err(Error::NonFiniteLoss { epoch: self.epoch, step: 0, loss: l });
         }
         self.opt.step(lr);
         self.net.fit_quantizers()?;

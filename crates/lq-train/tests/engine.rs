@@ -47,6 +47,7 @@ fn engine_runs_every_network_like_the_trainer() {
             let loss = tr.net.forward(&x, true).unwrap().cross_entropy_for_logits(&y);
             loss.backward();
             tr.opt.step(0.02);
+            tr.net.fit_quantizers().unwrap(); // the QEM phase of the step
         }
         let norm = lq_data::Normalize::per_channel(&[0.5; 3], &[0.25; 3], size as usize, size as usize);
         let f = lq_train::export::export(&tr, &norm, [3, size as usize, size as usize], 10).unwrap();
