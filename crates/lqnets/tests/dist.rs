@@ -98,28 +98,7 @@ fn ranks_train_like_one_process_and_resume_on_another_world_size() {
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.lines().count(), 1, "rank 0 alone writes the log");
         let tr = Trainer::load(&out.join("last.safetensors"), None).unwrap();
-        let vars = |t: &Trainer| {
-            let mut v = t.vs.variables().into_iter().collect::<Vec<_>>();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
-        };
-        for ((name, a), (_, b)) in vars(&reference).iter().zip(vars(&tr).iter()) {
-            let diff = (a - b).abs().max().double_value(&[]);
-            let scale = 1.0 + a.abs().max().double_value(&[]);
-            assert!(diff <= 2e-4 * scale, "{name}: 1 rank vs {world} ranks differ by {diff}");
-        }
-        for (a, b) in reference.net.quantizers().iter().zip(tr.net.quantizers()) {
-            assert_eq!(a.state.steps, 3, "{}", a.name);
-            for (x, y) in a.state.basis.iter().zip(&b.state.basis) {
-                assert!(
-                    (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
-                    "{}: basis {:?} vs {:?}",
-                    a.name,
-                    a.state.basis,
-                    b.state.basis
-                );
-            }
-        }
+        assert_same_state(&reference, &tr, world);
         if world == 3 {
             continue;
         }
@@ -130,6 +109,53 @@ fn ranks_train_like_one_process_and_resume_on_another_world_size() {
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.lines().count(), 2);
     }
+}
+
+/// Weights, BN statistics (to 2e-4 of their scale) and bases (to 1e-4) of two checkpoints of the same run.
+fn assert_same_state(reference: &Trainer, tr: &Trainer, world: usize) {
+    let vars = |t: &Trainer| {
+        let mut v = t.vs.variables().into_iter().collect::<Vec<_>>();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    for ((name, a), (_, b)) in vars(reference).iter().zip(vars(tr).iter()) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        let scale = 1.0 + a.abs().max().double_value(&[]);
+        assert!(diff <= 2e-4 * scale, "{name}: 1 rank vs {world} ranks differ by {diff}");
+    }
+    for (a, b) in reference.net.quantizers().iter().zip(tr.net.quantizers()) {
+        assert_eq!(a.state.steps, 3, "{}", a.name);
+        for (x, y) in a.state.basis.iter().zip(&b.state.basis) {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                "{}: basis {:?} vs {:?}",
+                a.name,
+                a.state.basis,
+                b.state.basis
+            );
+        }
+    }
+}
+
+/// The same on GPUs (one rank per device, Gloo carrying CUDA tensors); needs 2 CUDA devices and a CUDA libtorch,
+/// so it is listed as ignored: run it with `cargo test -p lqnets --test dist -- --ignored` on a GPU machine.
+#[test]
+#[ignore = "needs 2 CUDA devices"]
+fn cuda_ranks_train_like_one_gpu() {
+    if !lq_train::trainer::load_cuda_backend() || tch::Cuda::device_count() < 2 {
+        eprintln!("SKIP: data-parallel CUDA test needs 2 CUDA devices (LQ_TORCH=cuda libtorch)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    cifar_folder(&data, 48);
+    let sets = ["run.max_steps_per_epoch=3", "run.device=\"cuda\""];
+    let (one, two) = (d.path().join("one"), d.path().join("two"));
+    run_ok(lqnets().args(train_args(&data, &one, &sets)));
+    run_ok(lqnets().args(train_args(&data, &two, &sets)).args(["--nproc", "2"]));
+    let load = |p: &Path| Trainer::load(&p.join("last.safetensors"), None).unwrap();
+    assert_same_state(&load(&one), &load(&two), 2);
 }
 
 /// A rank that dies, or hangs, ends the others with an error naming the cause within the timeout; ranks with
