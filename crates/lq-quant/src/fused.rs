@@ -39,6 +39,35 @@ pub fn quantize_with(
     codes: Option<&mut [u8]>,
     fit: bool,
 ) -> Result<Option<Vec<Moments>>> {
+    quantize_impl(isa, levels, x, y, codes, fit, false)
+}
+
+/// `quantize(relu(x))` in the same single pass: the quantized values and statistics of `max(x, 0)` without
+/// materialising it (the training path of a BN → ReLU → Q unit). Non-finite input is still an error.
+pub fn quantize_relu(levels: &[Levels], x: &[f32], y: &mut [f32], fit: bool) -> Result<Option<Vec<Moments>>> {
+    quantize_relu_with(Isa::detect(), levels, x, y, fit)
+}
+
+/// [`quantize_relu`] with a chosen kernel.
+pub fn quantize_relu_with(
+    isa: Isa,
+    levels: &[Levels],
+    x: &[f32],
+    y: &mut [f32],
+    fit: bool,
+) -> Result<Option<Vec<Moments>>> {
+    quantize_impl(isa, levels, x, y, None, fit, true)
+}
+
+fn quantize_impl(
+    isa: Isa,
+    levels: &[Levels],
+    x: &[f32],
+    y: &mut [f32],
+    codes: Option<&mut [u8]>,
+    fit: bool,
+    relu: bool,
+) -> Result<Option<Vec<Moments>>> {
     let isa = if isa.is_available() { isa } else { Isa::Portable };
     let rows = levels.len();
     if rows == 0 || x.len() % rows != 0 {
@@ -65,7 +94,7 @@ pub fn quantize_with(
         .map(|(item, ((xc, yc), cc))| {
             let lv = &levels[item / per_row];
             let mut m = fit.then(|| Moments::new(k));
-            let ok = pass(isa, lv, xc, yc, cc.as_deref_mut(), m.as_mut());
+            let ok = pass(isa, lv, xc, yc, cc.as_deref_mut(), m.as_mut(), relu);
             (item / per_row, m, ok)
         })
         .collect();
@@ -91,9 +120,21 @@ fn row_chunks_mut<T>(x: &mut [T], n: usize) -> impl Iterator<Item = &mut [T]> {
 }
 
 /// One chunk, single-threaded; returns false if an element was not finite (the outputs are then meaningless).
-fn pass(isa: Isa, lv: &Levels, x: &[f32], y: &mut [f32], codes: Option<&mut [u8]>, m: Option<&mut Moments>) -> bool {
+fn pass(
+    isa: Isa,
+    lv: &Levels,
+    x: &[f32],
+    y: &mut [f32],
+    codes: Option<&mut [u8]>,
+    m: Option<&mut Moments>,
+    relu: bool,
+) -> bool {
     let t = lv.thresholds().len();
     if t > 15 {
+        if relu {
+            let r: Vec<f32> = x.iter().map(|&v| if v.is_finite() { v.max(0.0) } else { v }).collect();
+            return lv.quantize(&r, y, codes, m).is_ok();
+        }
         return lv.quantize(x, y, codes, m).is_ok();
     }
     let mut acc = Acc::default();
@@ -105,9 +146,9 @@ fn pass(isa: Isa, lv: &Levels, x: &[f32], y: &mut [f32], codes: Option<&mut [u8]
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only constructed after AVX2 was detected (see `Isa::detect`).
             Isa::Avx2 => unsafe {
-                avx2::block(lv, xb, yb, codes.is_some().then_some(&mut idx), m.is_some().then_some(&mut acc))
+                avx2::block(lv, xb, yb, codes.is_some().then_some(&mut idx), m.is_some().then_some(&mut acc), relu)
             },
-            _ => portable_block(lv, xb, yb, &mut idx, m.is_some().then_some(&mut acc)),
+            _ => portable_block(lv, xb, yb, &mut idx, m.is_some().then_some(&mut acc), relu),
         };
         if let Some(c) = codes.as_deref_mut() {
             let cb = &mut c[b * BLOCK..b * BLOCK + xb.len()];
@@ -170,18 +211,29 @@ impl Acc {
     }
 }
 
-/// Portable block kernel: quantizes `xb` into `yb`, leaves each element's sorted-level index in `idx`.
-fn portable_block(lv: &Levels, xb: &[f32], yb: &mut [f32], idx: &mut [u8; BLOCK], acc: Option<&mut Acc>) -> bool {
+/// Portable block kernel: quantizes `xb` (or `max(xb, 0)` with `relu`) into `yb`, leaves each element's
+/// sorted-level index in `idx`.
+fn portable_block(
+    lv: &Levels,
+    xb: &[f32],
+    yb: &mut [f32],
+    idx: &mut [u8; BLOCK],
+    acc: Option<&mut Acc>,
+    relu: bool,
+) -> bool {
     let (thr, levels) = (lv.thresholds(), lv.levels());
+    let r = |v: f32| if relu && v < 0.0 { 0.0 } else { v };
     let mut finite = true;
     for ((&v, out), id) in xb.iter().zip(yb.iter_mut()).zip(idx.iter_mut()) {
+        finite &= v.is_finite();
+        let v = r(v);
         let l = thr.iter().map(|&t| (v > t) as usize).sum::<usize>();
         *out = levels[l];
         *id = l as u8;
-        finite &= v.is_finite();
     }
     if let Some(a) = acc {
         for &v in xb {
+            let v = r(v);
             let d = v as f64;
             a.n += 1;
             a.sum += d;
@@ -214,6 +266,7 @@ mod avx2 {
         yb: &mut [f32],
         mut idx: Option<&mut [u8; BLOCK]>,
         acc: Option<&mut Acc>,
+        relu: bool,
     ) -> bool {
         let (thr, levels) = (lv.thresholds(), lv.levels());
         let t = thr.len();
@@ -224,12 +277,15 @@ mod avx2 {
         let (mut tot, mut sq) = (_mm256_setzero_pd(), _mm256_setzero_pd());
         let inf = _mm256_set1_ps(f32::INFINITY);
         let sign = _mm256_set1_ps(-0.0);
+        // With relu, max(v, 0) after the finiteness check (maxps turns NaN into 0); −∞ stays caught by it too.
+        let floor = _mm256_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
         let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
         let mut ids = [0i32; 8];
         for i in (0..full).step_by(8) {
             // SAFETY: i + 8 <= full <= xb.len() == yb.len().
             let v = _mm256_loadu_ps(xb.as_ptr().add(i));
             ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf));
+            let v = _mm256_max_ps(v, floor);
             let mut q = _mm256_set1_ps(levels[0]);
             let mut id = _mm256_setzero_si256();
             for l in 0..t {
@@ -263,7 +319,7 @@ mod avx2 {
         let mut tail_idx = [0u8; BLOCK];
         let mut rest = Acc::default();
         let fit_tail = acc.is_some().then_some(&mut rest);
-        finite &= super::portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, fit_tail);
+        finite &= super::portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, fit_tail, relu);
         if let Some(idx) = idx {
             idx[full..xb.len()].copy_from_slice(&tail_idx[..xb.len() - full]);
         }

@@ -32,7 +32,7 @@
 #![deny(missing_docs)]
 
 pub use error::{Error, Result};
-pub use fused::{quantize, quantize_with, Isa};
+pub use fused::{quantize, quantize_relu, quantize_relu_with, quantize_with, Isa};
 pub use lq::{
     check_bits, ste_mask, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE, EMA_DECAY, MAX_BITS, NORM_PPF_0_75,
 };

@@ -1,6 +1,7 @@
 //! Properties of the LQ quantizer against the brute-force oracle in `lq_quant::naive`.
 use lq_quant::{
-    baselines, naive, quantize, quantize_with, ste_mask, CodeSet, Error, Isa, Levels, Moments, QemState, DEFAULT_RIDGE,
+    baselines, naive, quantize, quantize_relu_with, quantize_with, ste_mask, CodeSet, Error, Isa, Levels, Moments,
+    QemState, DEFAULT_RIDGE,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -134,6 +135,32 @@ fn fused_large_tensor_matches_simple() {
         assert_eq!(y1, y2);
         assert_eq!(m1[0].count, m2.count);
         assert!(m1[0].sum.iter().zip(&m2.sum).all(|(a, b)| (a - b).abs() <= 1e-9 * (1.0 + b.abs())));
+    }
+}
+
+/// `quantize_relu(x)` is `quantize(max(x, 0))` exactly (values and statistics, every bit width the fused kernels
+/// and the fallback cover, every ISA), without the caller materialising the ReLU; NaN and ±∞ stay errors.
+#[test]
+fn fused_relu_equals_quantizing_the_relu() {
+    let mut r = rng(11);
+    let x: Vec<f32> = (0..70_001).map(|_| r.gen_range(-2.0f32..2.0)).collect();
+    let relu: Vec<f32> = x.iter().map(|&v| v.max(0.0)).collect();
+    for isa in isas("fused_relu_equals_quantizing_the_relu") {
+        for k in [1, 2, 3, 4, 5] {
+            let lv = [Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap()];
+            let (mut y1, mut y2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            let m1 = quantize_relu_with(isa, &lv, &x, &mut y1, true).unwrap().unwrap();
+            let m2 = quantize_with(isa, &lv, &relu, &mut y2, None, true).unwrap().unwrap();
+            assert_eq!(y1, y2, "{isa:?} K={k}");
+            assert_eq!(m1[0].count, m2[0].count, "{isa:?} K={k}");
+            assert_eq!(m1[0].sum, m2[0].sum, "{isa:?} K={k}");
+            assert_eq!(m1[0].sum_sq, m2[0].sum_sq, "{isa:?} K={k}");
+            for bad in [f32::NAN, f32::NEG_INFINITY, f32::INFINITY] {
+                let mut xb = x[..100].to_vec();
+                xb[37] = bad;
+                assert!(quantize_relu_with(isa, &lv, &xb, &mut y1[..100], false).is_err(), "{isa:?} K={k} {bad}");
+            }
+        }
     }
 }
 
