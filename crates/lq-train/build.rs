@@ -1,5 +1,6 @@
-//! Compiles `csrc/dist.cpp` (the c10d process group and synchronised BatchNorm of `src/dist.rs`) against the same
-//! libtorch headers torch-sys builds with: `$LIBTORCH/include`, set by `.cargo/config.toml` or the environment.
+//! Compiles lq-train's C++ side against the same libtorch headers torch-sys builds with (`$LIBTORCH/include`, set
+//! by `.cargo/config.toml` or the environment): `csrc/dist.cpp` (process group, DDP reducer and synchronised
+//! BatchNorm of `src/dist.rs`) and `csrc/ste.cpp` (the activation quantizer's one-pass STE of `src/quant.rs`).
 use std::path::PathBuf;
 
 fn main() {
@@ -12,6 +13,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/dist.cpp")
+        .file("csrc/ste.cpp")
         .include("csrc")
         .include(&inc)
         .include(inc.join("torch/csrc/api/include"))
@@ -20,6 +22,6 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
-        .opt_level(2)
+        .opt_level(3)
         .compile("lq_dist");
 }

@@ -112,13 +112,14 @@ impl Graph {
             let ins: Vec<&Tensor> = n.inputs.iter().map(|&v| vals[v].as_ref().expect("value alive")).collect();
             let y = match &mut n.layer {
                 Layer::Conv(c) => c.forward(ins[0], train)?,
-                Layer::Act(a) => {
-                    let h = a.pre(ins[0], train)?;
-                    if let (Some(p), Some(q)) = (probe.as_mut(), a.quant.as_ref()) {
+                Layer::Act(a) => match (probe.as_mut(), a.quant.as_ref()) {
+                    (Some(p), Some(q)) => {
+                        let h = a.pre(ins[0], train)?;
                         p(q, &h);
+                        a.quantize(&h, train)?
                     }
-                    a.quantize(&h, train)?
-                }
+                    _ => a.forward(ins[0], train)?,
+                },
                 Layer::Bn { bn, relu } => {
                     let y = crate::dist::batch_norm(ins[0], bn, train)?;
                     if *relu {

@@ -123,10 +123,16 @@ impl BnReluQuant {
         Ok(BnReluQuant { bn: bn.then(|| batch_norm(&(p / "bn"), c, affine, false)), quant })
     }
 
-    /// `Q(relu(bn(x)))`.
+    /// `Q(relu(bn(x)))` (`relu(bn(x))` without a quantizer).
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.pre(x, train)?;
-        self.quantize(&h, train)
+        let b = match &self.bn {
+            Some(bn) => crate::dist::batch_norm(x, bn, train)?,
+            None => x.shallow_clone(),
+        };
+        match &mut self.quant {
+            Some(q) => q.forward_relu_activation(&b, train),
+            None => Ok(b.relu()),
+        }
     }
 
     /// `relu(bn(x))`: the quantizer's input.

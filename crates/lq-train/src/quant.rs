@@ -6,7 +6,7 @@
 //! (spec §2.2 point 4). On CPU the work is one fused `lq-quant` pass on the tensor memory; on other devices the
 //! same result comes from tensor ops (compare with thresholds, gather levels, one-hot sums for the statistics).
 use crate::error::{Error, Result};
-use lq_quant::{baselines, quantize, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE};
+use lq_quant::{baselines, quantize, quantize_relu, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -137,10 +137,27 @@ impl Quantizer {
         Ok(&xc + (q - &xc).detach())
     }
 
+    /// `Q(relu(x))` with the clipped STE, gradient `1[0 < x <= q_max]`: the BN → ReLU → Q unit from the BN output.
+    /// On the CPU one fused pass (ReLU inside) makes the values and statistics and one libtorch autograd function
+    /// (`csrc/ste.cpp`) the one-pass backward; elsewhere ReLU then [`Quantizer::forward_activation`].
+    pub fn forward_relu_activation(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !(x.device() == Device::Cpu && x.kind() == Kind::Float) || x.numel() == 0 {
+            return self.forward_activation(&x.relu(), train);
+        }
+        let q_max = self.levels(None)?[0].max_level() as f64;
+        let q = self.quantize_with(x, None, train, true)?;
+        act_ste(x, &q, q_max)
+    }
+
     /// The quantized values (no gradient), updating the basis from this tensor when training an LQ quantizer. On
     /// the CPU they are written into `out` when given: a fresh contiguous f32 tensor of x's size that nothing has
     /// read yet (the caller's clamp output).
     fn quantize(&mut self, x: &Tensor, out: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.quantize_with(x, out, train, false)
+    }
+
+    /// [`Quantizer::quantize`] of `relu(x)` when `relu` (CPU f32 only).
+    fn quantize_with(&mut self, x: &Tensor, out: Option<&Tensor>, train: bool, relu: bool) -> Result<Tensor> {
         if x.numel() == 0 {
             return Ok(x.detach().zeros_like());
         }
@@ -169,7 +186,9 @@ impl Quantizer {
             // SAFETY: `q` is a contiguous f32 CPU tensor of x's number of elements that does not alias `xd` (a fresh
             // tensor, or the caller's fresh clamp output), and nothing else reads or writes it meanwhile.
             let y = unsafe { std::slice::from_raw_parts_mut(q.data_ptr() as *mut f32, q.numel()) };
-            let m = quantize(&levels, host.expect("cpu input"), y, None, train).map_err(|e| self.err(e))?;
+            let xs = host.expect("cpu input");
+            let m = if relu { quantize_relu(&levels, xs, y, train) } else { quantize(&levels, xs, y, None, train) }
+                .map_err(|e| self.err(e))?;
             (q, m.map(Pending::Host))
         } else {
             let (q, stats) = tensor_quantize(&xd, &levels, train)?;
@@ -214,6 +233,27 @@ impl Quantizer {
         }
         Ok(())
     }
+}
+
+extern "C" {
+    fn lqs_last_error() -> *const std::ffi::c_char;
+    fn lqs_act_ste(x: *mut std::ffi::c_void, q: *mut std::ffi::c_void, hi: f64, out: *mut *mut std::ffi::c_void)
+        -> i32;
+}
+
+/// A tensor with `q`'s values whose gradient flows to `x` as `dy·1[0 < x <= hi]` (one pass in the backward).
+fn act_ste(x: &Tensor, q: &Tensor, hi: f64) -> Result<Tensor> {
+    let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
+    // SAFETY: `x` and `q` are live tensors (tch's C_tensor is the shim's at::Tensor*); on success the shim hands
+    // over a new at::Tensor*, which `from_ptr` owns; on failure it leaves `out` null and keeps a message.
+    let rc = unsafe { lqs_act_ste(x.as_ptr() as *mut _, q.as_ptr() as *mut _, hi, &mut out) };
+    if rc != 0 || out.is_null() {
+        // SAFETY: lqs_last_error returns this thread's NUL-terminated message.
+        let msg = unsafe { std::ffi::CStr::from_ptr(lqs_last_error()) }.to_string_lossy().into_owned();
+        return Err(Error::Torch(tch::TchError::Torch(format!("activation STE: {msg}"))));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
 
 /// Brings every quantizer's device-side moments to the host together with `extra` (e.g. the step's loss and
@@ -290,6 +330,33 @@ pub fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The BN → ReLU → Q unit on the CPU (ReLU inside the fused pass, one-pass STE backward in `csrc/ste.cpp`) gives
+    /// ReLU then the clipped STE exactly: values, gradients (0 and q_max included: ReLU drops x = 0, the STE keeps
+    /// x = q_max) and the fitted basis.
+    #[test]
+    fn relu_unit_equals_relu_then_clipped_ste() {
+        let mut a = Quantizer::activation("a", Method::Lq, 2).unwrap();
+        let mut b = a.clone();
+        let q_max = a.levels(None).unwrap()[0].max_level();
+        let mut v: Vec<f32> = (0..5000).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 1.5) * q_max).collect();
+        v[..4].copy_from_slice(&[0.0, q_max, -q_max, 2.0 * q_max]);
+        let w = Tensor::from_slice(&(0..v.len()).map(|i| (i % 13) as f32 - 6.0).collect::<Vec<_>>());
+        let run = |q: &mut Quantizer, fused: bool| {
+            let x = Tensor::from_slice(&v).set_requires_grad(true);
+            let y = if fused { q.forward_relu_activation(&x, true) } else { q.forward_activation(&x.relu(), true) };
+            let y = y.unwrap();
+            (&y * &w).sum(Kind::Float).backward();
+            q.fit().unwrap();
+            (Vec::<f32>::try_from(&y.detach()).unwrap(), Vec::<f32>::try_from(&x.grad()).unwrap())
+        };
+        let (ya, ga) = run(&mut a, true);
+        let (yb, gb) = run(&mut b, false);
+        assert_eq!(ya, yb);
+        assert_eq!(ga, gb);
+        assert_eq!(&ga[..4], &[0.0, Vec::<f32>::try_from(&w).unwrap()[1], 0.0, 0.0]);
+        assert_eq!(a.state.basis, b.state.basis);
+    }
 
     /// The tensor-op path (used on CUDA) gives the fused CPU pass's values and statistics.
     #[test]
