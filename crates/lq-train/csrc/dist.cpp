@@ -17,12 +17,14 @@ namespace {
 
 thread_local std::string last_error;
 
+// Collectives go through the ProcessGroup front, which dispatches on the tensors' device (both to Gloo here; the
+// place where a CUDA build would register ProcessGroupNCCL for CUDA tensors).
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
   std::chrono::milliseconds timeout;
   int rank, world;
-  c10::intrusive_ptr<c10d::ProcessGroup> group;  // the ProcessGroup front the Reducer needs, made on demand
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
 };
 
 c10d::ReduceOp reduce_op(int op) {
@@ -148,8 +150,12 @@ void* lqd_new(const char* addr, int port, int rank, int world, int64_t timeout_m
     } else {
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
-    out = new Group{store, pg, timeout, rank, world, {}};
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+    auto pg = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
+    pg->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+    pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, gloo);
+    pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, gloo);
+    out = new Group{store, gloo, timeout, rank, world, pg};
   });
   return rc == 0 ? out : nullptr;
 }
@@ -189,13 +195,6 @@ int lqd_sync_bn(void* g, at::Tensor* x, at::Tensor* w, at::Tensor* b, at::Tensor
 int lqd_ddp_new(void* gp, at::Tensor** params, int n, int64_t bucket_bytes, void** out) {
   return guard([&] {
     auto* g = static_cast<Group*>(gp);
-    if (!g->group) {
-      auto pg = c10::make_intrusive<c10d::ProcessGroup>(g->store, g->rank, g->world);
-      pg->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
-      pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, g->pg);
-      pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::GLOO, g->pg);
-      g->group = pg;
-    }
     std::vector<at::Tensor> ps;
     for (int i = 0; i < n; i++) ps.push_back(*params[i]);
     std::vector<bool> sparse(n, false);
@@ -204,7 +203,7 @@ int lqd_ddp_new(void* gp, at::Tensor** params, int n, int64_t bucket_bytes, void
     std::reverse(buckets.begin(), buckets.end());
     std::vector<int64_t> caps(limits.rbegin(), limits.rend());
     auto* r = new std::shared_ptr<c10d::Reducer>(std::make_shared<c10d::Reducer>(
-        ps, buckets, g->group, sparse, bucket_bytes, /*find_unused_parameters=*/false,
+        ps, buckets, g->pg, sparse, bucket_bytes, /*find_unused_parameters=*/false,
         /*gradient_as_bucket_view=*/false, std::unordered_map<size_t, std::string>{},
         c10d::kDefaultFirstBucketBytes, /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
         caps));
