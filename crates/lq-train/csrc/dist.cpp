@@ -2,8 +2,10 @@
 // ProcessGroupGloo, both compiled into libtorch_cpu.so), PyTorch DDP's own gradient Reducer on it (bucketed
 // all-reduce launched from autograd hooks while backward runs), and synchronised BatchNorm as a libtorch autograd
 // function.
-// Every entry point catches C++ exceptions and returns -1 / null with the message kept for lqd_last_error, so no
-// exception crosses into Rust. Tensors cross as `at::Tensor*`, which is what tch's C_tensor is.
+// Every entry point catches C++ exceptions (lq::guard) and returns -1 / null with the message kept for
+// lq_last_error, so no exception crosses into Rust. Tensors cross as `at::Tensor*`, which is what tch's C_tensor is.
+#include "guard.h"
+
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -14,8 +16,6 @@
 #include <string>
 
 namespace {
-
-thread_local std::string last_error;
 
 // Collectives go through the ProcessGroup front, which dispatches on the tensors' device (both to Gloo here; the
 // place where a CUDA build would register ProcessGroupNCCL for CUDA tensors).
@@ -45,19 +45,6 @@ void all_reduce(Group* g, at::Tensor& t, int op) {
   o.reduceOp = reduce_op(op);
   o.timeout = g->timeout;
   wait(g, g->pg->allreduce(v, o), "all-reduce");
-}
-
-template <typename F>
-int guard(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return -1;
 }
 
 // Synchronised BatchNorm over all ranks (NCHW or NC): the batch statistics are sums over every rank's images,
@@ -126,14 +113,14 @@ struct SyncBn : public torch::autograd::Function<SyncBn> {
 
 extern "C" {
 
-const char* lqd_last_error() { return last_error.c_str(); }
+const char* lq_last_error() { return lq::last_error.c_str(); }
 
 // Joins the group: rank 0 serves the TCPStore at addr:port; every rank waits at most timeout_ms for the others, at
 // start-up and in every collective. Gloo's device binds GLOO_SOCKET_IFNAME when set, else the interface of addr
 // when it is a loopback address, else this host's name (as torch.distributed does).
 void* lqd_new(const char* addr, int port, int rank, int world, int64_t timeout_ms) {
   Group* out = nullptr;
-  int rc = guard([&] {
+  int rc = lq::guard([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(port);
@@ -164,12 +151,12 @@ void lqd_free(void* g) { delete static_cast<Group*>(g); }
 
 // In place over a dense tensor: op 0 sum, 1 min, 2 max.
 int lqd_all_reduce(void* g, at::Tensor* t, int op) {
-  return guard([&] { all_reduce(static_cast<Group*>(g), *t, op); });
+  return lq::guard([&] { all_reduce(static_cast<Group*>(g), *t, op); });
 }
 
 // In place: every rank's tensor becomes root's.
 int lqd_broadcast(void* gp, at::Tensor* t, int root) {
-  return guard([&] {
+  return lq::guard([&] {
     auto* g = static_cast<Group*>(gp);
     std::vector<at::Tensor> v{*t};
     c10d::BroadcastOptions o;
@@ -182,7 +169,7 @@ int lqd_broadcast(void* gp, at::Tensor* t, int root) {
 // Synchronised BatchNorm in training mode; w, b, rm, rv may be null (no affine / no running statistics).
 int lqd_sync_bn(void* g, at::Tensor* x, at::Tensor* w, at::Tensor* b, at::Tensor* rm, at::Tensor* rv,
                 double momentum, double eps, at::Tensor** out) {
-  return guard([&] {
+  return lq::guard([&] {
     auto opt = [](at::Tensor* t) { return t ? *t : at::Tensor(); };
     auto y = SyncBn::apply(*x, opt(w), opt(b), opt(rm), opt(rv), momentum, eps, reinterpret_cast<int64_t>(g));
     *out = new at::Tensor(std::move(y));
@@ -193,7 +180,7 @@ int lqd_sync_bn(void* g, at::Tensor* x, at::Tensor* w, at::Tensor* b, at::Tensor
 // reverse order because gradients become ready from the last layer back. Each step: lqd_ddp_prepare before the
 // backward; when backward returns, every parameter's .grad is the average over ranks.
 int lqd_ddp_new(void* gp, at::Tensor** params, int n, int64_t bucket_bytes, void** out) {
-  return guard([&] {
+  return lq::guard([&] {
     auto* g = static_cast<Group*>(gp);
     std::vector<at::Tensor> ps;
     for (int i = 0; i < n; i++) ps.push_back(*params[i]);
@@ -212,7 +199,7 @@ int lqd_ddp_new(void* gp, at::Tensor** params, int n, int64_t bucket_bytes, void
 }
 
 int lqd_ddp_prepare(void* r) {
-  return guard([&] {
+  return lq::guard([&] {
     auto& red = *static_cast<std::shared_ptr<c10d::Reducer>*>(r);
     red->prepare_for_forward();
     red->prepare_for_backward({});

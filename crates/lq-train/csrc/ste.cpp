@@ -1,16 +1,14 @@
 // The activation quantizer's straight-through estimator as one libtorch autograd function (src/quant.rs): value
 // Q(relu(x)), computed by lq-quant's fused pass, gradient dy·1[0 < x <= q_max] in a single pass. It replaces
 // relu → clamp_max → (Q written over the clamp), whose backward reads and writes the activation map three times
-// (ReLU mask, clamp compare, where). Exceptions never cross into Rust (see dist.cpp).
+// (ReLU mask, clamp compare, where). Exceptions never cross into Rust (lq::guard).
+#include "guard.h"
+
 #include <ATen/ATen.h>
 #include <cmath>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <string>
-
 namespace {
-
-thread_local std::string last_error;
 
 struct ActSte : public torch::autograd::Function<ActSte> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& q,
@@ -36,20 +34,12 @@ struct ActSte : public torch::autograd::Function<ActSte> {
 
 extern "C" {
 
-const char* lqs_last_error() { return last_error.c_str(); }
-
 // out = a new tensor with q's values and x's gradient path (see ActSte); q must have x's shape.
 int lqs_act_ste(at::Tensor* x, at::Tensor* q, double hi, at::Tensor** out) {
-  try {
+  return lq::guard([&] {
     TORCH_CHECK(x->sizes() == q->sizes(), "activation STE: value and input shapes differ");
     *out = new at::Tensor(ActSte::apply(*x, *q, hi));
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return -1;
+  });
 }
 
 }  // extern "C"

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tch::{nn, Tensor};
 
 extern "C" {
-    fn lqd_last_error() -> *const c_char;
+    fn lq_last_error() -> *const c_char;
     fn lqd_new(addr: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: i64) -> *mut c_void;
     fn lqd_free(g: *mut c_void);
     fn lqd_all_reduce(g: *mut c_void, t: *mut c_void, op: c_int) -> c_int;
@@ -117,10 +117,14 @@ unsafe impl Send for Group {}
 // SAFETY: as above: no method mutates Rust-side state, and c10d serialises collectives internally.
 unsafe impl Sync for Group {}
 
+/// The message of this thread's last failed C++ entry point.
+pub(crate) fn cpp_error() -> String {
+    // SAFETY: lq_last_error returns a pointer to this thread's NUL-terminated message, valid until the next call.
+    unsafe { CStr::from_ptr(lq_last_error()) }.to_string_lossy().into_owned()
+}
+
 fn last_error(what: &str) -> Error {
-    // SAFETY: lqd_last_error returns a pointer to this thread's NUL-terminated message, valid until the next call.
-    let msg = unsafe { CStr::from_ptr(lqd_last_error()) }.to_string_lossy().into_owned();
-    Error::Dist(format!("{what}: {msg}"))
+    Error::Dist(format!("{what}: {}", cpp_error()))
 }
 
 /// A dense tensor the shim may read and write in place: contiguous (the collectives' requirement).

@@ -236,7 +236,6 @@ impl Quantizer {
 }
 
 extern "C" {
-    fn lqs_last_error() -> *const std::ffi::c_char;
     fn lqs_act_ste(x: *mut std::ffi::c_void, q: *mut std::ffi::c_void, hi: f64, out: *mut *mut std::ffi::c_void)
         -> i32;
 }
@@ -248,8 +247,7 @@ fn act_ste(x: &Tensor, q: &Tensor, hi: f64) -> Result<Tensor> {
     // over a new at::Tensor*, which `from_ptr` owns; on failure it leaves `out` null and keeps a message.
     let rc = unsafe { lqs_act_ste(x.as_ptr() as *mut _, q.as_ptr() as *mut _, hi, &mut out) };
     if rc != 0 || out.is_null() {
-        // SAFETY: lqs_last_error returns this thread's NUL-terminated message.
-        let msg = unsafe { std::ffi::CStr::from_ptr(lqs_last_error()) }.to_string_lossy().into_owned();
+        let msg = crate::dist::cpp_error();
         return Err(Error::Torch(tch::TchError::Torch(format!("activation STE: {msg}"))));
     }
     // SAFETY: as above.
