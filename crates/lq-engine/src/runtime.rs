@@ -1,10 +1,11 @@
 //! End-to-end inference: the model file's op list ([`Op`]) checked once by shape inference and turned into a
 //! program of steps over numbered values. Values are NHWC f32 maps; quantized convs quantize their f32 input on
 //! the way in ([`BitConv::forward_f32`]).
-use crate::conv::{BitConv, ChannelQuant};
+use crate::conv::BitConv;
 use crate::error::{Error, Result};
 use crate::graph::{Op, Weights};
 use crate::kernels::Isa;
+use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant};
 use crate::model::{Data, Meta, ModelFile};
 use crate::scratch::Buf;
 use std::collections::{BTreeSet, HashMap};
@@ -57,7 +58,7 @@ impl FpConv {
     /// transposed copy) or NHWC.
     fn forward(&self, x: &[f32], h: usize, w: usize, chw: bool) -> Vec<f32> {
         let (k, c, s, pad) = (self.k, self.c_in, self.stride, self.pad);
-        let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+        let (oh, ow) = (out_size(h, k, s, pad), out_size(w, k, s, pad));
         let kk = k * k * c;
         // Input column range of output column `ox` hitting tap `kx`: ox·s + kx − pad in 0..w.
         let cols_of = |kx: usize| (0..ow).filter(move |&ox| ox * s + kx >= pad && ox * s + kx - pad < w);
@@ -285,7 +286,9 @@ impl Model {
             Exec::Conv(conv) => conv.forward(val(vals, s[0]), h, w, false),
             Exec::QConv { conv, act, bias } => {
                 let a = &self.acts[*act];
-                let mut y = conv.forward_f32(val(vals, s[0]), h, w, &a.q, &a.basis, isa);
+                let mut y = conv
+                    .forward_f32(val(vals, s[0]), h, w, &a.q, &a.basis, isa)
+                    .expect("validated at load: the act unit and the conv agree with the input shape");
                 if let Some(b) = bias {
                     y.chunks_exact_mut(b.len()).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
                 }
@@ -400,7 +403,7 @@ fn pool(
     fold: impl Fn(f32, f32) -> f32,
     fin: impl Fn(f32) -> f32,
 ) -> Vec<f32> {
-    let (oh, ow) = ((s.h + 2 * pad - k) / stride + 1, (s.w + 2 * pad - k) / stride + 1);
+    let (oh, ow) = (out_size(s.h, k, stride, pad), out_size(s.w, k, stride, pad));
     let inside = |o: usize, n: usize| (o * stride).saturating_sub(pad)..(o * stride + k - pad).min(n);
     let mut out = vec![init; oh * ow * s.c];
     for (p, o) in out.chunks_exact_mut(s.c).enumerate() {
@@ -587,20 +590,21 @@ fn pool_shape(s: Shape, k: usize, stride: usize, pad: usize) -> std::result::Res
     if hp < k || wp < k {
         return Err(format!("kernel {k} is bigger than the {s} map padded by {pad}"));
     }
-    Ok(Shape { h: (hp - k) / stride + 1, w: (wp - k) / stride + 1, c: s.c })
+    Ok(Shape { h: out_size(s.h, k, stride, pad), w: out_size(s.w, k, stride, pad), c: s.c })
 }
 
 /// A packed conv's weights as level values, `[c_out][ky][kx][c_in]` (the fp conv's layout).
 fn expand(conv: &BitConv) -> Vec<f32> {
-    let (taps, words) = (conv.k * conv.k, crate::conv::patch_words(conv.c_in, conv.k));
-    let mut w = vec![0.0f32; conv.c_out * taps * conv.c_in];
-    for (o, wo) in w.chunks_exact_mut(taps * conv.c_in).enumerate() {
+    let (c_in, kw) = (conv.c_in(), conv.kw());
+    let (taps, words) = (conv.k() * conv.k(), patch_words(c_in, conv.k()));
+    let mut w = vec![0.0f32; conv.c_out() * taps * c_in];
+    for (o, wo) in w.chunks_exact_mut(taps * c_in).enumerate() {
         for (d, v) in wo.iter_mut().enumerate() {
-            let (wd, b) = crate::conv::patch_bit(conv.c_in, d / conv.c_in, d % conv.c_in);
-            *v = (0..conv.kw)
+            let (wd, b) = patch_bit(c_in, d / c_in, d % c_in);
+            *v = (0..kw)
                 .map(|i| {
-                    let bit = (conv.bits[(o * conv.kw + i) * words + wd] >> b) & 1;
-                    conv.basis[o * conv.kw + i] * if bit == 1 { 1.0 } else { -1.0 }
+                    let bit = (conv.bits()[(o * kw + i) * words + wd] >> b) & 1;
+                    conv.basis()[o * kw + i] * if bit == 1 { 1.0 } else { -1.0 }
                 })
                 .sum();
         }

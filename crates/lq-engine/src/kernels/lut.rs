@@ -11,8 +11,9 @@
 //! rows straight from a zero-bordered map of table offsets ([`LutInput`]), where a kernel row's `k` taps are
 //! consecutive bytes. The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`
 //! recombination as the popcount kernels.
+use super::quant::Quant8;
 use super::BitGemm;
-use crate::conv::{narrow, ChannelQuant, Planes, Quant8};
+use crate::layout::{groups_per_tap, narrow, out_size, ChannelQuant, Planes};
 use crate::scratch::Buf;
 
 /// The kernel's activation operand: every pixel's planes as table offsets (`16·nibble`, one byte per 4-bit group)
@@ -31,6 +32,8 @@ pub struct LutInput {
     wp: usize,
     oh: usize,
     ow: usize,
+    /// The plan's lanes the map was made for (16-lane maps carry the pair nibbles).
+    lanes: usize,
 }
 
 /// How the kernel tiles a layer.
@@ -49,13 +52,23 @@ pub struct Plan {
 /// do not start on 4-bit groups).
 pub fn plan(c_in: usize, c_out: usize, kw: usize, ka: usize) -> Option<Plan> {
     let split_taps = narrow(c_in) && c_in < 4;
-    if !super::avx2::is_available() || c_out % 16 != 0 || split_taps || kw > 4 || ka > 4 || kw * ka > 12 {
+    let lanes = lanes(c_out, kw)?;
+    if split_taps || ka > 4 || kw * ka > 12 {
         return None;
     }
-    let lanes = if c_out % 32 == 0 { 32 } else { 16 };
     // Two blocks share each table load where weights have one plane (a table then feeds 2 shuffles).
     let b = if lanes == 32 && kw == 1 && c_out % 64 == 0 { 2 } else { 1 };
     Some(Plan { p: (12 / (kw * ka * b)).max(1), b, lanes })
+}
+
+/// The lanes per channel block for `c_out` channels with `kw` weight planes (32, or 16 for an odd number of
+/// 16-channel blocks), or `None` where the kernel cannot run them: no AVX2, `C_out` not whole 16-channel blocks,
+/// more than 4 weight planes.
+pub fn lanes(c_out: usize, kw: usize) -> Option<usize> {
+    if !super::avx2::is_available() || c_out % 16 != 0 || kw > 4 {
+        return None;
+    }
+    Some(if c_out % 32 == 0 { 32 } else { 16 })
 }
 
 /// Weights as one nibble per byte, `[block][group][K_w][32]`, from `[C_out][K_w][words]` bits; with 16-lane
@@ -114,9 +127,16 @@ pub fn input_f32(
     a_basis: &[f32],
     plan: Plan,
 ) -> LutInput {
-    let (c, ka) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
+    let (c, ka) = (q.channels(), q.bits().expect("the caller checked the quantizer"));
     if !Quant8::takes(q) {
-        return input(&Planes::quantize(x, h, w, q), k, stride, pad, a_basis, plan);
+        return input(
+            &super::quant::quantize_checked(super::Isa::Avx2Lut, x, h, w, q, ka),
+            k,
+            stride,
+            pad,
+            a_basis,
+            plan,
+        );
     }
     let (q8, run) = (Quant8::new(q), groups_per_tap(c));
     let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
@@ -130,15 +150,6 @@ pub fn input_f32(
         let _ = (y, row, cnt, &q8);
     };
     build(h, w, ka, run, k, stride, pad, a_basis, plan, fill)
-}
-
-/// Groups (4 channels each) of one tap in the [`crate::patch_bit`] layout.
-fn groups_per_tap(c: usize) -> usize {
-    if narrow(c) {
-        c / 4
-    } else {
-        c.div_ceil(64) * 16
-    }
 }
 
 /// The map around a per-row filler: `fill(y, row, cnt)` writes image row `y`'s pixels (all planes) into its padded
@@ -187,7 +198,7 @@ fn build(
             }
         }
     });
-    let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+    let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
     let mut t = Buf::<f32>::reused(oh * ow);
     // Per output row and plane the window sums, one kernel row at a time (plain loops over the row vectorise).
     t.par_chunks_mut(ow).enumerate().for_each_init(
@@ -206,7 +217,7 @@ fn build(
             }
         },
     );
-    LutInput { map, t, k, stride, run, ka, wp, oh, ow }
+    LutInput { map, t, k, stride, run, ka, wp, oh, ow, lanes: plan.lanes }
 }
 
 /// The 8 nibbles of `w` as the high nibbles of 8 bytes (nibble `g` → byte `g`): the table offsets `16·nibble`.
@@ -242,9 +253,21 @@ fn copy_small(d: &mut [u8], s: &[u8]) {
 }
 
 /// `out[p·C_out + o]` for every output pixel `p` of `a` (see [`BitGemm::run`]); `lw` from [`pack_weights`] and
-/// `a` from [`input`], both made for `plan`.
+/// `a` from [`input`], both made for `plan`. Panics where the operands disagree with each other or with `plan`,
+/// or without AVX2 (the checks that make the unchecked reads of the tiles sound; [`crate::BitConv`] only calls
+/// it with operands it made).
 pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
-    assert!(out.len() >= a.oh * a.ow * g.c_out && a.k * a.k * a.run <= g.words * 16);
+    let (l, groups) = (plan.lanes, g.words * 16);
+    assert!(super::avx2::is_available(), "the table kernel needs AVX2 and FMA");
+    assert!(
+        matches!(l, 16 | 32) && plan.b >= 1 && g.c_out % (l * plan.b) == 0,
+        "plan {plan:?} for {} channels",
+        g.c_out
+    );
+    assert!(lw.len() == g.c_out / l * groups * g.kw * 32, "{} weight bytes for the plan", lw.len());
+    assert!(a.ka == g.ka && a.lanes == l && a.k * a.k * a.run <= groups, "the input was made for another layer");
+    assert!(g.w_basis.len() >= g.c_out * g.kw && g.a_basis.len() >= g.ka, "bases shorter than the layer");
+    assert!(out.len() >= a.oh * a.ow * g.c_out, "output shorter than {}x{}x{}", a.oh, a.ow, g.c_out);
     macro_rules! go {
         ($(($kw:literal, $ka:literal, $p:literal, $b:literal, $l:literal)),*) => {
             match (g.kw, g.ka, plan.p, plan.b, plan.lanes) {
@@ -416,7 +439,9 @@ unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize,
     let mut wide = [[[[[zero; 2]; KA]; P]; KW]; B];
     let (tab, pairs) = (TABLES.0.as_ptr(), PAIRS.0.as_ptr() as *const u8);
     let wp = w.as_ptr();
-    let rows: [*const u8; P] = std::array::from_fn(|p| t.m.as_ptr().add((t.lr0 + p).min(t.lanes - 1) * t.lane_step));
+    // SAFETY: the clamped lane rows start inside the map (contract).
+    let rows: [*const u8; P] =
+        std::array::from_fn(|p| unsafe { t.m.as_ptr().add((t.lr0 + p).min(t.lanes - 1) * t.lane_step) });
     // Byte accumulators gain at most 4 per group: widen them to i16 every 63 groups (counted across kernel rows).
     // `acc` is a fresh local per interval, never borrowed, so that it lives in registers.
     let (mut r, mut g0) = (0, 0);
