@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::{lut, quant, BitGemm, Isa};
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
+use crate::profile::{self, Phase};
 use crate::scratch::Buf;
 use lq_quant::{CodeSet, Levels};
 
@@ -230,24 +231,27 @@ impl BitConv {
         match (plan, &self.lut) {
             (Some(plan), Some((lanes, lw))) if plan.lanes == *lanes => {
                 let (k, s, pad) = (self.k, self.stride, self.pad);
-                let a = match x {
+                let a = profile::time(Phase::Input, || match x {
                     Input::Planes(p) => lut::input(p, k, s, pad, a_basis, plan),
                     Input::F32 { x, h, w, q } => lut::input_f32(x, h, w, q, k, s, pad, a_basis, plan),
-                };
-                lut::run(&g, plan, lw, &a, &mut out);
+                });
+                profile::time(Phase::Kernel, || lut::run(&g, plan, lw, &a, &mut out));
             }
             _ => {
-                let quantized;
-                let p = match x {
-                    Input::Planes(p) => p,
-                    Input::F32 { x, h, w, q } => {
-                        quantized = quant::quantize_checked(isa, x, h, w, q, ka);
-                        &quantized
-                    }
-                };
-                let mut a = Buf::<u64>::zeroed(im2col_len(p, self.k, self.stride, self.pad));
-                im2col_into(p, self.k, self.stride, self.pad, &mut a);
-                g.run(isa, &a, rows, &mut out);
+                let a = profile::time(Phase::Input, || {
+                    let quantized;
+                    let p = match x {
+                        Input::Planes(p) => p,
+                        Input::F32 { x, h, w, q } => {
+                            quantized = quant::quantize_checked(isa, x, h, w, q, ka);
+                            &quantized
+                        }
+                    };
+                    let mut a = Buf::<u64>::zeroed(im2col_len(p, self.k, self.stride, self.pad));
+                    im2col_into(p, self.k, self.stride, self.pad, &mut a);
+                    a
+                });
+                profile::time(Phase::Kernel, || g.run(isa, &a, rows, &mut out));
             }
         }
         out

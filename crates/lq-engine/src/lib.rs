@@ -24,6 +24,7 @@ pub use graph::{Op, Weights};
 pub use kernels::Isa;
 pub use layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
 pub use model::{Data, Meta, ModelFile, FORMAT_VERSION};
+pub use profile::StepTime;
 pub use runtime::Model;
 
 mod conv;
@@ -33,6 +34,7 @@ pub(crate) mod kernels;
 mod layout;
 pub mod model;
 pub mod naive;
+mod profile;
 mod runtime;
 mod scratch;
 

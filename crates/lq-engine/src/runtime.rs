@@ -7,6 +7,7 @@ use crate::graph::{Op, Weights};
 use crate::kernels::Isa;
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant};
 use crate::model::{Data, Meta, ModelFile};
+use crate::profile::{self, StepTime};
 use crate::scratch::Buf;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -255,17 +256,72 @@ impl Model {
     }
 
     fn forward_one(&self, chw: &[f32], isa: Isa) -> Vec<f32> {
+        self.forward_timed(chw, isa, &mut |_, _| {})
+    }
+
+    /// [`Model::forward_one`] calling `tick(step, seconds)` after each step (and with `usize::MAX` for the
+    /// input transpose).
+    fn forward_timed(&self, chw: &[f32], isa: Isa, tick: &mut dyn FnMut(usize, f64)) -> Vec<f32> {
+        let mut t = std::time::Instant::now();
+        let mut lap = |i: usize, t: &mut std::time::Instant| {
+            let now = std::time::Instant::now();
+            tick(i, (now - *t).as_secs_f64());
+            *t = now;
+        };
         let mut vals: Vec<Option<Vec<f32>>> = vec![None; self.shapes.len()];
         if self.nhwc_input {
             let Shape { h, w, c } = self.shapes[0];
             vals[0] = Some((0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect());
         }
+        lap(usize::MAX, &mut t);
         for (i, step) in self.steps.iter().enumerate() {
             let out = self.run(i, step, &mut vals, chw, isa);
             vals[i + 1] = Some(out);
             step.free.iter().for_each(|&v| vals[v] = None);
+            lap(i, &mut t);
         }
         vals.pop().flatten().expect("the last value is computed")
+    }
+
+    /// Per-step times of `n` images run one after another (each image's layers in parallel as in
+    /// [`Model::forward_batch`]), after one warm-up image; a quantized conv's time is split into its input map
+    /// and its kernel. The last row, `input transpose`, is the CHW → NHWC copy of the input.
+    pub fn profile(&self, x: &[f32], n: usize, isa: Isa) -> Result<Vec<StepTime>> {
+        let [c, h, w] = self.meta.input;
+        if n == 0 || Some(x.len()) != n.checked_mul(c * h * w) {
+            return Err(Error::Input(format!("{} values for {n} images, the model takes {c}x{h}x{w} each", x.len())));
+        }
+        let mut rows: Vec<StepTime> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepTime {
+                label: self.meta.graph[i].label(),
+                kind: match s.exec {
+                    Exec::QConv { .. } => "qconv",
+                    Exec::Conv(_) | Exec::Linear { .. } => "fp",
+                    _ => "glue",
+                },
+                input: 0.0,
+                kernel: 0.0,
+                other: 0.0,
+            })
+            .chain([StepTime { label: "input transpose".into(), kind: "glue", input: 0.0, kernel: 0.0, other: 0.0 }])
+            .collect();
+        let last = rows.len() - 1;
+        rayon::scope(|_| {
+            self.forward_one(&x[..c * h * w], isa);
+            profile::switch(true);
+            for img in x.chunks_exact(c * h * w) {
+                self.forward_timed(img, isa, &mut |i, dt| {
+                    let [inp, ker] = profile::switch(true);
+                    let r = &mut rows[if i == usize::MAX { last } else { i }];
+                    (r.input, r.kernel, r.other) = (r.input + inp, r.kernel + ker, r.other + dt - inp - ker);
+                });
+            }
+            profile::switch(false);
+        });
+        Ok(rows)
     }
 
     /// Value `v`, moved out when step `i` is its last reader (so element-wise ops work in place), else copied.

@@ -57,7 +57,7 @@ pub fn plan(c_in: usize, c_out: usize, kw: usize, ka: usize) -> Option<Plan> {
         return None;
     }
     // Two blocks share each table load where weights have one plane (a table then feeds 2 shuffles).
-    let b = if lanes == 32 && kw == 1 && c_out % 64 == 0 { 2 } else { 1 };
+    let b = if kw == 1 && c_out % (2 * lanes) == 0 { 2 } else { 1 };
     Some(Plan { p: (12 / (kw * ka * b)).max(1), b, lanes })
 }
 
@@ -68,7 +68,9 @@ pub fn lanes(c_out: usize, kw: usize) -> Option<usize> {
     if !super::avx2::is_available() || c_out % 16 != 0 || kw > 4 {
         return None;
     }
-    Some(if c_out % 32 == 0 { 32 } else { 16 })
+    // One weight plane over 32 channels: two 16-lane blocks, so each table load feeds two shuffles (with one
+    // 32-lane block every shuffle needs its own table load, and the loads bind: W1A2 ran no faster than W2A2).
+    Some(if c_out % 32 == 0 && !(kw == 1 && c_out % 64 != 0) { 32 } else { 16 })
 }
 
 /// Weights as one nibble per byte, `[block][group][K_w][32]`, from `[C_out][K_w][words]` bits; with 16-lane
@@ -210,7 +212,12 @@ fn build(
                 for ky in 0..k {
                     let r = &cnt[((oy * stride + ky) * ka + j) * wp..][..wp];
                     for kx in 0..k {
-                        sum.iter_mut().enumerate().for_each(|(ox, s)| *s += r[ox * stride + kx]);
+                        // Zipped slices (no index arithmetic) so the loops vectorise; stride 1 is the common case.
+                        if stride == 1 {
+                            sum.iter_mut().zip(&r[kx..]).for_each(|(s, &v)| *s += v);
+                        } else {
+                            sum.iter_mut().zip(r[kx..].iter().step_by(stride)).for_each(|(s, &v)| *s += v);
+                        }
                     }
                 }
                 t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += a_basis[j] * s as f32);
@@ -297,6 +304,10 @@ pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
         (4, 1, 3, 1, 32),
         (4, 2, 1, 1, 32),
         (4, 3, 1, 1, 32),
+        (1, 1, 6, 2, 16),
+        (1, 2, 3, 2, 16),
+        (1, 3, 2, 2, 16),
+        (1, 4, 1, 2, 16),
         (1, 1, 12, 1, 16),
         (1, 2, 6, 1, 16),
         (1, 3, 4, 1, 16),

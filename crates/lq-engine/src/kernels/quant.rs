@@ -112,15 +112,18 @@ impl<'a> Quant8<'a> {
 
     /// Quantizes one image row (whole pixels `xs`) into a padded row of the table kernel's map: for each plane
     /// `row` holds `[wp][run]` offset bytes (`rl` apart) and `cnt` `[wp]` set-bit counts (`cl` apart); pixel `x`
-    /// goes to column `pad + x`.
+    /// goes to column `pad + x`. Panics if the rows are too short for the pixels.
     ///
     /// # Safety
-    /// [`Quant8::takes`] held for this quantizer; `run >= C/4`, the rows are long enough.
+    /// [`Quant8::takes`] held for this quantizer.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     pub(crate) unsafe fn offsets_row(&self, xs: &[f32], row: &mut [u8], cnt: &mut [u32], run: usize, pad: usize) {
         let (c, ka) = (self.sign.len(), self.k);
-        let (rl, cl) = (row.len() / ka, cnt.len() / ka);
+        let (rl, cl, npx) = (row.len() / ka, cnt.len() / ka, xs.len() / c);
+        // The one check that makes the unchecked stores below stay inside `row` and `cnt`.
+        assert!(c / 4 <= run && (pad + npx) * run <= rl && pad + npx <= cl, "map row too short");
+        let (rp, cp) = (row.as_mut_ptr(), cnt.as_mut_ptr());
         for (xx, px) in xs.chunks_exact(c).enumerate() {
             let at = (pad + xx) * run;
             if c / 4 < run {
@@ -133,12 +136,14 @@ impl<'a> Quant8<'a> {
                 let m = unsafe { self.masks(px, c8) };
                 for j in 0..ka {
                     pc[j] += m[j].count_ones();
-                    let o = &mut row[j * rl + at + c8 / 4..][..2];
-                    o[0] = ((m[j] & 15) << 4) as u8;
-                    o[1] = (m[j] & 0xF0) as u8;
+                    // Offsets `16·nibble` of channels c8..c8+4 and c8+4..c8+8, as two little-endian bytes.
+                    let v = (((m[j] & 15) << 4) | ((m[j] & 0xF0) << 8)) as u16;
+                    // SAFETY: j·rl + at + c8/4 + 2 <= j·rl + (pad + xx)·run + C/4 <= (j + 1)·rl (checked above).
+                    unsafe { rp.add(j * rl + at + c8 / 4).cast::<u16>().write_unaligned(v) };
                 }
             }
-            (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
+            // SAFETY: j·cl + pad + xx < (j + 1)·cl (checked above).
+            (0..ka).for_each(|j| unsafe { *cp.add(j * cl + pad + xx) = pc[j] });
         }
     }
 
@@ -152,7 +157,6 @@ impl<'a> Quant8<'a> {
     pub(crate) unsafe fn masks(&self, px: &[f32], c8: usize) -> [u32; 3] {
         use std::arch::x86_64::*;
         let c = self.sign.len();
-        let one = _mm256_set1_epi32(1);
         // SAFETY (loads): c8 + 8 <= C for `px`, `sign` and each row of `stt`; `codes` is 8 i32.
         unsafe {
             let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(self.sign.as_ptr().add(c8)));
@@ -164,8 +168,9 @@ impl<'a> Quant8<'a> {
             let code = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(self.codes.as_ptr() as *const __m256i), idx);
             let mut out = [0u32; 3];
             for (j, o) in out.iter_mut().enumerate().take(self.k) {
-                let bit = _mm256_and_si256(_mm256_srlv_epi32(code, _mm256_set1_epi32(j as i32)), one);
-                *o = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u32;
+                // Bit j of each code to the sign bit, then one movemask.
+                let bit = _mm256_sllv_epi32(code, _mm256_set1_epi32(31 - j as i32));
+                *o = _mm256_movemask_ps(_mm256_castsi256_ps(bit)) as u32;
             }
             out
         }
