@@ -6,11 +6,14 @@
 //! the tile's counts. Pays off as long as K_w·K_a is small (bitops.md §2.2: W3A3 is near fp32 parity).
 use super::BitGemm;
 
-/// Whether AVX2 (and FMA, used by the epilogue) is present (cached by the standard library).
+/// Whether AVX2 (with FMA, used by the epilogues, and POPCNT, for the per-pixel counts) is present (cached by the
+/// standard library).
 pub(crate) fn is_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("popcnt")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -67,7 +70,7 @@ pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: 
 /// AVX2 and FMA must be available; `g.kw == KW`, `g.ka == KA`, and `a`, `out`, `sw` hold what [`BitGemm::run`]
 /// checks for `rows` rows.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,popcnt")]
 unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
     g: &BitGemm,
     a: &[u64],

@@ -97,7 +97,7 @@ impl<'a> Quant8<'a> {
     /// # Safety
     /// [`Quant8::takes`] held for this quantizer.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(crate) unsafe fn pack(&self, xs: &[f32], out: &mut [u64]) {
         let (c, k) = (self.sign.len(), self.k);
         let cw = c.div_ceil(64);
@@ -117,7 +117,7 @@ impl<'a> Quant8<'a> {
     /// # Safety
     /// [`Quant8::takes`] held for this quantizer.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(crate) unsafe fn offsets_row(&self, xs: &[f32], row: &mut [u8], cnt: &mut [u32], run: usize, pad: usize) {
         let (c, ka) = (self.sign.len(), self.k);
         let (rl, cl, npx) = (row.len() / ka, cnt.len() / ka, xs.len() / c);
@@ -152,7 +152,7 @@ impl<'a> Quant8<'a> {
     /// # Safety
     /// [`Quant8::takes`] held for this quantizer; `c8 + 8 <= C` and `px.len() == C`.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     #[inline]
     pub(crate) unsafe fn masks(&self, px: &[f32], c8: usize) -> [u32; 3] {
         use std::arch::x86_64::*;
