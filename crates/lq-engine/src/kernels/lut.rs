@@ -24,7 +24,9 @@ use crate::scratch::Buf;
 /// pixels that share a register then read one byte. `t` is `T = Σ_j v^a_j popc(A_j)` per output pixel.
 pub struct LutInput {
     map: Buf<u8>,
-    t: Buf<f32>,
+    /// Set bits per padded pixel and plane, `[padded row][K_a][wp]` (the `T` term's window sums come from it).
+    cnt: Buf<u32>,
+    a_basis: Vec<f32>,
     k: usize,
     stride: usize,
     run: usize,
@@ -201,30 +203,31 @@ fn build(
         }
     });
     let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
-    let mut t = Buf::<f32>::reused(oh * ow);
-    // Per output row and plane the window sums, one kernel row at a time (plain loops over the row vectorise).
-    t.par_chunks_mut(ow).enumerate().for_each_init(
-        || vec![0u32; ow],
-        |sum, (oy, t)| {
-            t.fill(0.0);
-            for j in 0..ka {
-                sum.fill(0);
-                for ky in 0..k {
-                    let r = &cnt[((oy * stride + ky) * ka + j) * wp..][..wp];
-                    for kx in 0..k {
-                        // Zipped slices (no index arithmetic) so the loops vectorise; stride 1 is the common case.
-                        if stride == 1 {
-                            sum.iter_mut().zip(&r[kx..]).for_each(|(s, &v)| *s += v);
-                        } else {
-                            sum.iter_mut().zip(r[kx..].iter().step_by(stride)).for_each(|(s, &v)| *s += v);
-                        }
+    LutInput { map, cnt, a_basis: a_basis.to_vec(), k, stride, run, ka, wp, oh, ow, lanes: plan.lanes }
+}
+
+impl LutInput {
+    /// `T = Σ_j v^a_j popc(A_j)` of the output pixels of row `oy` into `t` (`ow` values), from the window sums of
+    /// the per-pixel counts (integer sums, exact; the plain loops over the row vectorise).
+    fn t_row(&self, oy: usize, t: &mut [f32], sum: &mut [u32]) {
+        let (k, stride, wp) = (self.k, self.stride, self.wp);
+        t.fill(0.0);
+        for j in 0..self.ka {
+            sum.fill(0);
+            for ky in 0..k {
+                let r = &self.cnt[((oy * stride + ky) * self.ka + j) * wp..][..wp];
+                for kx in 0..k {
+                    // Zipped slices (no index arithmetic) so the loops vectorise; stride 1 is the common case.
+                    if stride == 1 {
+                        sum.iter_mut().zip(&r[kx..]).for_each(|(s, &v)| *s += v);
+                    } else {
+                        sum.iter_mut().zip(r[kx..].iter().step_by(stride)).for_each(|(s, &v)| *s += v);
                     }
                 }
-                t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += a_basis[j] * s as f32);
             }
-        },
-    );
-    LutInput { map, t, k, stride, run, ka, wp, oh, ow, lanes: plan.lanes }
+            t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += self.a_basis[j] * s as f32);
+        }
+    }
 }
 
 /// The 8 nibbles of `w` as the high nibbles of 8 bytes (nibble `g` → byte `g`): the table offsets `16·nibble`.
@@ -352,32 +355,37 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
     let kys = ((24 << 10) / (seg * KW * B * 32)).clamp(1, k);
     let px = 32 / L; // output pixels per lane row
     let lanes = ow.div_ceil(px);
-    out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each(|(oy, orow)| {
-        let tv = &a.t[oy * ow..(oy + 1) * ow];
-        let row = a.ka * a.wp * run; // bytes per padded map row
-        let m = &a.map[oy * s * row..];
-        for ky0 in (0..k).step_by(kys) {
-            for blk in (0..c_out / L).step_by(B) {
-                let w = &lw[(blk * groups + ky0 * seg) * KW * 32..];
-                for lr0 in (0..lanes).step_by(P) {
-                    let t = Tile {
-                        m: &m[ky0 * row..],
-                        lane_step: px * s * run,
-                        row_step: row,
-                        plane: a.wp * run,
-                        lr0,
-                        lanes,
-                        seg,
-                        kys: kys.min(k - ky0),
-                        first: ky0 == 0,
-                    };
-                    // SAFETY: AVX2 was checked by `plan`; `t` addresses lie inside the map (lane rows past
-                    // `lanes` are clamped), the weights of `B` blocks of `groups` groups follow `w`.
-                    unsafe { tile::<KW, KA, P, B, L>(&t, w, groups * KW * 32, tv, &coef, &sw, blk * L, orow) };
+    // T per output row inside the row's task (one parallel loop per layer fewer than a separate pass).
+    out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each_init(
+        || (vec![0.0f32; ow], vec![0u32; ow]),
+        |(tv, sum), (oy, orow)| {
+            a.t_row(oy, tv, sum);
+            let tv = &tv[..];
+            let row = a.ka * a.wp * run; // bytes per padded map row
+            let m = &a.map[oy * s * row..];
+            for ky0 in (0..k).step_by(kys) {
+                for blk in (0..c_out / L).step_by(B) {
+                    let w = &lw[(blk * groups + ky0 * seg) * KW * 32..];
+                    for lr0 in (0..lanes).step_by(P) {
+                        let t = Tile {
+                            m: &m[ky0 * row..],
+                            lane_step: px * s * run,
+                            row_step: row,
+                            plane: a.wp * run,
+                            lr0,
+                            lanes,
+                            seg,
+                            kys: kys.min(k - ky0),
+                            first: ky0 == 0,
+                        };
+                        // SAFETY: AVX2 was checked by `plan`; `t` addresses lie inside the map (lane rows past
+                        // `lanes` are clamped), the weights of `B` blocks of `groups` groups follow `w`.
+                        unsafe { tile::<KW, KA, P, B, L>(&t, w, groups * KW * 32, tv, &coef, &sw, blk * L, orow) };
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Where one tile reads: kernel row `r` (of `kys`) of lane row `lr` in plane `j` starts at
