@@ -3,8 +3,9 @@ architecture as the lqnets model, run as fp32 and INT8 on ONNX Runtime's CPU pro
 u8 activations / s8 weights, calibrated on random inputs) and, with --torch, as INT8 on PyTorch (FX static
 quantization, x86/fbgemm backend). Prints median ms per batch for the given threads, one line per batch:
 
-    anchor batch=B ort_fp32=MS ort_int8=MS [torch_int8=MS]
+    anchor batch=B ort_fp32=MS ort_int8=MS [torch_int8=MS] min ort_fp32=MS ort_int8=MS [torch_int8=MS]
 
+(medians, then the minimum over the reps: on a shared VM the minima are the steadier of the two). 
 (`lqnets bench infer --venv` parses these lines.) Networks (`--arch`), written out here (no torchvision):
   resnet20-A / resnet20-B  lqnets' pre-activation ResNet-20 (crates/lq-train/src/models/cifar.rs): conv0, per block
                            BN-ReLU -> conv1 -> BN-ReLU -> conv2 (+ shortcut: identity, or option A = 2x2 avg-pool and
@@ -121,12 +122,13 @@ def build(arch):
 
 
 def median_ms(run, reps):
+    """(median, min) ms of `reps` runs after 3 warm-ups."""
     for _ in range(3):
         run()
     ts = []
     for _ in range(reps):
         t = time.perf_counter(); run(); ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+    return statistics.median(ts), min(ts)
 
 
 def ort_sessions(model, threads):
@@ -180,11 +182,14 @@ def main():
         x = rng.standard_normal((b, 3, 32, 32), dtype=np.float32)
         tf = median_ms(lambda: sf.run(None, {"x": x}), a.reps)
         tq = median_ms(lambda: sq.run(None, {"x": x}), a.reps)
-        line = f"anchor batch={b} ort_fp32={tf:.3f} ort_int8={tq:.3f}"
+        tt = None
         if tq8 is not None:
             xt = torch.from_numpy(x)
             with torch.inference_mode():
-                line += f" torch_int8={median_ms(lambda: tq8(xt), a.reps):.3f}"
+                tt = median_ms(lambda: tq8(xt), a.reps)
+        line = f"anchor batch={b}"
+        for i, tag in [(0, ""), (1, " min")]:
+            line += f"{tag} ort_fp32={tf[i]:.3f} ort_int8={tq[i]:.3f}" + (f" torch_int8={tt[i]:.3f}" if tt else "")
         print(line, flush=True)
 
 
