@@ -74,7 +74,6 @@ pub(crate) struct Quant8<'a> {
     /// Signed thresholds `sign·τ`, transposed to `[t][C]` so 8 channels load at once.
     stt: Vec<f32>,
     codes: [i32; 8],
-    t: usize,
     k: usize,
 }
 
@@ -89,7 +88,7 @@ impl<'a> Quant8<'a> {
         let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
         let mut codes = [0i32; 8];
         codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
-        Quant8 { sign: &q.sign, stt, codes, t, k: q.codes.len().trailing_zeros() as usize }
+        Quant8 { sign: &q.sign, stt, codes, k: q.codes.len().trailing_zeros() as usize }
     }
 
     /// Packs whole pixels `xs` into bit-planes `out` (`K_a·⌈C/64⌉` words per pixel, zeroed).
@@ -119,7 +118,32 @@ impl<'a> Quant8<'a> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt")]
     pub(crate) unsafe fn offsets_row(&self, xs: &[f32], row: &mut [u8], cnt: &mut [u32], run: usize, pad: usize) {
-        let (c, ka) = (self.sign.len(), self.k);
+        // SAFETY (each arm): this function's contract; K_a is 1..=3 by `Quant8::takes`.
+        unsafe {
+            match self.k {
+                1 => self.offsets_row_k::<1>(xs, row, cnt, run, pad),
+                2 => self.offsets_row_k::<2>(xs, row, cnt, run, pad),
+                3 => self.offsets_row_k::<3>(xs, row, cnt, run, pad),
+                k => panic!("K_a = {k} is not taken by the AVX2 quantizer"),
+            }
+        }
+    }
+
+    /// [`Quant8::offsets_row`] for `KA` planes (the plane and threshold loops unrolled).
+    ///
+    /// # Safety
+    /// [`Quant8::takes`] held for this quantizer, `KA == self.k`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn offsets_row_k<const KA: usize>(
+        &self,
+        xs: &[f32],
+        row: &mut [u8],
+        cnt: &mut [u32],
+        run: usize,
+        pad: usize,
+    ) {
+        let (c, ka) = (self.sign.len(), KA);
         let (rl, cl, npx) = (row.len() / ka, cnt.len() / ka, xs.len() / c);
         // The one check that makes the unchecked stores below stay inside `row` and `cnt`.
         assert!(c / 4 <= run && (pad + npx) * run <= rl && pad + npx <= cl, "map row too short");
@@ -130,11 +154,11 @@ impl<'a> Quant8<'a> {
                 // Groups past the channels (a partial last word) are zero.
                 (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
             }
-            let mut pc = [0u32; 3];
+            let mut pc = [0u32; KA];
             for c8 in (0..c).step_by(8) {
                 // SAFETY: c8 + 8 <= C (C % 8 == 0).
-                let m = unsafe { self.masks(px, c8) };
-                for j in 0..ka {
+                let m = unsafe { self.masks_k::<KA>(px, c8) };
+                for j in 0..KA {
                     pc[j] += m[j].count_ones();
                     // Offsets `16·nibble` of channels c8..c8+4 and c8+4..c8+8, as two little-endian bytes.
                     let v = (((m[j] & 15) << 4) | ((m[j] & 0xF0) << 8)) as u16;
@@ -155,19 +179,40 @@ impl<'a> Quant8<'a> {
     #[target_feature(enable = "avx2,popcnt")]
     #[inline]
     pub(crate) unsafe fn masks(&self, px: &[f32], c8: usize) -> [u32; 3] {
+        let mut out = [0u32; 3];
+        // SAFETY (each arm): this function's contract; K_a is 1..=3 by `Quant8::takes`.
+        unsafe {
+            match self.k {
+                1 => out[..1].copy_from_slice(&self.masks_k::<1>(px, c8)),
+                2 => out[..2].copy_from_slice(&self.masks_k::<2>(px, c8)),
+                3 => out.copy_from_slice(&self.masks_k::<3>(px, c8)),
+                k => panic!("K_a = {k} is not taken by the AVX2 quantizer"),
+            }
+        }
+        out
+    }
+
+    /// [`Quant8::masks`] for `KA` planes (`2^KA − 1` thresholds).
+    ///
+    /// # Safety
+    /// As [`Quant8::masks`], and `KA == self.k`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    unsafe fn masks_k<const KA: usize>(&self, px: &[f32], c8: usize) -> [u32; KA] {
         use std::arch::x86_64::*;
         let c = self.sign.len();
         // SAFETY (loads): c8 + 8 <= C for `px`, `sign` and each row of `stt`; `codes` is 8 i32.
         unsafe {
             let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(self.sign.as_ptr().add(c8)));
             let mut idx = _mm256_setzero_si256();
-            for l in 0..self.t {
+            for l in 0..(1 << KA) - 1 {
                 let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(self.stt.as_ptr().add(l * c + c8)));
                 idx = _mm256_sub_epi32(idx, _mm256_castps_si256(m));
             }
             let code = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(self.codes.as_ptr() as *const __m256i), idx);
-            let mut out = [0u32; 3];
-            for (j, o) in out.iter_mut().enumerate().take(self.k) {
+            let mut out = [0u32; KA];
+            for (j, o) in out.iter_mut().enumerate() {
                 // Bit j of each code to the sign bit, then one movemask.
                 let bit = _mm256_sllv_epi32(code, _mm256_set1_epi32(31 - j as i32));
                 *o = _mm256_movemask_ps(_mm256_castsi256_ps(bit)) as u32;
