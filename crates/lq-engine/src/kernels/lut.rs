@@ -278,9 +278,10 @@ pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
     assert!(a.ka == g.ka && a.lanes == l && a.k * a.k * a.run <= groups, "the input was made for another layer");
     assert!(g.w_basis.len() >= g.c_out * g.kw && g.a_basis.len() >= g.ka, "bases shorter than the layer");
     assert!(out.len() >= a.oh * a.ow * g.c_out, "output shorter than {}x{}x{}", a.oh, a.ow, g.c_out);
+    let p = tile_rows(plan.p, a.ow.div_ceil(32 / l));
     macro_rules! go {
         ($(($kw:literal, $ka:literal, $p:literal, $b:literal, $l:literal)),*) => {
-            match (g.kw, g.ka, plan.p, plan.b, plan.lanes) {
+            match (g.kw, g.ka, p, plan.b, plan.lanes) {
                 $(($kw, $ka, $p, $b, $l) => drive::<$kw, $ka, $p, $b, $l>(g, lw, a, out),)*
                 _ => unreachable!("plan() and the instantiated tiles disagree"),
             }
@@ -288,45 +289,124 @@ pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     go!(
-        (1, 1, 6, 2, 32),
-        (1, 2, 3, 2, 32),
-        (1, 3, 2, 2, 32),
-        (1, 4, 1, 2, 32),
         (1, 1, 12, 1, 32),
+        (1, 1, 8, 1, 32),
+        (1, 1, 6, 1, 32),
+        (1, 1, 4, 1, 32),
+        (1, 1, 3, 1, 32),
+        (1, 1, 2, 1, 32),
+        (1, 1, 1, 1, 32),
+        (1, 1, 6, 2, 32),
+        (1, 1, 4, 2, 32),
+        (1, 1, 3, 2, 32),
+        (1, 1, 2, 2, 32),
+        (1, 1, 1, 2, 32),
         (1, 2, 6, 1, 32),
+        (1, 2, 4, 1, 32),
+        (1, 2, 3, 1, 32),
+        (1, 2, 2, 1, 32),
+        (1, 2, 1, 1, 32),
+        (1, 2, 3, 2, 32),
+        (1, 2, 2, 2, 32),
+        (1, 2, 1, 2, 32),
         (1, 3, 4, 1, 32),
+        (1, 3, 3, 1, 32),
+        (1, 3, 2, 1, 32),
+        (1, 3, 1, 1, 32),
+        (1, 3, 2, 2, 32),
+        (1, 3, 1, 2, 32),
         (1, 4, 3, 1, 32),
+        (1, 4, 2, 1, 32),
+        (1, 4, 1, 1, 32),
+        (1, 4, 1, 2, 32),
         (2, 1, 6, 1, 32),
+        (2, 1, 4, 1, 32),
+        (2, 1, 3, 1, 32),
+        (2, 1, 2, 1, 32),
+        (2, 1, 1, 1, 32),
         (2, 2, 3, 1, 32),
+        (2, 2, 2, 1, 32),
+        (2, 2, 1, 1, 32),
         (2, 3, 2, 1, 32),
+        (2, 3, 1, 1, 32),
         (2, 4, 1, 1, 32),
         (3, 1, 4, 1, 32),
+        (3, 1, 3, 1, 32),
+        (3, 1, 2, 1, 32),
+        (3, 1, 1, 1, 32),
         (3, 2, 2, 1, 32),
+        (3, 2, 1, 1, 32),
         (3, 3, 1, 1, 32),
         (3, 4, 1, 1, 32),
         (4, 1, 3, 1, 32),
+        (4, 1, 2, 1, 32),
+        (4, 1, 1, 1, 32),
         (4, 2, 1, 1, 32),
         (4, 3, 1, 1, 32),
-        (1, 1, 6, 2, 16),
-        (1, 2, 3, 2, 16),
-        (1, 3, 2, 2, 16),
-        (1, 4, 1, 2, 16),
         (1, 1, 12, 1, 16),
+        (1, 1, 8, 1, 16),
+        (1, 1, 6, 1, 16),
+        (1, 1, 4, 1, 16),
+        (1, 1, 3, 1, 16),
+        (1, 1, 2, 1, 16),
+        (1, 1, 1, 1, 16),
+        (1, 1, 6, 2, 16),
+        (1, 1, 4, 2, 16),
+        (1, 1, 3, 2, 16),
+        (1, 1, 2, 2, 16),
+        (1, 1, 1, 2, 16),
         (1, 2, 6, 1, 16),
+        (1, 2, 4, 1, 16),
+        (1, 2, 3, 1, 16),
+        (1, 2, 2, 1, 16),
+        (1, 2, 1, 1, 16),
+        (1, 2, 3, 2, 16),
+        (1, 2, 2, 2, 16),
+        (1, 2, 1, 2, 16),
         (1, 3, 4, 1, 16),
+        (1, 3, 3, 1, 16),
+        (1, 3, 2, 1, 16),
+        (1, 3, 1, 1, 16),
+        (1, 3, 2, 2, 16),
+        (1, 3, 1, 2, 16),
         (1, 4, 3, 1, 16),
+        (1, 4, 2, 1, 16),
+        (1, 4, 1, 1, 16),
+        (1, 4, 1, 2, 16),
         (2, 1, 6, 1, 16),
+        (2, 1, 4, 1, 16),
+        (2, 1, 3, 1, 16),
+        (2, 1, 2, 1, 16),
+        (2, 1, 1, 1, 16),
         (2, 2, 3, 1, 16),
+        (2, 2, 2, 1, 16),
+        (2, 2, 1, 1, 16),
         (2, 3, 2, 1, 16),
+        (2, 3, 1, 1, 16),
         (2, 4, 1, 1, 16),
         (3, 1, 4, 1, 16),
+        (3, 1, 3, 1, 16),
+        (3, 1, 2, 1, 16),
+        (3, 1, 1, 1, 16),
         (3, 2, 2, 1, 16),
+        (3, 2, 1, 1, 16),
         (3, 3, 1, 1, 16),
         (3, 4, 1, 1, 16),
         (4, 1, 3, 1, 16),
+        (4, 1, 2, 1, 16),
+        (4, 1, 1, 1, 16),
         (4, 2, 1, 1, 16),
         (4, 3, 1, 1, 16)
     );
+}
+
+/// Lane rows per tile for a row of `lanes` lane rows, at most `p_max`: a tile past the row's end recomputes
+/// clamped rows, so the count that wastes least wins, weighed against the weight loads a smaller tile repeats
+/// (cost `rows·(1 + 0.5/p)`). E.g. 16 lane rows with up to 6 per tile: 4 tiles of 4, not 3 of 6 (18 rows).
+fn tile_rows(p_max: usize, lanes: usize) -> usize {
+    let cost = |p: usize| (lanes.div_ceil(p) * p) as f64 * (1.0 + 0.5 / p as f64);
+    let all = [12, 8, 6, 4, 3, 2, 1].into_iter().filter(|&p| p <= p_max);
+    all.min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
 
 /// One task per output row; within it, per pass over some kernel rows and per channel block, tiles of `P` lane
