@@ -1,10 +1,10 @@
 //! Layer-level benchmark (bitops.md method): each candidate interleaved with the fp32 GEMM of the same shape,
 //! min of 7 reps each, reported as speed-up over fp32 measured in the same seconds.
-//! `RAYON_NUM_THREADS=1 cargo bench -p lq-engine --bench layer` (one thread; matrixmultiply also runs on one).
+//! `RAYON_NUM_THREADS=1 cargo bench -p lq-engine --features internals --bench layer` (one thread; matrixmultiply also runs on one).
 //! Shapes: A = 3×3 conv 64→256 on 64×64 (GEMM 256×4096×576), B = 1024³ (1×1 conv 1024→1024 on 32×32);
 //! with `-- --resnet20` the three 3×3 layer shapes of ResNet-20 at batch 1 (16, 32, 64 channels).
-use lq_engine::kernels::lut;
-use lq_engine::{BitConv, BitGemm, ChannelQuant, Isa, Planes};
+use lq_engine::internals::{im2col, lut, BitGemm};
+use lq_engine::{BitConv, ChannelQuant, Isa, Planes};
 use lq_quant::{CodeSet, Levels};
 use std::time::Instant;
 
@@ -79,20 +79,20 @@ fn run() {
             let ab: Vec<f32> = (0..ka).map(|j| 0.3 * (1 << j) as f32).collect();
             let lv = Levels::from_basis(&ab, CodeSet::Binary).unwrap();
             let cq = ChannelQuant::fold(&lv, &vec![1.0; c_in], &vec![0.0; c_in]);
-            let planes = Planes::quantize(&x, hw, hw, &cq);
-            let patches = lq_engine::im2col(&planes, k, 1, k / 2);
+            let planes = Planes::quantize(&x, hw, hw, &cq).unwrap();
+            let patches = im2col(&planes, k, 1, k / 2);
             let g = BitGemm {
                 c_out,
                 kw,
                 ka,
                 words: lq_engine::patch_words(c_in, k),
-                w: &conv.bits,
-                w_basis: &conv.basis,
+                w: conv.bits(),
+                w_basis: conv.basis(),
                 a_basis: &ab,
             };
             let mut out = vec![0.0f32; n * c_out];
             let plan = lut::plan(c_in, c_out, kw, ka).filter(|_| isa != Isa::Portable);
-            let lw = plan.map_or(vec![], |p| lut::pack_weights(&conv.bits, c_out, kw, g.words, p.lanes));
+            let lw = plan.map_or(vec![], |p| lut::pack_weights(conv.bits(), c_out, kw, g.words, p.lanes));
             let rows = plan.map(|p| lut::input(&planes, k, 1, k / 2, &ab, p));
             let popc = if isa == Isa::Portable { Isa::Portable } else { Isa::Avx2 };
             let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
@@ -103,10 +103,12 @@ fn run() {
                     tt = tt.min(min_time(1, || lut::run(&g, plan, &lw, rows.as_ref().unwrap(), &mut out)));
                 }
                 // The whole layer as the runtime runs it: f32 in, quantized on the way in, f32 out.
-                tl = tl.min(min_time(1, || drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, isa)))));
+                tl = tl.min(min_time(1, || {
+                    drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, isa).unwrap()))
+                }));
             }
             println!(
-                "{:<6} {:<4} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>7.2} {:>8.2} {:>7.2}",
+                "{:<6} {:<4} {:>8.3} {:>8.3} {:>7.2} {:>8.3} {:>7.2} {:>8.3} {:>7.2}",
                 name,
                 format!("{kw}/{ka}"),
                 tf * 1e3,
@@ -118,8 +120,8 @@ fn run() {
                 tf / tl
             );
             if std::env::var_os("LQ_BENCH_GLUE").is_some() {
-                let tq = min_time(25, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq))));
-                let ti = min_time(25, || drop(std::hint::black_box(lq_engine::im2col(&planes, k, 1, k / 2))));
+                let tq = min_time(25, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq).unwrap())));
+                let ti = min_time(25, || drop(std::hint::black_box(im2col(&planes, k, 1, k / 2))));
                 let tr = plan.map_or(0.0, |p| {
                     min_time(25, || drop(std::hint::black_box(lut::input(&planes, k, 1, k / 2, &ab, p))))
                 });

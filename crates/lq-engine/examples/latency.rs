@@ -1,16 +1,51 @@
-//! Latency of an exported model on the engine alone (for profiling; `lqnets bench infer` compares with
-//! libtorch): `cargo run --release -p lq-engine --example latency -- MODEL.lqm [reps] [batch]`.
+//! Latency of an exported model on the engine alone (for profiling; `lqnets bench infer` compares with the
+//! baselines): `cargo run --release -p lq-engine --example latency -- MODEL.lqm [reps] [batch] [--profile]`.
+//! Threads: `RAYON_NUM_THREADS` (the calling thread is worker 0, as in `lqnets bench infer`). With `--profile`,
+//! the time per image of every step (quantized convs split into input map and kernel; minimum over `reps`
+//! passes, at most 5) and the totals by category.
 use lq_engine::{Isa, Model};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: latency MODEL.lqm [reps]")?;
-    let reps: usize = args.next().map_or(Ok(200), |r| r.parse())?;
-    let n: usize = args.next().map_or(Ok(1), |r| r.parse())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let profile = args.iter().any(|a| a == "--profile");
+    let mut pos = args.iter().filter(|a| !a.starts_with("--"));
+    let path = pos.next().ok_or("usage: latency MODEL.lqm [reps] [batch] [--profile]")?;
+    let reps: usize = pos.next().map_or(Ok(200), |r| r.parse())?;
+    let n: usize = pos.next().map_or(Ok(1), |r| r.parse())?;
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()?;
     let model = Model::load(path.as_ref())?;
     let [c, h, w] = model.meta.input;
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
+    if profile {
+        // The minimum per step and phase over `reps` passes (at most 5): the VM's noise only ever adds time.
+        let mut rows = model.profile(&x, n, Isa::best())?;
+        for _ in 1..reps.clamp(1, 5) {
+            for (r, s) in rows.iter_mut().zip(model.profile(&x, n, Isa::best())?) {
+                (r.input, r.kernel, r.other) = (r.input.min(s.input), r.kernel.min(s.kernel), r.other.min(s.other));
+            }
+        }
+        let ms = |s: f64| s * 1e3 / n as f64;
+        println!("per image, {threads} thread(s), {n} image(s) one after another, min of {} passes:", reps.clamp(1, 5));
+        println!("{:<36} {:>9} {:>9} {:>9}", "step", "input ms", "kernel ms", "other ms");
+        for r in &rows {
+            println!("{:<36} {:>9.4} {:>9.4} {:>9.4}", r.label, ms(r.input), ms(r.kernel), ms(r.other));
+        }
+        let sum = |f: &dyn Fn(&lq_engine::StepTime) -> f64| rows.iter().map(f).sum::<f64>();
+        let total = sum(&|r| r.total());
+        let cat = [
+            ("kernel (binary products + fused epilogue)", sum(&|r| r.kernel)),
+            ("input map (quantize + operand)", sum(&|r| r.input)),
+            ("conv0 / FC (full precision)", sum(&|r| if r.kind == "fp" { r.other } else { 0.0 })),
+            ("glue (element-wise, pools, copies, dispatch)", sum(&|r| if r.kind != "fp" { r.other } else { 0.0 })),
+        ];
+        for (name, s) in cat {
+            println!("{name:<46} {:>8.4} ms {:>5.1} %", ms(s), 100.0 * s / total);
+        }
+        println!("{:<46} {:>8.4} ms", "total", ms(total));
+        return Ok(());
+    }
     let mut times: Vec<f64> = (0..reps)
         .map(|_| {
             let t = Instant::now();

@@ -1,298 +1,48 @@
-//! Bit-serial convolution: activation codes packed along channels per pixel, im2col in the bit domain as word
-//! copies, the binary GEMM of [`crate::kernels`] with the LQ epilogue. Feature maps are NHWC (one image).
-use crate::kernels::{lut, BitGemm, Isa};
+//! Bit-serial convolution, the crate's one safe door to the kernels: [`BitConv`] owns its packed weights
+//! (immutable after construction, the table kernel's layout made once beside them), checks every input against
+//! its geometry, picks the kernel and runs it. Feature maps are NHWC (one image).
+use crate::error::{Error, Result};
+use crate::kernels::{lut, quant, BitGemm, Isa};
+use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
+use crate::profile::{self, Phase};
 use crate::scratch::Buf;
 use lq_quant::{CodeSet, Levels};
 
-/// Activation codes of one feature map as bit-planes: `[pixel][plane][word]`, channel `c` at bit `c % 64` of
-/// word `c / 64`. Padding pixels and channels beyond `c` are zero bits, i.e. the level of code 0, which is 0
-/// for activation (`{0,1}`) codes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Planes {
-    /// Height.
-    pub h: usize,
-    /// Width.
-    pub w: usize,
-    /// Channels.
-    pub c: usize,
-    /// Planes (bits K_a).
-    pub k: usize,
-    /// The bits.
-    pub data: Vec<u64>,
-}
-
-impl Planes {
-    /// Words per plane per pixel.
-    pub fn words(&self) -> usize {
-        self.c.div_ceil(64)
-    }
-
-    /// Quantizes an NHWC f32 map with per-channel thresholds and packs the codes: channel `ch` gets the code of
-    /// sorted level `#{l : sign·x > sign·τ[ch][l]}` (see [`ChannelQuant`]).
-    pub fn quantize(x: &[f32], h: usize, w: usize, q: &ChannelQuant) -> Planes {
-        Self::quantize_with(Isa::best(), x, h, w, q)
-    }
-
-    /// [`Planes::quantize`] with a chosen implementation (AVX2 handles K_a ≤ 3 and channel counts that are
-    /// multiples of 8; anything else runs the portable loop).
-    pub fn quantize_with(isa: Isa, x: &[f32], h: usize, w: usize, q: &ChannelQuant) -> Planes {
-        use rayon::prelude::*;
-        let (c, k) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
-        let (cw, t) = (c.div_ceil(64), q.codes.len() - 1);
-        let mut data = vec![0u64; h * w * k * cw];
-        #[cfg(target_arch = "x86_64")]
-        if matches!(isa, Isa::Avx2 | Isa::Avx2Lut) && Quant8::takes(q) {
-            let q8 = Quant8::new(q);
-            data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
-                // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; `xs` holds whole pixels and `out`
-                // their `k·cw` words each.
-                unsafe { q8.pack(xs, out) }
-            });
-            return Planes { h, w, c, k, data };
-        }
-        let _ = isa;
-        // Signed thresholds, so the per-element test is one compare: sign·x > sign·τ.
-        let st: Vec<f32> = q.tau.iter().enumerate().map(|(i, &tau)| q.sign[i / t.max(1)] * tau).collect();
-        data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
-            for (xs, out) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
-                for (cb, chunk) in xs.chunks(64).enumerate() {
-                    let mut planes = [0u64; 8];
-                    for (i, &v) in chunk.iter().enumerate() {
-                        let ch = cb * 64 + i;
-                        let sv = q.sign[ch] * v;
-                        let idx: usize = st[ch * t..(ch + 1) * t].iter().map(|&tau| (sv > tau) as usize).sum();
-                        let code = q.codes[idx] as u64;
-                        for (j, p) in planes.iter_mut().enumerate().take(k) {
-                            *p |= ((code >> j) & 1) << i;
-                        }
-                    }
-                    for j in 0..k {
-                        out[j * cw + cb] = planes[j];
-                    }
-                }
-            }
-        });
-        Planes { h, w, c, k, data }
-    }
-}
-
-/// The AVX2 quantizer of 8 channels at a time, shared by the bit-plane packer and the table kernel's input:
-/// threshold compares counted into the sorted level index, the code looked up with a lane permute, each plane's 8
-/// bits taken with `movemask`.
-pub(crate) struct Quant8<'a> {
-    sign: &'a [f32],
-    /// Signed thresholds `sign·τ`, transposed to `[t][C]` so 8 channels load at once.
-    stt: Vec<f32>,
-    codes: [i32; 8],
-    t: usize,
-    k: usize,
-}
-
-impl<'a> Quant8<'a> {
-    /// Whether the AVX2 path takes `q`: AVX2 present, channels in whole groups of 8, K_a ≤ 3.
-    pub fn takes(q: &ChannelQuant) -> bool {
-        crate::kernels::avx2::is_available() && q.sign.len() % 8 == 0 && q.codes.len() <= 8
-    }
-
-    pub fn new(q: &'a ChannelQuant) -> Self {
-        let (c, t) = (q.sign.len(), q.codes.len() - 1);
-        let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
-        let mut codes = [0i32; 8];
-        codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
-        Quant8 { sign: &q.sign, stt, codes, t, k: q.codes.len().trailing_zeros() as usize }
-    }
-
-    /// Packs whole pixels `xs` into bit-planes `out` (`K_a·⌈C/64⌉` words per pixel, zeroed).
-    ///
-    /// # Safety
-    /// [`Quant8::takes`] held for this quantizer.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn pack(&self, xs: &[f32], out: &mut [u64]) {
-        let (c, k) = (self.sign.len(), self.k);
-        let cw = c.div_ceil(64);
-        for (px, o) in xs.chunks_exact(c).zip(out.chunks_exact_mut(k * cw)) {
-            for c8 in (0..c).step_by(8) {
-                // SAFETY: c8 + 8 <= C (C % 8 == 0).
-                let m = unsafe { self.masks(px, c8) };
-                (0..k).for_each(|j| o[j * cw + c8 / 64] |= (m[j] as u64) << (c8 % 64));
-            }
-        }
-    }
-
-    /// Quantizes one image row (whole pixels `xs`) into a padded row of the table kernel's map: for each plane
-    /// `row` holds `[wp][run]` offset bytes (`rl` apart) and `cnt` `[wp]` set-bit counts (`cl` apart); pixel `x`
-    /// goes to column `pad + x`.
-    ///
-    /// # Safety
-    /// [`Quant8::takes`] held for this quantizer; `run >= C/4`, the rows are long enough.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn offsets_row(&self, xs: &[f32], row: &mut [u8], cnt: &mut [u32], run: usize, pad: usize) {
-        let (c, ka) = (self.sign.len(), self.k);
-        let (rl, cl) = (row.len() / ka, cnt.len() / ka);
-        for (xx, px) in xs.chunks_exact(c).enumerate() {
-            let at = (pad + xx) * run;
-            if c / 4 < run {
-                // Groups past the channels (a partial last word) are zero.
-                (0..ka).for_each(|j| row[j * rl + at + c / 4..][..run - c / 4].fill(0));
-            }
-            let mut pc = [0u32; 3];
-            for c8 in (0..c).step_by(8) {
-                // SAFETY: c8 + 8 <= C (C % 8 == 0).
-                let m = unsafe { self.masks(px, c8) };
-                for j in 0..ka {
-                    pc[j] += m[j].count_ones();
-                    let o = &mut row[j * rl + at + c8 / 4..][..2];
-                    o[0] = ((m[j] & 15) << 4) as u8;
-                    o[1] = (m[j] & 0xF0) as u8;
-                }
-            }
-            (0..ka).for_each(|j| cnt[j * cl + pad + xx] = pc[j]);
-        }
-    }
-
-    /// The bits of planes 0..K_a of channels `c8..c8 + 8` of one pixel `px` (bit `i` = channel `c8 + i`).
-    ///
-    /// # Safety
-    /// [`Quant8::takes`] held for this quantizer; `c8 + 8 <= C` and `px.len() == C`.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub unsafe fn masks(&self, px: &[f32], c8: usize) -> [u32; 3] {
-        use std::arch::x86_64::*;
-        let c = self.sign.len();
-        let one = _mm256_set1_epi32(1);
-        // SAFETY (loads): c8 + 8 <= C for `px`, `sign` and each row of `stt`; `codes` is 8 i32.
-        unsafe {
-            let sv = _mm256_mul_ps(_mm256_loadu_ps(px.as_ptr().add(c8)), _mm256_loadu_ps(self.sign.as_ptr().add(c8)));
-            let mut idx = _mm256_setzero_si256();
-            for l in 0..self.t {
-                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(sv, _mm256_loadu_ps(self.stt.as_ptr().add(l * c + c8)));
-                idx = _mm256_sub_epi32(idx, _mm256_castps_si256(m));
-            }
-            let code = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(self.codes.as_ptr() as *const __m256i), idx);
-            let mut out = [0u32; 3];
-            for (j, o) in out.iter_mut().enumerate().take(self.k) {
-                let bit = _mm256_and_si256(_mm256_srlv_epi32(code, _mm256_set1_epi32(j as i32)), one);
-                *o = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bit, one))) as u32;
-            }
-            out
-        }
-    }
-}
-
-/// Per-channel activation quantization with BN folded in: `Q(relu(scale·x + shift))` becomes a count of
-/// thresholds passed on the raw input, `τ = (t − shift)/scale` compared in the direction of `sign(scale)`
-/// (a zero scale gives ±∞ thresholds, a constant code). `codes` maps sorted level index to code.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChannelQuant {
-    /// `±1` per channel.
-    pub sign: Vec<f32>,
-    /// Folded thresholds `[C][2^K − 1]`.
-    pub tau: Vec<f32>,
-    /// Code of each sorted level (2^K).
-    pub codes: Vec<u8>,
-}
-
-impl ChannelQuant {
-    /// Folds per-channel BN (`y = scale·x + shift`) and ReLU into the thresholds of `levels`.
-    pub fn fold(levels: &Levels, scale: &[f32], shift: &[f32]) -> ChannelQuant {
-        let th = levels.thresholds();
-        let mut tau = Vec::with_capacity(scale.len() * th.len());
-        let mut sign = Vec::with_capacity(scale.len());
-        for (&a, &b) in scale.iter().zip(shift) {
-            sign.push(if a < 0.0 { -1.0 } else { 1.0 });
-            for &t in th {
-                // relu(y) > t  ⇔  y > t for the non-negative thresholds of activation levels.
-                let t = t.max(0.0);
-                // ±f32::MAX rather than ±inf (a zero BN scale, or a tiny one overflowing): the same decisions for
-                // every finite input, and model files hold only finite values.
-                let tau_t = if a == 0.0 {
-                    if b > t {
-                        f32::NEG_INFINITY
-                    } else {
-                        f32::INFINITY
-                    }
-                } else {
-                    ((t as f64 - b as f64) / a as f64) as f32
-                };
-                tau.push(tau_t.clamp(-f32::MAX, f32::MAX));
-            }
-        }
-        ChannelQuant { sign, tau, codes: levels.codes().to_vec() }
-    }
-}
-
-/// Where bit `(tap, ci)` of a patch row lives, as (word, bit). When `C_in` divides 64 or is a multiple of it the
-/// row is dense, `tap·C_in + ci` (a 3×3 conv over 16 channels takes 3 words, not 9); otherwise each tap starts a
-/// new word.
-#[inline]
-pub fn patch_bit(c_in: usize, tap: usize, ci: usize) -> (usize, usize) {
-    if c_in % 64 == 0 || narrow(c_in) {
-        let d = tap * c_in + ci;
-        (d / 64, d % 64)
-    } else {
-        (tap * c_in.div_ceil(64) + ci / 64, ci % 64)
-    }
-}
-
-/// Whether `c` channels are narrower than a word and divide it: their taps are packed densely (see
-/// [`patch_bit`]), several per word.
-pub(crate) fn narrow(c: usize) -> bool {
-    c < 64 && 64 % c == 0
-}
-
-/// Words per plane of a patch row of a `k×k` conv over `c_in` channels (see [`patch_bit`]).
-pub fn patch_words(c_in: usize, k: usize) -> usize {
-    if c_in % 64 == 0 || narrow(c_in) {
-        (k * k * c_in).div_ceil(64)
-    } else {
-        k * k * c_in.div_ceil(64)
-    }
-}
-
-/// A convolution with bit-packed quantized weights (square kernel, no bias).
-#[derive(Clone, Debug, PartialEq)]
+/// A convolution with bit-packed quantized weights (square kernel, no bias). The fields are private so the
+/// packed weights and the table-kernel copy made from them cannot diverge.
+#[derive(Clone, Debug)]
 pub struct BitConv {
-    /// Output channels.
-    pub c_out: usize,
-    /// Input channels.
-    pub c_in: usize,
-    /// Kernel size.
-    pub k: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding.
-    pub pad: usize,
-    /// Weight planes K_w.
-    pub kw: usize,
+    c_out: usize,
+    c_in: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    kw: usize,
     /// Weight bits `[C_out][K_w][patch_words]`, bit = +1, laid out by [`patch_bit`].
-    pub bits: Vec<u64>,
+    bits: Vec<u64>,
     /// Weight bases `[C_out][K_w]`.
-    pub basis: Vec<f32>,
-    /// The weights in the LUT kernel's layout, made on first use.
-    lut: LutWeights,
+    basis: Vec<f32>,
+    /// The weights in the table kernel's layout with its lane count, where the kernel can run this layer's
+    /// output channels (whole 16-channel blocks, K_w ≤ 4, AVX2).
+    lut: Option<(usize, Vec<u8>)>,
 }
 
-/// Lazily built LUT-kernel weights; derived data, so ignored by `==` and `Debug`.
-#[derive(Clone, Default)]
-struct LutWeights(std::sync::OnceLock<Vec<u8>>);
-
-impl PartialEq for LutWeights {
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl PartialEq for BitConv {
+    /// Equal geometry, bits and bases (the table-kernel copy is derived from them).
+    fn eq(&self, o: &Self) -> bool {
+        (self.c_out, self.c_in, self.k, self.stride, self.pad, self.kw) == (o.c_out, o.c_in, o.k, o.stride, o.pad, o.kw)
+            && self.bits == o.bits
+            && self.basis == o.basis
     }
 }
 
-impl std::fmt::Debug for LutWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LutWeights")
-    }
+fn invalid(what: &'static str, why: String) -> lq_quant::Error {
+    lq_quant::Error::Invalid { what, why }
 }
 
 impl BitConv {
-    /// Encodes OIHW weights with one basis per output channel (`basis` is `[C_out][K_w]`) and packs them.
+    /// Encodes OIHW weights `w` with one basis per output channel (`basis` is `[C_out][K_w]`) and packs them;
+    /// zero padding `k/2`. Errors on inconsistent sizes or an unusable basis.
     pub fn pack(
         c_out: usize,
         c_in: usize,
@@ -301,7 +51,19 @@ impl BitConv {
         w: &[f32],
         basis: &[f32],
     ) -> lq_quant::Result<Self> {
-        let kw = basis.len() / c_out.max(1);
+        if c_out == 0 || basis.len() % c_out != 0 {
+            return Err(invalid("conv basis", format!("{} values for {c_out} output channels", basis.len())));
+        }
+        let kw = basis.len() / c_out;
+        let n = [c_out, c_in, k, k].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(w.len()) {
+            return Err(lq_quant::Error::ShapeMismatch {
+                what: "conv weights",
+                expected: n.unwrap_or(0),
+                got: w.len(),
+            });
+        }
+        Self::check(c_out, c_in, k, stride, k / 2, kw)?;
         let words = patch_words(c_in, k);
         let mut bits = vec![0u64; c_out * kw * words];
         for o in 0..c_out {
@@ -321,71 +83,175 @@ impl BitConv {
                 }
             }
         }
-        Ok(BitConv::new(c_out, c_in, k, stride, kw, bits, basis.to_vec()))
+        Self::new(c_out, c_in, k, stride, k / 2, kw, bits, basis.to_vec())
     }
 
-    /// A conv from weight bits already in the [`patch_bit`] layout (`[C_out][K_w][patch_words]`), same padding.
-    pub fn new(c_out: usize, c_in: usize, k: usize, stride: usize, kw: usize, bits: Vec<u64>, basis: Vec<f32>) -> Self {
-        BitConv { c_out, c_in, k, stride, pad: k / 2, kw, bits, basis, lut: LutWeights::default() }
+    fn check(c_out: usize, c_in: usize, k: usize, stride: usize, pad: usize, kw: usize) -> lq_quant::Result<()> {
+        if c_out == 0 || c_in == 0 || k == 0 || stride == 0 || pad >= k || !(1..=8).contains(&kw) {
+            let why = format!("c_out {c_out}, c_in {c_in}, k {k}, stride {stride}, pad {pad}, K_w {kw}");
+            return Err(invalid("conv geometry", why));
+        }
+        Ok(())
     }
 
-    /// Output size for an input of `h × w`.
+    /// A conv from weight bits already in the [`patch_bit`] layout (`[C_out][K_w][patch_words]`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        kw: usize,
+        bits: Vec<u64>,
+        basis: Vec<f32>,
+    ) -> lq_quant::Result<Self> {
+        Self::check(c_out, c_in, k, stride, pad, kw)?;
+        let words = patch_words(c_in, k);
+        if Some(bits.len()) != c_out.checked_mul(kw * words) || basis.len() != c_out * kw {
+            let why = format!("{} words and {} bases for {c_out}x{kw} rows of {words} words", bits.len(), basis.len());
+            return Err(invalid("conv weights", why));
+        }
+        let lut = lut::lanes(c_out, kw).map(|l| (l, lut::pack_weights(&bits, c_out, kw, words, l)));
+        Ok(BitConv { c_out, c_in, k, stride, pad, kw, bits, basis, lut })
+    }
+
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+    /// Input channels.
+    pub fn c_in(&self) -> usize {
+        self.c_in
+    }
+    /// Kernel size.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Stride.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+    /// Zero padding.
+    pub fn pad(&self) -> usize {
+        self.pad
+    }
+    /// Weight planes K_w.
+    pub fn kw(&self) -> usize {
+        self.kw
+    }
+    /// Weight bits `[C_out][K_w][patch_words]`, bit = +1, laid out by [`patch_bit`].
+    pub fn bits(&self) -> &[u64] {
+        &self.bits
+    }
+    /// Weight bases `[C_out][K_w]`.
+    pub fn basis(&self) -> &[f32] {
+        &self.basis
+    }
+
+    /// Output size for an input of `h × w` (the input must be at least the kernel size once padded).
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
+        (out_size(h, self.k, self.stride, self.pad), out_size(w, self.k, self.stride, self.pad))
     }
 
-    /// Convolution of packed activations with activation basis `a_basis`, NHWC f32 out.
-    pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Vec<f32> {
+    /// Convolution of packed activations with activation basis `a_basis` (K_a values), NHWC f32 out. Errors
+    /// when `x` does not fit this conv (channels, planes vs basis, data length, a map smaller than the kernel).
+    pub fn forward(&self, x: &Planes, a_basis: &[f32], isa: Isa) -> Result<Vec<f32>> {
+        if !x.is_consistent() || x.c != self.c_in || x.k != a_basis.len() || !(1..=8).contains(&x.k) {
+            return Err(Error::Input(format!(
+                "planes {}x{}x{} with {} planes ({} words) and a basis of {} for a conv over {} channels",
+                x.h,
+                x.w,
+                x.c,
+                x.k,
+                x.data.len(),
+                a_basis.len(),
+                self.c_in
+            )));
+        }
+        self.check_hw(x.h, x.w)?;
         // On a pool worker (a no-op when already on one), so the layer's parallel loops run without wake-ups.
-        rayon::scope(|_| self.run(Input::Planes(x), a_basis, isa))
+        Ok(rayon::scope(|_| self.run(Input::Planes(x), x.k, a_basis, isa)))
     }
 
     /// Convolution of the quantized `x` (NHWC f32, `h × w × C`, quantized by `q` as [`Planes::quantize`] does),
     /// NHWC f32 out. Where the table kernel runs, codes go straight into its operand (no bit-planes in between);
-    /// the result equals `forward(&Planes::quantize(x, h, w, q), ..)`.
-    pub fn forward_f32(&self, x: &[f32], h: usize, w: usize, q: &ChannelQuant, a_basis: &[f32], isa: Isa) -> Vec<f32> {
-        rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, a_basis, isa))
+    /// the result equals `forward(&Planes::quantize(x, h, w, q)?, ..)`. Errors as [`BitConv::forward`] does.
+    pub fn forward_f32(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        q: &ChannelQuant,
+        a_basis: &[f32],
+        isa: Isa,
+    ) -> Result<Vec<f32>> {
+        let ka = q.bits().filter(|&k| k == a_basis.len());
+        let n = [h, w, self.c_in].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let (Some(ka), true, true) = (ka, q.channels() == self.c_in, n == Some(x.len())) else {
+            return Err(Error::Input(format!(
+                "{} values for {h}x{w}x{}, a quantizer over {} channels with {} codes and a basis of {}",
+                x.len(),
+                self.c_in,
+                q.channels(),
+                q.codes.len(),
+                a_basis.len()
+            )));
+        };
+        self.check_hw(h, w)?;
+        Ok(rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, ka, a_basis, isa)))
     }
 
-    fn run(&self, x: Input, a_basis: &[f32], isa: Isa) -> Vec<f32> {
-        let (c, ka, h, w) = match x {
-            Input::Planes(p) => (p.c, p.k, p.h, p.w),
-            Input::F32 { h, w, q, .. } => (q.sign.len(), q.codes.len().trailing_zeros() as usize, h, w),
+    fn check_hw(&self, h: usize, w: usize) -> Result<()> {
+        if h == 0 || w == 0 || h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
+            return Err(Error::Input(format!("a {h}x{w} map is smaller than the {}x{} kernel", self.k, self.k)));
+        }
+        Ok(())
+    }
+
+    /// The layer on checked input: `ka` planes, `a_basis.len() == ka`, shapes as the conv expects.
+    fn run(&self, x: Input, ka: usize, a_basis: &[f32], isa: Isa) -> Vec<f32> {
+        let (h, w) = match x {
+            Input::Planes(p) => (p.h, p.w),
+            Input::F32 { h, w, .. } => (h, w),
         };
+        let isa = if isa.is_available() { isa } else { Isa::Portable };
         let (oh, ow) = self.out_hw(h, w);
         let g = BitGemm {
             c_out: self.c_out,
             kw: self.kw,
             ka,
-            words: patch_words(c, self.k),
+            words: patch_words(self.c_in, self.k),
             w: &self.bits,
             w_basis: &self.basis,
             a_basis,
         };
         let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
-        match lut::plan(c, self.c_out, self.kw, ka) {
-            Some(plan) if isa == Isa::Avx2Lut => {
-                let lw =
-                    self.lut.0.get_or_init(|| lut::pack_weights(&self.bits, self.c_out, self.kw, g.words, plan.lanes));
+        let plan = lut::plan(self.c_in, self.c_out, self.kw, ka).filter(|_| isa == Isa::Avx2Lut);
+        match (plan, &self.lut) {
+            (Some(plan), Some((lanes, lw))) if plan.lanes == *lanes => {
                 let (k, s, pad) = (self.k, self.stride, self.pad);
-                let a = match x {
+                let a = profile::time(Phase::Input, || match x {
                     Input::Planes(p) => lut::input(p, k, s, pad, a_basis, plan),
                     Input::F32 { x, h, w, q } => lut::input_f32(x, h, w, q, k, s, pad, a_basis, plan),
-                };
-                lut::run(&g, plan, lw, &a, &mut out);
+                });
+                profile::time(Phase::Kernel, || lut::run(&g, plan, lw, &a, &mut out));
             }
             _ => {
-                let quantized;
-                let p = match x {
-                    Input::Planes(p) => p,
-                    Input::F32 { x, h, w, q } => {
-                        quantized = Planes::quantize_with(isa, x, h, w, q);
-                        &quantized
-                    }
-                };
-                let mut a = Buf::<u64>::zeroed(im2col_len(p, self.k, self.stride, self.pad));
-                im2col_into(p, self.k, self.stride, self.pad, &mut a);
-                g.run(isa, &a, rows, &mut out);
+                let a = profile::time(Phase::Input, || {
+                    let quantized;
+                    let p = match x {
+                        Input::Planes(p) => p,
+                        Input::F32 { x, h, w, q } => {
+                            quantized = quant::quantize_checked(isa, x, h, w, q, ka);
+                            &quantized
+                        }
+                    };
+                    let mut a = Buf::<u64>::zeroed(im2col_len(p, self.k, self.stride, self.pad));
+                    im2col_into(p, self.k, self.stride, self.pad, &mut a);
+                    a
+                });
+                profile::time(Phase::Kernel, || g.run(isa, &a, rows, &mut out));
             }
         }
         out
@@ -402,6 +268,7 @@ enum Input<'a> {
 /// Bit-domain im2col: for each output pixel the k×k input pixels' plane bits (zero outside) in the [`patch_bit`]
 /// layout, as word copies (or shifted words for narrow channels), arranged for the kernels as
 /// `[group of 4 pixels][plane][word][lane]`.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
     let mut out = vec![0u64; im2col_len(x, k, stride, pad)];
     im2col_into(x, k, stride, pad, &mut out);
@@ -409,17 +276,17 @@ pub fn im2col(x: &Planes, k: usize, stride: usize, pad: usize) -> Vec<u64> {
 }
 
 fn im2col_len(x: &Planes, k: usize, stride: usize, pad: usize) -> usize {
-    let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
+    let (oh, ow) = (out_size(x.h, k, stride, pad), out_size(x.w, k, stride, pad));
     (oh * ow).div_ceil(4) * x.k * patch_words(x.c, k) * 4
 }
 
 /// [`im2col`] into a zeroed buffer of the right length.
 fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64]) {
     let cw = x.words();
-    let (oh, ow) = ((x.h + 2 * pad - k) / stride + 1, (x.w + 2 * pad - k) / stride + 1);
+    let (oh, ow) = (out_size(x.h, k, stride, pad), out_size(x.w, k, stride, pad));
     let words = patch_words(x.c, k);
     // Channels narrower than a word are placed densely, shifted to their tap's bit offset (see `patch_bit`).
-    let narrow = narrow(x.c);
+    let narrow = crate::layout::narrow(x.c);
     let rows = oh * ow;
     use rayon::prelude::*;
     out.par_chunks_mut(x.k * words * 4).enumerate().for_each(|(g, grp)| {

@@ -2,31 +2,46 @@
 //!
 //! # Overview
 //! - [`Planes`]: activation codes as bit-planes packed along channels; [`ChannelQuant`] folds BN + ReLU into
-//!   per-channel thresholds so a conv output maps straight to codes.
-//! - [`BitConv`]: a quantized conv with packed weight planes. `forward(&Planes)` = bit im2col + binary GEMM + LQ
-//!   epilogue; `forward_f32` quantizes on the way in, straight into the table kernel's operand where it runs.
-//! - [`kernels`]: the binary GEMM: an AVX2 table-lookup kernel ([`kernels::lut`]) for layers with whole
-//!   16-channel blocks, an AVX2 popcount kernel for the rest, a portable one without AVX2 (chosen once at run
-//!   time; [`Isa`] forces one).
+//!   per-channel thresholds so a conv output maps straight to codes (both in the leaf module `layout`, with the
+//!   patch geometry [`patch_bit`] / [`patch_words`] / [`out_size`]).
+//! - [`BitConv`]: a quantized conv with packed weights, immutable after construction, and the one safe door to
+//!   the kernels. `forward(&Planes)` = bit im2col + binary GEMM + LQ epilogue; `forward_f32` quantizes on the way
+//!   in, straight into the table kernel's operand where it runs. Both check their input and return errors.
+//! - The kernels (crate-private): an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an AVX2
+//!   popcount kernel for the rest, a portable one without AVX2, chosen once at run time; [`Isa`] forces one.
+//!   The `internals` feature re-exports them for the benchmarks (module `internals`).
 //! - [`naive`]: the dense reference the kernels are tested against.
 //! - [`ModelFile`] (the deployable safetensors file) and [`Model`]: the file's network, a list of [`graph::Op`]s,
 //!   validated by shape inference and interpreted for end-to-end inference.
 //!
 //! Identity used (spec §3): `Q(w)·Q(a) = Σ_ij v^w_i v^a_j (2·popc(bw_i ∧ ba_j) − popc(ba_j))`.
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
-pub use conv::{im2col, patch_bit, patch_words, BitConv, ChannelQuant, Planes};
+pub use conv::BitConv;
 pub use error::{Error, Result};
 pub use graph::{Op, Weights};
-pub use kernels::{BitGemm, Isa};
+pub use kernels::Isa;
+pub use layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
 pub use model::{Data, Meta, ModelFile, FORMAT_VERSION};
+pub use profile::StepTime;
 pub use runtime::Model;
 
 mod conv;
 mod error;
 pub mod graph;
-pub mod kernels;
+pub(crate) mod kernels;
+mod layout;
 pub mod model;
 pub mod naive;
+mod profile;
 mod runtime;
 mod scratch;
+
+/// Kernel internals for the benchmarks (`--features internals`); not a stable API. These functions panic on
+/// operands that disagree with each other instead of returning errors: use [`BitConv`] otherwise.
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use crate::conv::im2col;
+    pub use crate::kernels::{lut, BitGemm};
+}

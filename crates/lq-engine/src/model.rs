@@ -22,9 +22,10 @@
 //! Loading validates the version, the hash, the header, dtypes, the graph, every shape against it and every f32
 //! value (finite): a truncated, edited or hostile file gives an error, never a panic. Files of versions 1 (no
 //! hash) and 2 (fixed CIFAR architectures) are rejected with a hint to re-export.
-use crate::conv::{patch_bit, patch_words, BitConv, ChannelQuant};
+use crate::conv::BitConv;
 use crate::error::{Error, Result};
 use crate::graph::Op;
+use crate::layout::{patch_bit, patch_words, ChannelQuant};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
@@ -107,19 +108,20 @@ impl ModelFile {
     /// Adds a packed quantized conv under `name`, densely packed (no per-pixel word padding, so 16-channel layers
     /// cost 16 bits per tap, not 64).
     pub fn put_conv(&mut self, name: &str, c: &BitConv) {
-        let (taps, words) = (c.k * c.k, patch_words(c.c_in, c.k));
-        let bytes = (taps * c.c_in).div_ceil(8);
-        let mut dense = vec![0u8; c.c_out * c.kw * bytes];
-        for row in 0..c.c_out * c.kw {
-            for d in 0..taps * c.c_in {
-                let (wd, b) = patch_bit(c.c_in, d / c.c_in, d % c.c_in);
-                if (c.bits[row * words + wd] >> b) & 1 == 1 {
+        let (c_in, c_out, kw) = (c.c_in(), c.c_out(), c.kw());
+        let (taps, words) = (c.k() * c.k(), patch_words(c_in, c.k()));
+        let bytes = (taps * c_in).div_ceil(8);
+        let mut dense = vec![0u8; c_out * kw * bytes];
+        for row in 0..c_out * kw {
+            for d in 0..taps * c_in {
+                let (wd, b) = patch_bit(c_in, d / c_in, d % c_in);
+                if (c.bits()[row * words + wd] >> b) & 1 == 1 {
                     dense[row * bytes + d / 8] |= 1 << (d % 8);
                 }
             }
         }
-        self.tensors.insert(format!("{name}.bits"), (vec![c.c_out, c.kw, bytes], Data::U8(dense)));
-        self.tensors.insert(format!("{name}.basis"), (vec![c.c_out, c.kw], Data::F32(c.basis.clone())));
+        self.tensors.insert(format!("{name}.bits"), (vec![c_out, kw, bytes], Data::U8(dense)));
+        self.tensors.insert(format!("{name}.basis"), (vec![c_out, kw], Data::F32(c.basis().to_vec())));
     }
     /// Adds a folded BN→ReLU→Q unit under `name`.
     pub fn put_act(&mut self, name: &str, q: &ChannelQuant, basis: &[f32]) {
@@ -291,9 +293,7 @@ impl ModelFile {
             }
         }
         let basis = self.f32(&format!("{name}.basis"), &[c_out, kw])?;
-        let mut conv = BitConv::new(c_out, c_in, k, stride, kw, bits, basis);
-        conv.pad = pad;
-        Ok(conv)
+        BitConv::new(c_out, c_in, k, stride, pad, kw, bits, basis).map_err(|e| format!("conv `{name}`: {e}"))
     }
     /// A folded activation unit over `c` channels stored by [`ModelFile::put_act`]: (thresholds, basis); K_a
     /// comes from the shape of `{name}.basis`.

@@ -1,11 +1,13 @@
 //! End-to-end inference: the model file's op list ([`Op`]) checked once by shape inference and turned into a
 //! program of steps over numbered values. Values are NHWC f32 maps; quantized convs quantize their f32 input on
 //! the way in ([`BitConv::forward_f32`]).
-use crate::conv::{BitConv, ChannelQuant};
+use crate::conv::BitConv;
 use crate::error::{Error, Result};
 use crate::graph::{Op, Weights};
 use crate::kernels::Isa;
+use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant};
 use crate::model::{Data, Meta, ModelFile};
+use crate::profile::{self, StepTime};
 use crate::scratch::Buf;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -57,7 +59,7 @@ impl FpConv {
     /// transposed copy) or NHWC.
     fn forward(&self, x: &[f32], h: usize, w: usize, chw: bool) -> Vec<f32> {
         let (k, c, s, pad) = (self.k, self.c_in, self.stride, self.pad);
-        let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+        let (oh, ow) = (out_size(h, k, s, pad), out_size(w, k, s, pad));
         let kk = k * k * c;
         // Input column range of output column `ox` hitting tap `kx`: ox·s + kx − pad in 0..w.
         let cols_of = |kx: usize| (0..ow).filter(move |&ox| ox * s + kx >= pad && ox * s + kx - pad < w);
@@ -254,17 +256,72 @@ impl Model {
     }
 
     fn forward_one(&self, chw: &[f32], isa: Isa) -> Vec<f32> {
+        self.forward_timed(chw, isa, &mut |_, _| {})
+    }
+
+    /// [`Model::forward_one`] calling `tick(step, seconds)` after each step (and with `usize::MAX` for the
+    /// input transpose).
+    fn forward_timed(&self, chw: &[f32], isa: Isa, tick: &mut dyn FnMut(usize, f64)) -> Vec<f32> {
+        let mut t = std::time::Instant::now();
+        let mut lap = |i: usize, t: &mut std::time::Instant| {
+            let now = std::time::Instant::now();
+            tick(i, (now - *t).as_secs_f64());
+            *t = now;
+        };
         let mut vals: Vec<Option<Vec<f32>>> = vec![None; self.shapes.len()];
         if self.nhwc_input {
             let Shape { h, w, c } = self.shapes[0];
             vals[0] = Some((0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect());
         }
+        lap(usize::MAX, &mut t);
         for (i, step) in self.steps.iter().enumerate() {
             let out = self.run(i, step, &mut vals, chw, isa);
             vals[i + 1] = Some(out);
             step.free.iter().for_each(|&v| vals[v] = None);
+            lap(i, &mut t);
         }
         vals.pop().flatten().expect("the last value is computed")
+    }
+
+    /// Per-step times of `n` images run one after another (each image's layers in parallel as in
+    /// [`Model::forward_batch`]), after one warm-up image; a quantized conv's time is split into its input map
+    /// and its kernel. The last row, `input transpose`, is the CHW → NHWC copy of the input.
+    pub fn profile(&self, x: &[f32], n: usize, isa: Isa) -> Result<Vec<StepTime>> {
+        let [c, h, w] = self.meta.input;
+        if n == 0 || Some(x.len()) != n.checked_mul(c * h * w) {
+            return Err(Error::Input(format!("{} values for {n} images, the model takes {c}x{h}x{w} each", x.len())));
+        }
+        let mut rows: Vec<StepTime> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepTime {
+                label: self.meta.graph[i].label(),
+                kind: match s.exec {
+                    Exec::QConv { .. } => "qconv",
+                    Exec::Conv(_) | Exec::Linear { .. } => "fp",
+                    _ => "glue",
+                },
+                input: 0.0,
+                kernel: 0.0,
+                other: 0.0,
+            })
+            .chain([StepTime { label: "input transpose".into(), kind: "glue", input: 0.0, kernel: 0.0, other: 0.0 }])
+            .collect();
+        let last = rows.len() - 1;
+        rayon::scope(|_| {
+            self.forward_one(&x[..c * h * w], isa);
+            profile::switch(true);
+            for img in x.chunks_exact(c * h * w) {
+                self.forward_timed(img, isa, &mut |i, dt| {
+                    let [inp, ker] = profile::switch(true);
+                    let r = &mut rows[if i == usize::MAX { last } else { i }];
+                    (r.input, r.kernel, r.other) = (r.input + inp, r.kernel + ker, r.other + dt - inp - ker);
+                });
+            }
+            profile::switch(false);
+        });
+        Ok(rows)
     }
 
     /// Value `v`, moved out when step `i` is its last reader (so element-wise ops work in place), else copied.
@@ -285,7 +342,9 @@ impl Model {
             Exec::Conv(conv) => conv.forward(val(vals, s[0]), h, w, false),
             Exec::QConv { conv, act, bias } => {
                 let a = &self.acts[*act];
-                let mut y = conv.forward_f32(val(vals, s[0]), h, w, &a.q, &a.basis, isa);
+                let mut y = conv
+                    .forward_f32(val(vals, s[0]), h, w, &a.q, &a.basis, isa)
+                    .expect("validated at load: the act unit and the conv agree with the input shape");
                 if let Some(b) = bias {
                     y.chunks_exact_mut(b.len()).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
                 }
@@ -400,7 +459,7 @@ fn pool(
     fold: impl Fn(f32, f32) -> f32,
     fin: impl Fn(f32) -> f32,
 ) -> Vec<f32> {
-    let (oh, ow) = ((s.h + 2 * pad - k) / stride + 1, (s.w + 2 * pad - k) / stride + 1);
+    let (oh, ow) = (out_size(s.h, k, stride, pad), out_size(s.w, k, stride, pad));
     let inside = |o: usize, n: usize| (o * stride).saturating_sub(pad)..(o * stride + k - pad).min(n);
     let mut out = vec![init; oh * ow * s.c];
     for (p, o) in out.chunks_exact_mut(s.c).enumerate() {
@@ -587,20 +646,21 @@ fn pool_shape(s: Shape, k: usize, stride: usize, pad: usize) -> std::result::Res
     if hp < k || wp < k {
         return Err(format!("kernel {k} is bigger than the {s} map padded by {pad}"));
     }
-    Ok(Shape { h: (hp - k) / stride + 1, w: (wp - k) / stride + 1, c: s.c })
+    Ok(Shape { h: out_size(s.h, k, stride, pad), w: out_size(s.w, k, stride, pad), c: s.c })
 }
 
 /// A packed conv's weights as level values, `[c_out][ky][kx][c_in]` (the fp conv's layout).
 fn expand(conv: &BitConv) -> Vec<f32> {
-    let (taps, words) = (conv.k * conv.k, crate::conv::patch_words(conv.c_in, conv.k));
-    let mut w = vec![0.0f32; conv.c_out * taps * conv.c_in];
-    for (o, wo) in w.chunks_exact_mut(taps * conv.c_in).enumerate() {
+    let (c_in, kw) = (conv.c_in(), conv.kw());
+    let (taps, words) = (conv.k() * conv.k(), patch_words(c_in, conv.k()));
+    let mut w = vec![0.0f32; conv.c_out() * taps * c_in];
+    for (o, wo) in w.chunks_exact_mut(taps * c_in).enumerate() {
         for (d, v) in wo.iter_mut().enumerate() {
-            let (wd, b) = crate::conv::patch_bit(conv.c_in, d / conv.c_in, d % conv.c_in);
-            *v = (0..conv.kw)
+            let (wd, b) = patch_bit(c_in, d / c_in, d % c_in);
+            *v = (0..kw)
                 .map(|i| {
-                    let bit = (conv.bits[(o * conv.kw + i) * words + wd] >> b) & 1;
-                    conv.basis[o * conv.kw + i] * if bit == 1 { 1.0 } else { -1.0 }
+                    let bit = (conv.bits()[(o * kw + i) * words + wd] >> b) & 1;
+                    conv.basis()[o * kw + i] * if bit == 1 { 1.0 } else { -1.0 }
                 })
                 .sum();
         }

@@ -161,15 +161,89 @@ pub struct BenchInferArgs {
     /// Batch sizes.
     #[arg(long, default_value = "1,64")]
     batches: String,
-    /// Threads for both the engine (rayon) and libtorch.
+    /// Threads for the engine (rayon), libtorch and the anchors.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Timed repetitions (after one warm-up).
+    /// Timed repetitions per round (after one warm-up); each side reports its median.
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// A Python environment with torch and onnxruntime (`DIR/venv/bin/python`, with `DIR/stubs` put on
+    /// LD_LIBRARY_PATH when present, as `../shared/scripts/torch-cpu-venv.sh` makes it): adds the anchors of the same
+    /// architecture, ONNX Runtime fp32 / INT8 and PyTorch INT8 (ResNet-20 and VGG-Small; `--anchors`).
+    #[arg(long)]
+    venv: Option<PathBuf>,
+    /// The anchors script (run from the repository root by default).
+    #[arg(long, default_value = "bench/anchors_cifar.py")]
+    anchors: PathBuf,
+    /// Rounds: libtorch, the engine, then the anchors, each timed in its own block, alternated round after round;
+    /// medians over rounds, ratios as min-max.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
-/// Engine latency vs the same architecture in full precision on libtorch (eval forward), same threads.
+/// Milliseconds of `reps` calls of `f` after one warm-up.
+fn timed(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+/// Median of `v` (not empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The `--arch` of the anchors script for a model description, if it has one.
+fn anchor_arch(spec: &ModelSpec) -> Option<String> {
+    match spec {
+        ModelSpec::ResnetCifar { depth: 20, shortcut } => Some(format!("resnet20-{shortcut:?}")),
+        ModelSpec::VggSmall {} => Some("vgg-small".into()),
+        _ => None,
+    }
+}
+
+/// Median and minimum (ms) of one side at one batch size.
+type Stat = [f64; 2];
+
+/// One run of the anchors script: batch → (ORT fp32, ORT INT8, PyTorch INT8), each (median, min) ms.
+fn run_anchors(a: &BenchInferArgs, venv: &Path, arch: &str) -> Result<Vec<(usize, [Stat; 3])>> {
+    let mut cmd = std::process::Command::new(venv.join("venv/bin/python"));
+    if venv.join("stubs").is_dir() {
+        cmd.env("LD_LIBRARY_PATH", venv.join("stubs"));
+    }
+    let out = cmd
+        .arg(&a.anchors)
+        .args(["--arch", arch, "--torch", "--threads", &a.threads.to_string(), "--batches", &a.batches])
+        .args(["--reps", &(3 * a.reps).to_string()])
+        .output()
+        .with_context(|| format!("running {} with {}", a.anchors.display(), venv.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", a.anchors.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `anchor batch=B ort_fp32=.. ort_int8=.. torch_int8=.. min ort_fp32=.. ort_int8=.. torch_int8=..`
+    let field = |l: &str, k: &str| -> f64 {
+        l.split_whitespace().find_map(|f| f.strip_prefix(k)?.strip_prefix('=')?.parse().ok()).unwrap_or(f64::NAN)
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("anchor "))
+        .map(|l| {
+            let (med, min) = l.split_once(" min ").unwrap_or((l, ""));
+            let stat = |k: &str| [field(med, k), field(min, k)];
+            (field(med, "batch") as usize, [stat("ort_fp32"), stat("ort_int8"), stat("torch_int8")])
+        })
+        .collect())
+}
+
+/// Engine latency vs the same architecture on libtorch fp32 (eval forward) and, with `--venv`, ONNX Runtime fp32 /
+/// INT8 and PyTorch INT8, same threads; rounds alternate the sides so they share the machine's state.
 pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
     // The calling thread is worker 0, so a forward runs on it (with one thread: without any hand-off to a pool
     // thread that went to sleep while libtorch ran).
@@ -188,34 +262,85 @@ pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
             m.input
         );
     }
+    let arch = match (&a.venv, anchor_arch(&spec)) {
+        (Some(_), None) => bail!("--venv: anchors exist for ResNet-20 and VGG-Small, not {}", spec.label()),
+        (v, arch) => v.as_ref().and(arch),
+    };
+    let batches: Vec<usize> = a
+        .batches
+        .split(',')
+        .map(|b| b.trim().parse().with_context(|| format!("--batches: '{b}'")))
+        .collect::<Result<_>>()?;
     let mut fp = Trainer::new(cfg, m.classes as i64)?;
     println!(
-        "W{}A{} {} vs libtorch fp32, {} thread(s), kernel {:?}",
+        "W{}A{} {} ({}), {} thread(s), kernel {:?}, {} round(s) of {} reps, medians",
         m.w_bits,
         m.a_bits,
         spec.label(),
+        arch.as_deref().unwrap_or("no anchors"),
         a.threads,
-        Isa::best()
+        Isa::best(),
+        a.rounds.max(1),
+        a.reps
     );
-    println!("{:>6} {:>14} {:>14} {:>9}", "batch", "libtorch ms", "engine ms", "speed-up");
-    for b in a.batches.split(',') {
-        let n: usize = b.trim().parse().with_context(|| format!("--batches: '{b}'"))?;
-        let [c, h, w] = m.input;
-        let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
-        let batch = lq_data::Batch { x: x.clone(), y: vec![0; n], shape: [n, c, h, w] };
-        let (mut tt, mut te) = (f64::INFINITY, f64::INFINITY);
-        for r in 0..=a.reps {
-            let t = Instant::now();
-            let _ = fp.logits(&batch)?;
-            let t1 = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let _ = model.forward_batch(&x, n, Isa::best())?;
-            let t2 = t.elapsed().as_secs_f64();
-            if r > 0 {
-                (tt, te) = (tt.min(t1), te.min(t2));
+    // [round][batch] → [libtorch, engine, ORT fp32, ORT INT8, PyTorch INT8], each (median, min) ms.
+    let mut rounds: Vec<Vec<[Stat; 5]>> = Vec::new();
+    for _ in 0..a.rounds.max(1) {
+        let mut row = Vec::new();
+        for &n in &batches {
+            let [c, h, w] = m.input;
+            let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
+            let batch = lq_data::Batch { x: x.clone(), y: vec![0; n], shape: [n, c, h, w] };
+            // Each side in its own block of reps after one warm-up, as the anchors script times its sides: a
+            // libtorch forward between two engine forwards evicts the engine's weights and maps from the caches.
+            let mut tt = timed(a.reps, || fp.logits(&batch).map(drop).map_err(Into::into))?;
+            let mut te = timed(a.reps, || model.forward_batch(&x, n, Isa::best()).map(drop).map_err(Into::into))?;
+            let stat = |v: &mut Vec<f64>| [median(v), v[0]];
+            row.push([stat(&mut tt), stat(&mut te), [f64::NAN; 2], [f64::NAN; 2], [f64::NAN; 2]]);
+        }
+        if let (Some(venv), Some(arch)) = (&a.venv, &arch) {
+            for (b, t) in run_anchors(a, venv, arch)? {
+                if let Some(i) = batches.iter().position(|&x| x == b) {
+                    row[i][2..].copy_from_slice(&t);
+                }
             }
         }
-        println!("{n:>6} {:>14.2} {:>14.2} {:>9.2}", tt * 1e3, te * 1e3, tt / te);
+        rounds.push(row);
+    }
+    for (k, what) in [(0, "medians"), (1, "minimum over the reps (the steadier figure on a shared machine)")] {
+        println!("ms per batch, {what}; ratios = baseline / engine, min-max over rounds");
+        println!(
+            "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
+            "batch", "torch fp", "ORT fp32", "ORT int8", "PT int8", "engine", "x torch fp", "x ORT fp32", "x ORT int8"
+        );
+        for (i, n) in batches.iter().enumerate() {
+            let col = |s: usize| {
+                let mut v: Vec<f64> = rounds.iter().map(|r| r[i][s][k]).collect();
+                median(&mut v)
+            };
+            let range = |s: usize| {
+                let v: Vec<f64> = rounds.iter().map(|r| r[i][s][k] / r[i][1][k]).collect();
+                let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+                if v.iter().any(|x| x.is_nan()) {
+                    "-".to_string()
+                } else if rounds.len() == 1 {
+                    format!("{lo:.2}")
+                } else {
+                    format!("{lo:.2}-{hi:.2}")
+                }
+            };
+            println!(
+                "{n:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>11} {:>11}",
+                col(0),
+                col(2),
+                col(3),
+                col(4),
+                col(1),
+                range(0),
+                range(2),
+                range(3),
+            );
+        }
     }
     Ok(())
 }

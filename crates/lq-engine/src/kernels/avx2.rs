@@ -6,11 +6,14 @@
 //! the tile's counts. Pays off as long as K_w·K_a is small (bitops.md §2.2: W3A3 is near fp32 parity).
 use super::BitGemm;
 
-/// Whether AVX2 (and FMA, used by the epilogue) is present (cached by the standard library).
+/// Whether AVX2 (with FMA, used by the epilogues, and POPCNT, for the per-pixel counts) is present (cached by the
+/// standard library).
 pub(crate) fn is_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("popcnt")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -19,7 +22,8 @@ pub(crate) fn is_available() -> bool {
 }
 
 /// # Safety
-/// The CPU must support AVX2 ([`is_available`]).
+/// The CPU must support AVX2 and FMA ([`is_available`]); `a` holds `⌈rows/4⌉·K_a·words·4` words, `g.w`
+/// `C_out·K_w·words`, `out` `rows·C_out` values (what [`BitGemm::run`] checks before it splits the rows).
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
     macro_rules! go {
@@ -51,6 +55,8 @@ pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: 
     )
 }
 
+/// # Safety
+/// None beyond the x86-64 version's (this one is portable code).
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
     super::portable::gemm(g, a, rows, sw, out)
@@ -59,8 +65,12 @@ pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: 
 /// All output channels for `rows` patch rows: tiles of R weight rows (R/KW channels), the channel tail one
 /// channel at a time. The epilogue runs on 4 lanes at once: `Σ_ij c_{o,i,j}·P_ij − S_w·T` with the per-layer
 /// coefficients `c_{o,i,j} = 2·v^w_{o,i}·v^a_j` precomputed.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `g.kw == KW`, `g.ka == KA`, and `a`, `out`, `sw` hold what [`BitGemm::run`]
+/// checks for `rows` rows.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,popcnt")]
 unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
     g: &BitGemm,
     a: &[u64],
@@ -79,7 +89,8 @@ unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
         let group = &a[grp * ga..(grp + 1) * ga];
         let lanes = (rows - grp * 4).min(4);
         let t: [f32; 4] = std::array::from_fn(|l| if l < lanes { g.t_of(group, l) } else { 0.0 });
-        let tv = _mm_loadu_ps(t.as_ptr());
+        // SAFETY: `t` is 4 f32.
+        let tv = unsafe { _mm_loadu_ps(t.as_ptr()) };
         let mut o0 = 0;
         while o0 < c_out {
             let take = if c_out - o0 >= ch { ch } else { 1 };

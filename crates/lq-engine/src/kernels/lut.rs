@@ -11,8 +11,9 @@
 //! rows straight from a zero-bordered map of table offsets ([`LutInput`]), where a kernel row's `k` taps are
 //! consecutive bytes. The epilogue writes NHWC rows directly with the same `2·Σ_ij v^w_i v^a_j P_ij − S_w·T`
 //! recombination as the popcount kernels.
+use super::quant::Quant8;
 use super::BitGemm;
-use crate::conv::{narrow, ChannelQuant, Planes, Quant8};
+use crate::layout::{groups_per_tap, narrow, out_size, ChannelQuant, Planes};
 use crate::scratch::Buf;
 
 /// The kernel's activation operand: every pixel's planes as table offsets (`16·nibble`, one byte per 4-bit group)
@@ -23,7 +24,9 @@ use crate::scratch::Buf;
 /// pixels that share a register then read one byte. `t` is `T = Σ_j v^a_j popc(A_j)` per output pixel.
 pub struct LutInput {
     map: Buf<u8>,
-    t: Buf<f32>,
+    /// Set bits per padded pixel and plane, `[padded row][K_a][wp]` (the `T` term's window sums come from it).
+    cnt: Buf<u32>,
+    a_basis: Vec<f32>,
     k: usize,
     stride: usize,
     run: usize,
@@ -31,6 +34,8 @@ pub struct LutInput {
     wp: usize,
     oh: usize,
     ow: usize,
+    /// The plan's lanes the map was made for (16-lane maps carry the pair nibbles).
+    lanes: usize,
 }
 
 /// How the kernel tiles a layer.
@@ -49,13 +54,25 @@ pub struct Plan {
 /// do not start on 4-bit groups).
 pub fn plan(c_in: usize, c_out: usize, kw: usize, ka: usize) -> Option<Plan> {
     let split_taps = narrow(c_in) && c_in < 4;
-    if !super::avx2::is_available() || c_out % 16 != 0 || split_taps || kw > 4 || ka > 4 || kw * ka > 12 {
+    let lanes = lanes(c_out, kw)?;
+    if split_taps || ka > 4 || kw * ka > 12 {
         return None;
     }
-    let lanes = if c_out % 32 == 0 { 32 } else { 16 };
     // Two blocks share each table load where weights have one plane (a table then feeds 2 shuffles).
-    let b = if lanes == 32 && kw == 1 && c_out % 64 == 0 { 2 } else { 1 };
+    let b = if kw == 1 && c_out % (2 * lanes) == 0 { 2 } else { 1 };
     Some(Plan { p: (12 / (kw * ka * b)).max(1), b, lanes })
+}
+
+/// The lanes per channel block for `c_out` channels with `kw` weight planes (32, or 16 for an odd number of
+/// 16-channel blocks), or `None` where the kernel cannot run them: no AVX2, `C_out` not whole 16-channel blocks,
+/// more than 4 weight planes.
+pub fn lanes(c_out: usize, kw: usize) -> Option<usize> {
+    if !super::avx2::is_available() || c_out % 16 != 0 || kw > 4 {
+        return None;
+    }
+    // One weight plane over 32 channels: two 16-lane blocks, so each table load feeds two shuffles (with one
+    // 32-lane block every shuffle needs its own table load, and the loads bind: W1A2 ran no faster than W2A2).
+    Some(if c_out % 32 == 0 && !(kw == 1 && c_out % 64 != 0) { 32 } else { 16 })
 }
 
 /// Weights as one nibble per byte, `[block][group][K_w][32]`, from `[C_out][K_w][words]` bits; with 16-lane
@@ -114,9 +131,16 @@ pub fn input_f32(
     a_basis: &[f32],
     plan: Plan,
 ) -> LutInput {
-    let (c, ka) = (q.sign.len(), q.codes.len().trailing_zeros() as usize);
+    let (c, ka) = (q.channels(), q.bits().expect("the caller checked the quantizer"));
     if !Quant8::takes(q) {
-        return input(&Planes::quantize(x, h, w, q), k, stride, pad, a_basis, plan);
+        return input(
+            &super::quant::quantize_checked(super::Isa::Avx2Lut, x, h, w, q, ka),
+            k,
+            stride,
+            pad,
+            a_basis,
+            plan,
+        );
     }
     let (q8, run) = (Quant8::new(q), groups_per_tap(c));
     let fill = |y: usize, row: &mut [u8], cnt: &mut [u32]| {
@@ -130,15 +154,6 @@ pub fn input_f32(
         let _ = (y, row, cnt, &q8);
     };
     build(h, w, ka, run, k, stride, pad, a_basis, plan, fill)
-}
-
-/// Groups (4 channels each) of one tap in the [`crate::patch_bit`] layout.
-fn groups_per_tap(c: usize) -> usize {
-    if narrow(c) {
-        c / 4
-    } else {
-        c.div_ceil(64) * 16
-    }
 }
 
 /// The map around a per-row filler: `fill(y, row, cnt)` writes image row `y`'s pixels (all planes) into its padded
@@ -187,26 +202,32 @@ fn build(
             }
         }
     });
-    let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let mut t = Buf::<f32>::reused(oh * ow);
-    // Per output row and plane the window sums, one kernel row at a time (plain loops over the row vectorise).
-    t.par_chunks_mut(ow).enumerate().for_each_init(
-        || vec![0u32; ow],
-        |sum, (oy, t)| {
-            t.fill(0.0);
-            for j in 0..ka {
-                sum.fill(0);
-                for ky in 0..k {
-                    let r = &cnt[((oy * stride + ky) * ka + j) * wp..][..wp];
-                    for kx in 0..k {
-                        sum.iter_mut().enumerate().for_each(|(ox, s)| *s += r[ox * stride + kx]);
+    let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+    LutInput { map, cnt, a_basis: a_basis.to_vec(), k, stride, run, ka, wp, oh, ow, lanes: plan.lanes }
+}
+
+impl LutInput {
+    /// `T = Σ_j v^a_j popc(A_j)` of the output pixels of row `oy` into `t` (`ow` values), from the window sums of
+    /// the per-pixel counts (integer sums, exact; the plain loops over the row vectorise).
+    fn t_row(&self, oy: usize, t: &mut [f32], sum: &mut [u32]) {
+        let (k, stride, wp) = (self.k, self.stride, self.wp);
+        t.fill(0.0);
+        for j in 0..self.ka {
+            sum.fill(0);
+            for ky in 0..k {
+                let r = &self.cnt[((oy * stride + ky) * self.ka + j) * wp..][..wp];
+                for kx in 0..k {
+                    // Zipped slices (no index arithmetic) so the loops vectorise; stride 1 is the common case.
+                    if stride == 1 {
+                        sum.iter_mut().zip(&r[kx..]).for_each(|(s, &v)| *s += v);
+                    } else {
+                        sum.iter_mut().zip(r[kx..].iter().step_by(stride)).for_each(|(s, &v)| *s += v);
                     }
                 }
-                t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += a_basis[j] * s as f32);
             }
-        },
-    );
-    LutInput { map, t, k, stride, run, ka, wp, oh, ow }
+            t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += self.a_basis[j] * s as f32);
+        }
+    }
 }
 
 /// The 8 nibbles of `w` as the high nibbles of 8 bytes (nibble `g` → byte `g`): the table offsets `16·nibble`.
@@ -242,12 +263,25 @@ fn copy_small(d: &mut [u8], s: &[u8]) {
 }
 
 /// `out[p·C_out + o]` for every output pixel `p` of `a` (see [`BitGemm::run`]); `lw` from [`pack_weights`] and
-/// `a` from [`input`], both made for `plan`.
+/// `a` from [`input`], both made for `plan`. Panics where the operands disagree with each other or with `plan`,
+/// or without AVX2 (the checks that make the unchecked reads of the tiles sound; [`crate::BitConv`] only calls
+/// it with operands it made).
 pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
-    assert!(out.len() >= a.oh * a.ow * g.c_out && a.k * a.k * a.run <= g.words * 16);
+    let (l, groups) = (plan.lanes, g.words * 16);
+    assert!(super::avx2::is_available(), "the table kernel needs AVX2 and FMA");
+    assert!(
+        matches!(l, 16 | 32) && plan.b >= 1 && g.c_out % (l * plan.b) == 0,
+        "plan {plan:?} for {} channels",
+        g.c_out
+    );
+    assert!(lw.len() == g.c_out / l * groups * g.kw * 32, "{} weight bytes for the plan", lw.len());
+    assert!(a.ka == g.ka && a.lanes == l && a.k * a.k * a.run <= groups, "the input was made for another layer");
+    assert!(g.w_basis.len() >= g.c_out * g.kw && g.a_basis.len() >= g.ka, "bases shorter than the layer");
+    assert!(out.len() >= a.oh * a.ow * g.c_out, "output shorter than {}x{}x{}", a.oh, a.ow, g.c_out);
+    let p = tile_rows(plan.p, a.ow.div_ceil(32 / l));
     macro_rules! go {
         ($(($kw:literal, $ka:literal, $p:literal, $b:literal, $l:literal)),*) => {
-            match (g.kw, g.ka, plan.p, plan.b, plan.lanes) {
+            match (g.kw, g.ka, p, plan.b, plan.lanes) {
                 $(($kw, $ka, $p, $b, $l) => drive::<$kw, $ka, $p, $b, $l>(g, lw, a, out),)*
                 _ => unreachable!("plan() and the instantiated tiles disagree"),
             }
@@ -255,41 +289,124 @@ pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     go!(
-        (1, 1, 6, 2, 32),
-        (1, 2, 3, 2, 32),
-        (1, 3, 2, 2, 32),
-        (1, 4, 1, 2, 32),
         (1, 1, 12, 1, 32),
+        (1, 1, 8, 1, 32),
+        (1, 1, 6, 1, 32),
+        (1, 1, 4, 1, 32),
+        (1, 1, 3, 1, 32),
+        (1, 1, 2, 1, 32),
+        (1, 1, 1, 1, 32),
+        (1, 1, 6, 2, 32),
+        (1, 1, 4, 2, 32),
+        (1, 1, 3, 2, 32),
+        (1, 1, 2, 2, 32),
+        (1, 1, 1, 2, 32),
         (1, 2, 6, 1, 32),
+        (1, 2, 4, 1, 32),
+        (1, 2, 3, 1, 32),
+        (1, 2, 2, 1, 32),
+        (1, 2, 1, 1, 32),
+        (1, 2, 3, 2, 32),
+        (1, 2, 2, 2, 32),
+        (1, 2, 1, 2, 32),
         (1, 3, 4, 1, 32),
+        (1, 3, 3, 1, 32),
+        (1, 3, 2, 1, 32),
+        (1, 3, 1, 1, 32),
+        (1, 3, 2, 2, 32),
+        (1, 3, 1, 2, 32),
         (1, 4, 3, 1, 32),
+        (1, 4, 2, 1, 32),
+        (1, 4, 1, 1, 32),
+        (1, 4, 1, 2, 32),
         (2, 1, 6, 1, 32),
+        (2, 1, 4, 1, 32),
+        (2, 1, 3, 1, 32),
+        (2, 1, 2, 1, 32),
+        (2, 1, 1, 1, 32),
         (2, 2, 3, 1, 32),
+        (2, 2, 2, 1, 32),
+        (2, 2, 1, 1, 32),
         (2, 3, 2, 1, 32),
+        (2, 3, 1, 1, 32),
         (2, 4, 1, 1, 32),
         (3, 1, 4, 1, 32),
+        (3, 1, 3, 1, 32),
+        (3, 1, 2, 1, 32),
+        (3, 1, 1, 1, 32),
         (3, 2, 2, 1, 32),
+        (3, 2, 1, 1, 32),
         (3, 3, 1, 1, 32),
         (3, 4, 1, 1, 32),
         (4, 1, 3, 1, 32),
+        (4, 1, 2, 1, 32),
+        (4, 1, 1, 1, 32),
         (4, 2, 1, 1, 32),
         (4, 3, 1, 1, 32),
         (1, 1, 12, 1, 16),
+        (1, 1, 8, 1, 16),
+        (1, 1, 6, 1, 16),
+        (1, 1, 4, 1, 16),
+        (1, 1, 3, 1, 16),
+        (1, 1, 2, 1, 16),
+        (1, 1, 1, 1, 16),
+        (1, 1, 6, 2, 16),
+        (1, 1, 4, 2, 16),
+        (1, 1, 3, 2, 16),
+        (1, 1, 2, 2, 16),
+        (1, 1, 1, 2, 16),
         (1, 2, 6, 1, 16),
+        (1, 2, 4, 1, 16),
+        (1, 2, 3, 1, 16),
+        (1, 2, 2, 1, 16),
+        (1, 2, 1, 1, 16),
+        (1, 2, 3, 2, 16),
+        (1, 2, 2, 2, 16),
+        (1, 2, 1, 2, 16),
         (1, 3, 4, 1, 16),
+        (1, 3, 3, 1, 16),
+        (1, 3, 2, 1, 16),
+        (1, 3, 1, 1, 16),
+        (1, 3, 2, 2, 16),
+        (1, 3, 1, 2, 16),
         (1, 4, 3, 1, 16),
+        (1, 4, 2, 1, 16),
+        (1, 4, 1, 1, 16),
+        (1, 4, 1, 2, 16),
         (2, 1, 6, 1, 16),
+        (2, 1, 4, 1, 16),
+        (2, 1, 3, 1, 16),
+        (2, 1, 2, 1, 16),
+        (2, 1, 1, 1, 16),
         (2, 2, 3, 1, 16),
+        (2, 2, 2, 1, 16),
+        (2, 2, 1, 1, 16),
         (2, 3, 2, 1, 16),
+        (2, 3, 1, 1, 16),
         (2, 4, 1, 1, 16),
         (3, 1, 4, 1, 16),
+        (3, 1, 3, 1, 16),
+        (3, 1, 2, 1, 16),
+        (3, 1, 1, 1, 16),
         (3, 2, 2, 1, 16),
+        (3, 2, 1, 1, 16),
         (3, 3, 1, 1, 16),
         (3, 4, 1, 1, 16),
         (4, 1, 3, 1, 16),
+        (4, 1, 2, 1, 16),
+        (4, 1, 1, 1, 16),
         (4, 2, 1, 1, 16),
         (4, 3, 1, 1, 16)
     );
+}
+
+/// Lane rows per tile for a row of `lanes` lane rows, at most `p_max`: a tile past the row's end recomputes
+/// clamped rows, so the count that wastes least wins, weighed against the weight loads a smaller tile repeats
+/// (cost `rows·(1 + 0.5/p)`). E.g. 16 lane rows with up to 6 per tile: 4 tiles of 4, not 3 of 6 (18 rows).
+fn tile_rows(p_max: usize, lanes: usize) -> usize {
+    let cost = |p: usize| (lanes.div_ceil(p) * p) as f64 * (1.0 + 0.5 / p as f64);
+    let all = [12, 8, 6, 4, 3, 2, 1].into_iter().filter(|&p| p <= p_max);
+    all.min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
 
 /// One task per output row; within it, per pass over some kernel rows and per channel block, tiles of `P` lane
@@ -318,32 +435,37 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
     let kys = ((24 << 10) / (seg * KW * B * 32)).clamp(1, k);
     let px = 32 / L; // output pixels per lane row
     let lanes = ow.div_ceil(px);
-    out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each(|(oy, orow)| {
-        let tv = &a.t[oy * ow..(oy + 1) * ow];
-        let row = a.ka * a.wp * run; // bytes per padded map row
-        let m = &a.map[oy * s * row..];
-        for ky0 in (0..k).step_by(kys) {
-            for blk in (0..c_out / L).step_by(B) {
-                let w = &lw[(blk * groups + ky0 * seg) * KW * 32..];
-                for lr0 in (0..lanes).step_by(P) {
-                    let t = Tile {
-                        m: &m[ky0 * row..],
-                        lane_step: px * s * run,
-                        row_step: row,
-                        plane: a.wp * run,
-                        lr0,
-                        lanes,
-                        seg,
-                        kys: kys.min(k - ky0),
-                        first: ky0 == 0,
-                    };
-                    // SAFETY: AVX2 was checked by `plan`; `t` addresses lie inside the map (lane rows past
-                    // `lanes` are clamped), the weights of `B` blocks of `groups` groups follow `w`.
-                    unsafe { tile::<KW, KA, P, B, L>(&t, w, groups * KW * 32, tv, &coef, &sw, blk * L, orow) };
+    // T per output row inside the row's task (one parallel loop per layer fewer than a separate pass).
+    out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each_init(
+        || (vec![0.0f32; ow], vec![0u32; ow]),
+        |(tv, sum), (oy, orow)| {
+            a.t_row(oy, tv, sum);
+            let tv = &tv[..];
+            let row = a.ka * a.wp * run; // bytes per padded map row
+            let m = &a.map[oy * s * row..];
+            for ky0 in (0..k).step_by(kys) {
+                for blk in (0..c_out / L).step_by(B) {
+                    let w = &lw[(blk * groups + ky0 * seg) * KW * 32..];
+                    for lr0 in (0..lanes).step_by(P) {
+                        let t = Tile {
+                            m: &m[ky0 * row..],
+                            lane_step: px * s * run,
+                            row_step: row,
+                            plane: a.wp * run,
+                            lr0,
+                            lanes,
+                            seg,
+                            kys: kys.min(k - ky0),
+                            first: ky0 == 0,
+                        };
+                        // SAFETY: AVX2 was checked by `plan`; `t` addresses lie inside the map (lane rows past
+                        // `lanes` are clamped), the weights of `B` blocks of `groups` groups follow `w`.
+                        unsafe { tile::<KW, KA, P, B, L>(&t, w, groups * KW * 32, tv, &coef, &sw, blk * L, orow) };
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Where one tile reads: kernel row `r` (of `kys`) of lane row `lr` in plane `j` starts at
@@ -416,7 +538,9 @@ unsafe fn tile<const KW: usize, const KA: usize, const P: usize, const B: usize,
     let mut wide = [[[[[zero; 2]; KA]; P]; KW]; B];
     let (tab, pairs) = (TABLES.0.as_ptr(), PAIRS.0.as_ptr() as *const u8);
     let wp = w.as_ptr();
-    let rows: [*const u8; P] = std::array::from_fn(|p| t.m.as_ptr().add((t.lr0 + p).min(t.lanes - 1) * t.lane_step));
+    // SAFETY: the clamped lane rows start inside the map (contract).
+    let rows: [*const u8; P] =
+        std::array::from_fn(|p| unsafe { t.m.as_ptr().add((t.lr0 + p).min(t.lanes - 1) * t.lane_step) });
     // Byte accumulators gain at most 4 per group: widen them to i16 every 63 groups (counted across kernel rows).
     // `acc` is a fresh local per interval, never borrowed, so that it lives in registers.
     let (mut r, mut g0) = (0, 0);

@@ -8,12 +8,16 @@
 //! ([`lut`]) has its own operand layout. [`Isa::best`] picks the table kernel where AVX2 is present (it falls back
 //! to the AVX2 popcount kernel per layer where its shape rules it out), else the portable kernel; [`Isa`] lets
 //! tests and benchmarks force a path.
+//!
+//! Everything here is crate-private (the `internals` feature re-exports the pieces the benchmarks time): the one
+//! public door is [`crate::BitConv`], which owns the packed weights and checks its input before a kernel runs.
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
 pub(crate) mod avx2;
 pub mod lut;
 pub(crate) mod portable;
+pub(crate) mod quant;
 
 /// Which kernel implementation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +26,7 @@ pub enum Isa {
     Portable,
     /// AVX2 nibble-lookup popcount with byte accumulators (x86-64).
     Avx2,
-    /// AVX2 table lookup over weight nibbles ([`lut`]) for layers [`lut::plan`] accepts (output channels in
+    /// AVX2 table lookup over weight nibbles (module `lut`) for layers its `plan` accepts (output channels in
     /// whole 16-channel blocks, at most 4 bits a side), the AVX2 popcount kernel for the others.
     Avx2Lut,
 }
@@ -67,6 +71,7 @@ impl BitGemm<'_> {
         let groups = rows.div_ceil(4);
         assert!(a.len() >= groups * self.ka * self.words * 4 && out.len() >= rows * self.c_out);
         assert!(self.w.len() >= self.c_out * self.kw * self.words && self.w_basis.len() >= self.c_out * self.kw);
+        assert!(self.a_basis.len() >= self.ka);
         let isa = if isa.is_available() { isa } else { Isa::Portable };
         let sw = self.weight_sums();
         const GB: usize = 8; // groups per parallel task (32 patch rows)
