@@ -6,6 +6,9 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // The ABI switch torch-sys reads (default: the C++11 ABI of every current libtorch).
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let lt = PathBuf::from(std::env::var("LIBTORCH").expect(
         "LIBTORCH is not set: run scripts/setup-libtorch.sh (the workspace's .cargo/config.toml points at it)",
     ));
@@ -19,7 +22,7 @@ fn main() {
         .include(inc.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .define("USE_C10D_GLOO", None)
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .opt_level(3)

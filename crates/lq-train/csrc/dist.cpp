@@ -95,9 +95,9 @@ struct SyncBn : public torch::autograd::Function<SyncBn> {
     for (int64_t d = 2; d < xhat.dim(); d++) dims.push_back(d);
     std::vector<int64_t> shape(xhat.dim(), 1);
     shape[1] = c;
-    auto sum_dy = dy.sum(dims);
-    auto sum_dy_xhat = (dy * xhat).sum(dims);
-    auto red = at::cat({sum_dy, sum_dy_xhat}).to(at::kDouble);
+    auto red = at::cat({at::sum(dy, dims, false, at::kDouble), at::sum(dy * xhat, dims, false, at::kDouble)});
+    auto sum_dy = red.slice(0, 0, c).to(dy.scalar_type(), false, true);  // local: copies before the reduce
+    auto sum_dy_xhat = red.slice(0, c, 2 * c).to(dy.scalar_type(), false, true);
     all_reduce(g, red, 0);
     auto mean_dy = (red.slice(0, 0, c) / n).to(dy.scalar_type()).view(shape);
     auto mean_dy_xhat = (red.slice(0, c, 2 * c) / n).to(dy.scalar_type()).view(shape);
@@ -147,7 +147,9 @@ void* lqd_new(const char* addr, int port, int rank, int world, int64_t timeout_m
   return rc == 0 ? out : nullptr;
 }
 
-void lqd_free(void* g) { delete static_cast<Group*>(g); }
+// Closing is left to process exit: an autograd graph built with synchronised BN keeps a pointer to the group
+// and may run its backward after the Rust side let go (one group per process, so nothing accumulates).
+void lqd_free(void* g) { (void)g; }
 
 // In place over a dense tensor: op 0 sum, 1 min, 2 max.
 int lqd_all_reduce(void* g, at::Tensor* t, int op) {
@@ -201,11 +203,16 @@ int lqd_ddp_new(void* gp, at::Tensor** params, int n, int64_t bucket_bytes, void
 int lqd_ddp_prepare(void* r) {
   return lq::guard([&] {
     auto& red = *static_cast<std::shared_ptr<c10d::Reducer>*>(r);
+    // As DDP's forward: after the first step, buckets follow the order the gradients arrived in (all ranks
+    // agree via one broadcast), and the reducer's per-step record of that order is cleared.
+    red->rebuild_buckets();
     red->prepare_for_forward();
     red->prepare_for_backward({});
   });
 }
 
-void lqd_ddp_free(void* r) { delete static_cast<std::shared_ptr<c10d::Reducer>*>(r); }
+void lqd_ddp_free(void* r) {
+  lq::guard([&] { delete static_cast<std::shared_ptr<c10d::Reducer>*>(r); });  // ~Reducer may throw
+}
 
 }  // extern "C"

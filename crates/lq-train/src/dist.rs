@@ -111,11 +111,9 @@ pub struct Group {
     pub world: usize,
 }
 
-// SAFETY: the c10d process group is built for use from any thread; lq-train calls it from the training thread
-// only, one collective at a time, in the same order on every rank.
+// SAFETY: the c10d process group may be used from any one thread at a time; collectives must be issued in the
+// same order on every rank, which one owning thread (no `Sync`) guarantees.
 unsafe impl Send for Group {}
-// SAFETY: as above: no method mutates Rust-side state, and c10d serialises collectives internally.
-unsafe impl Sync for Group {}
 
 /// The message of this thread's last failed C++ entry point.
 pub(crate) fn cpp_error() -> String {
@@ -244,7 +242,8 @@ impl Group {
 impl Drop for Group {
     fn drop(&mut self) {
         set_sync_bn(None);
-        // SAFETY: `ptr` came from lqd_new and is freed once, here.
+        // SAFETY: `ptr` came from lqd_new; the shim keeps the group until process exit (autograd graphs of
+        // synchronised BN may still point at it).
         unsafe { lqd_free(self.ptr.as_ptr()) }
     }
 }

@@ -163,28 +163,29 @@ impl Graph {
             .collect()
     }
 
-    /// Data-parallel half of the QEM phase (after [`Graph::gather`]): the activation quantizers' moments of the
-    /// last training forward
-    /// (each rank saw its own images) are summed over the ranks in **one** f64 all-reduce, together with the
-    /// caller's `extra` words (the step's loss and accuracy counts), so that [`Graph::fit_quantizers`] solves the
-    /// same least squares on every rank, on the whole global batch. Weight quantizers need no reduction: every
-    /// rank holds the same weights.
+    /// Data-parallel half of the QEM phase (after [`Graph::gather`]), in **one** f64 all-reduce together with the
+    /// caller's `extra` words (the step's loss and accuracy counts): the activation quantizers' moments (each rank
+    /// saw its own images) are summed over the ranks; the weight quantizers' moments (every rank holds the same
+    /// weights) are rank 0's, the others adding zeros, so that even a device whose sums are not bit-reproducible
+    /// gives every rank the same bases. A quantizer that recorded nothing on this rank (an empty shard) takes part
+    /// with zeros, so the buffer has the same layout on every rank.
     pub fn reduce_moments(&mut self, extra: &mut [f64], g: &crate::dist::Group) -> Result<()> {
-        let mut qs: Vec<&mut Quantizer> =
-            self.quantizers_mut().into_iter().filter(|q| q.state.code_set == lq_quant::CodeSet::Binary).collect();
+        let mut qs = self.quantizers_mut();
         let mut buf: Vec<f64> = extra.to_vec();
         for q in qs.iter_mut() {
-            for m in q.pending_moments().into_iter().flatten() {
-                buf.extend(m.count.iter().map(|&c| c as f64));
-                buf.extend_from_slice(&m.sum);
-                buf.push(m.sum_sq);
+            let own = q.state.code_set == lq_quant::CodeSet::Binary || g.rank == 0;
+            for m in q.pending_moments_or_zero()? {
+                let k = if own { 1.0 } else { 0.0 };
+                buf.extend(m.count.iter().map(|&c| k * c as f64));
+                buf.extend(m.sum.iter().map(|&s| k * s));
+                buf.push(k * m.sum_sq);
             }
         }
         g.sum_f64(&mut buf)?;
         extra.copy_from_slice(&buf[..extra.len()]);
         let mut it = buf[extra.len()..].iter().copied();
         for q in qs.iter_mut() {
-            for m in q.pending_moments().into_iter().flatten() {
+            for m in q.pending_moments_or_zero()? {
                 // Counts are sums of whole numbers below 2^53: exact in f64.
                 m.count.iter_mut().zip(&mut it).for_each(|(c, v)| *c = v as u64);
                 m.sum.iter_mut().zip(&mut it).for_each(|(s, v)| *s = v);

@@ -200,12 +200,18 @@ impl Quantizer {
         Ok(q)
     }
 
-    /// The host moments of the last training forward, not yet used by [`Quantizer::fit`] (one per basis row);
-    /// `None` while they are still on the device (see [`gather_moments`]).
-    pub fn pending_moments(&mut self) -> Option<&mut [Moments]> {
+    /// The host moments of the last training forward, not yet used by [`Quantizer::fit`] (one per basis row),
+    /// after [`gather_moments`]; zero moments at the current levels when this rank recorded none (e.g. an empty
+    /// data-parallel shard), so every rank reduces the same layout.
+    pub fn pending_moments_or_zero(&mut self) -> Result<&mut [Moments]> {
+        if !matches!(self.pending, Some((_, Pending::Host(_)))) {
+            let levels = self.levels(None)?;
+            let m = levels.iter().map(|l| Moments::new(l.bits())).collect();
+            self.pending = Some((levels, Pending::Host(m)));
+        }
         match &mut self.pending {
-            Some((_, Pending::Host(m))) => Some(m.as_mut_slice()),
-            _ => None,
+            Some((_, Pending::Host(m))) => Ok(m.as_mut_slice()),
+            _ => Err(Error::Config(format!("quantizer {}: moments are still on the device", self.name))),
         }
     }
 

@@ -70,7 +70,7 @@ pub struct Trainer {
     /// The data the run trains on (set by [`run`], restored from checkpoints).
     pub data: Option<DataInfo>,
     /// The data-parallel group this rank trains in ([`Trainer::join`]); `None` for one process.
-    pub group: Option<Group>,
+    group: Option<Group>,
     /// Time spent in the step's collectives after backward (the moments; gradients overlap the backward) since
     /// the last reset.
     pub comm: std::time::Duration,
@@ -157,13 +157,20 @@ impl Trainer {
             )));
         }
         let mut c = self.cfg.clone();
-        (c.run.device, c.data.dir, c.data.workers) = (DeviceSpec::Cpu, String::new(), 0);
+        // Each rank has its own device index, data copy and loader threads; the device kind must agree.
+        let kind = match c.run.device {
+            DeviceSpec::Cpu => DeviceSpec::Cpu,
+            DeviceSpec::Cuda(_) => DeviceSpec::Cuda(0),
+        };
+        (c.run.device, c.data.dir, c.data.workers) = (kind, String::new(), 0);
         let text = toml::to_string(&c).map_err(|e| Error::Config(e.to_string()))?;
         g.agree(&[crate::dist::digest(env!("CARGO_PKG_VERSION").as_bytes())], "the lqnets version")?;
         g.agree(&[crate::dist::digest(text.as_bytes())], "the config")?;
         g.agree(&[self.epoch as i64], "the epoch to start from")?;
         g.broadcast_vars(&self.vs)?;
         tch::no_grad(|| self.opt.params.iter().try_for_each(|p| g.broadcast(&p.buf, 0)))?;
+        // Bases come from the same seed or checkpoint everywhere; a node with another copy fails here, not later.
+        g.agree(&[self.state_digest()?], "the weights and quantizer bases at the start")?;
         crate::dist::set_sync_bn(self.cfg.run.sync_bn.then_some(&g));
         let vars: Vec<&Tensor> = self.opt.params.iter().map(|p| &p.var).collect();
         self.ddp = Some(g.ddp(&vars)?);
@@ -423,7 +430,9 @@ impl Trainer {
         meta.config = meta.config.with_sets(&allowed)?;
         let tr = Trainer::restore(&ckpt, tensors, meta)?;
         let log = dir.join("metrics.jsonl");
-        if log.exists() {
+        // Rank 0 alone owns the run's files in a data-parallel job (the launcher's environment says which).
+        let main = crate::dist::Launch::from_env()?.is_none_or(|l| l.rank == 0);
+        if main && log.exists() {
             let text = std::fs::read_to_string(&log).map_err(|e| Error::file(&log, e))?;
             let keep: String = text
                 .lines()

@@ -84,7 +84,17 @@ fn launch(l: &LaunchArgs) -> Result<()> {
     let mut children = Vec::new();
     for local in 0..l.nproc as usize {
         let rank = l.node_rank as usize * l.nproc as usize + local;
-        let child = std::process::Command::new(&exe)
+        let mut cmd = std::process::Command::new(&exe);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it makes the kernel send SIGTERM
+        // to the rank when the launcher dies (killed by a scheduler), so no rank outlives it.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(std::env::args_os().skip(1))
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", local.to_string())
@@ -106,7 +116,16 @@ fn launch(l: &LaunchArgs) -> Result<()> {
     while !children.is_empty() {
         let mut i = 0;
         while i < children.len() {
-            match children[i].1.try_wait()? {
+            let st = match children[i].1.try_wait() {
+                Ok(st) => st,
+                Err(e) => {
+                    for (_, c) in &mut children {
+                        let _ = c.kill();
+                    }
+                    return Err(e).context("waiting for the ranks");
+                }
+            };
+            match st {
                 Some(st) => {
                     let (rank, _) = children.remove(i);
                     if !st.success() && failed.is_none() {
@@ -136,20 +155,30 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     // Joins before anything else can fail differently on different ranks (a missing data folder fails everywhere).
     let group = lq_train::dist::Group::from_env()?;
+    // One process per device: local rank r of a CUDA run trains on cuda:r.
+    let local_device = |cfg: &TrainConfig| -> Result<Option<String>> {
+        if group.is_none() || cfg.run.device == DeviceSpec::Cpu {
+            return Ok(None);
+        }
+        let v = std::env::var("LOCAL_RANK").context("a CUDA rank needs LOCAL_RANK (its device index)")?;
+        let local: usize = v.parse().with_context(|| format!("LOCAL_RANK = {v:?} is not a device index"))?;
+        Ok(Some(format!("run.device=\"cuda:{local}\"")))
+    };
     let (mut tr, out, (mut tl, mut vl)) = match &a.resume {
         Some(dir) => {
-            let tr = Trainer::resume(dir, &a.sets)?;
+            let mut sets = a.sets.clone();
+            if group.is_some() {
+                sets.extend(local_device(&TrainConfig::load(Some(&dir.join("config.toml")), &[])?)?);
+            }
+            let tr = Trainer::resume(dir, &sets)?;
             eprintln!("resuming {} after epoch {}", dir.display(), tr.epoch);
             let feeds = trainer::feeds(&tr.cfg)?;
             (tr, dir.clone(), feeds)
         }
         None => {
-            let mut cfg = TrainConfig::load(a.config.as_deref(), &a.sets)?;
-            if let (Some(_), DeviceSpec::Cuda(_)) = (&group, cfg.run.device) {
-                // One process per device: local rank r trains on cuda:r.
-                let local = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-                cfg.run.device = DeviceSpec::Cuda(local);
-            }
+            let mut sets = a.sets.clone();
+            sets.extend(local_device(&TrainConfig::load(a.config.as_deref(), &a.sets)?)?);
+            let cfg = TrainConfig::load(a.config.as_deref(), &sets)?;
             let feeds = trainer::feeds(&cfg)?;
             (Trainer::new(cfg, feeds.0.info().classes as i64)?, a.out.clone(), feeds)
         }

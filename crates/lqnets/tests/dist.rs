@@ -37,9 +37,12 @@ fn run_ok(cmd: &mut Command) -> String {
     err
 }
 
-/// One rank of a job started by hand (as another launcher would), with its output captured.
-fn rank(args: &[String], r: usize, world: usize, port: u16, timeout_s: u64) -> Child {
-    lqnets()
+/// A rank's stderr, collected by a reader thread as it arrives.
+type Log = std::sync::Arc<std::sync::Mutex<String>>;
+
+/// One rank of a job started by hand (as another launcher would), with its stderr collected as it arrives.
+fn rank(args: &[String], r: usize, world: usize, port: u16, timeout_s: u64) -> (Child, Log) {
+    let mut c = lqnets()
         .args(args)
         .env("RANK", r.to_string())
         .env("WORLD_SIZE", world.to_string())
@@ -49,7 +52,16 @@ fn rank(args: &[String], r: usize, world: usize, port: u16, timeout_s: u64) -> C
         .env("OMP_NUM_THREADS", "1")
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start a rank")
+        .expect("start a rank");
+    let log = Log::default();
+    let (mut err, sink) = (c.stderr.take().unwrap(), log.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut err, &mut buf) {
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (c, log)
 }
 
 fn free_port() -> u16 {
@@ -57,7 +69,7 @@ fn free_port() -> u16 {
 }
 
 /// Waits for `c` at most `limit`; returns its exit status and stderr (killing it when it overstays).
-fn wait_for(mut c: Child, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+fn wait_for((mut c, log): (Child, Log), limit: Duration) -> (Option<std::process::ExitStatus>, String) {
     let t0 = Instant::now();
     let st = loop {
         if let Some(st) = c.try_wait().unwrap() {
@@ -70,10 +82,8 @@ fn wait_for(mut c: Child, limit: Duration) -> (Option<std::process::ExitStatus>,
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut err = String::new();
-    if let Some(mut e) = c.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    std::thread::sleep(Duration::from_millis(200)); // the reader thread drains the pipe
+    let err = log.lock().unwrap().clone();
     (st, err)
 }
 
@@ -100,6 +110,11 @@ fn ranks_train_like_one_process_and_resume_on_another_world_size() {
         let tr = Trainer::load(&out.join("last.safetensors"), None).unwrap();
         assert_same_state(&reference, &tr, world);
         if world == 3 {
+            // Per-rank BN (DDP's default) differs from the 1-process run by design; the ranks must still agree
+            // (each epoch ends with a check of identical weights, BN statistics and bases).
+            let per_rank = d.path().join("per-rank");
+            let args = train_args(&data, &per_rank, &["run.max_steps_per_epoch=3", "run.sync_bn=false"]);
+            run_ok(lqnets().args(&args).args(["--nproc", "3"]).env("OMP_NUM_THREADS", "1"));
             continue;
         }
         // Resume the 2-rank run on one process for a second epoch.
@@ -124,7 +139,7 @@ fn assert_same_state(reference: &Trainer, tr: &Trainer, world: usize) {
         assert!(diff <= 2e-4 * scale, "{name}: 1 rank vs {world} ranks differ by {diff}");
     }
     for (a, b) in reference.net.quantizers().iter().zip(tr.net.quantizers()) {
-        assert_eq!(a.state.steps, 3, "{}", a.name);
+        assert_eq!((a.state.steps, b.state.steps), (3, 3), "{}", a.name);
         for (x, y) in a.state.basis.iter().zip(&b.state.basis) {
             assert!(
                 (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
@@ -173,16 +188,22 @@ fn dead_hung_or_mismatched_ranks_fail_the_job_with_an_error() {
         let args = train_args(&data, &d.path().join(format!("k{signal}")), &long);
         let r0 = rank(&args, 0, 2, port, 8);
         let r1 = rank(&args, 1, 2, port, 8);
-        std::thread::sleep(Duration::from_secs(6));
-        let ok = Command::new("kill").args([&format!("-{signal}"), &r1.id().to_string()]).status().unwrap();
+        // Strike in the middle of training: once rank 0 reports a step of the second epoch.
+        let t0 = Instant::now();
+        while !r0.1.lock().unwrap().contains("epoch 2/50 [") {
+            assert!(t0.elapsed() < Duration::from_secs(120), "no training progress: {}", r0.1.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid1 = r1.0.id().to_string();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &pid1]).status().unwrap();
         assert!(ok.success());
         let t0 = Instant::now();
         let (st, err) = wait_for(r0, Duration::from_secs(60));
-        let _ = Command::new("kill").args(["-KILL", &r1.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-KILL", &pid1]).status();
         let _ = wait_for(r1, Duration::from_secs(5));
         let st = st.unwrap_or_else(|| panic!("SIG{signal}: rank 0 still running after 60 s: {err}"));
         assert!(!st.success(), "SIG{signal}: rank 0 succeeded");
-        assert!(err.contains("data-parallel"), "SIG{signal}: {err}");
+        assert!(err.contains("data-parallel:") && !err.contains("could not join"), "SIG{signal}: {err}");
         assert!(t0.elapsed() < Duration::from_secs(45), "SIG{signal}: took {:?}", t0.elapsed());
     }
     // Different configs: both ranks refuse.
