@@ -175,6 +175,10 @@ pub struct BenchInferArgs {
     /// The anchors script (run from the repository root by default).
     #[arg(long, default_value = "bench/anchors_cifar.py")]
     anchors: PathBuf,
+    /// The anchors' network, when not the model's own (e.g. `resnet20-post`: the post-activation ResNet-20 whose
+    /// conv-BN-ReLU fuse, the fastest INT8 ResNet-20 a user would deploy).
+    #[arg(long, value_parser = ["resnet20-A", "resnet20-B", "resnet20-post", "vgg-small"])]
+    anchor_arch: Option<String>,
     /// Rounds: libtorch, the engine, then the anchors, each timed in its own block, alternated round after round;
     /// medians over rounds, ratios as min-max.
     #[arg(long, default_value_t = 1)]
@@ -262,8 +266,9 @@ pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
             m.input
         );
     }
-    let arch = match (&a.venv, anchor_arch(&spec)) {
+    let arch = match (&a.venv, a.anchor_arch.clone().or_else(|| anchor_arch(&spec))) {
         (Some(_), None) => bail!("--venv: anchors exist for ResNet-20 and VGG-Small, not {}", spec.label()),
+        (None, Some(_)) if a.anchor_arch.is_some() => bail!("--anchor-arch needs --venv"),
         (v, arch) => v.as_ref().and(arch),
     };
     let batches: Vec<usize> = a
