@@ -436,6 +436,78 @@ fn lighting_noise_has_the_stated_scale_and_jitter_stays_in_range() {
     assert!(seen.len() > 50, "brightness varies");
 }
 
+/// fb.resnet.torch's colour chain written out step by step on f32 pixels (the definition): brightness, contrast and
+/// saturation blends in random order, then PCA lighting, rounded and clamped once at the end.
+fn colour_reference(img: &[u8], s: f32, std: f32, rng: &mut impl rand::Rng) -> Vec<u8> {
+    let mut f: Vec<f32> = img.iter().map(|&p| p as f32).collect();
+    let grey = |p: &[f32]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    let mut order = [0, 1, 2];
+    for i in (1..3).rev() {
+        order.swap(i, rng.gen_range(0..=i));
+    }
+    for op in order {
+        let a = 1.0 + rng.gen_range(-s..=s);
+        match op {
+            0 => f.iter_mut().for_each(|v| *v *= a),
+            1 => {
+                let m = f.chunks_exact(3).map(grey).sum::<f32>() / (f.len() / 3) as f32;
+                f.iter_mut().for_each(|v| *v = *v * a + m * (1.0 - a));
+            }
+            _ => f.chunks_exact_mut(3).for_each(|p| {
+                let g = grey(p) * (1.0 - a);
+                p.iter_mut().for_each(|v| *v = *v * a + g);
+            }),
+        }
+    }
+    let normal = |rng: &mut dyn rand::RngCore| {
+        let u1: f64 = 1.0 - rand::Rng::gen::<f64>(rng);
+        let u2: f64 = rand::Rng::gen(rng);
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    };
+    let alpha: [f32; 3] = std::array::from_fn(|_| normal(rng) * std);
+    for p in f.chunks_exact_mut(3) {
+        for (c, v) in p.iter_mut().enumerate() {
+            *v +=
+                255.0 * (0..3).map(|i| transform::PCA_EIGVEC[c][i] * alpha[i] * transform::PCA_EIGVAL[i]).sum::<f32>();
+        }
+    }
+    f.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect()
+}
+
+/// The transform composes jitter and lighting into one per-pixel colour map: on random images and draws it gives
+/// the step-by-step chain's bytes, up to one level where a value lies within float rounding of a half.
+#[test]
+fn fused_colour_map_equals_the_step_by_step_chain() {
+    let tf = Transform { geometry: Geometry::None, flip: false, jitter: 0.4, lighting: 0.1, filter: Filter::Bilinear };
+    let mut scratch = Scratch::default();
+    let (mut values, mut exact) = (0usize, 0usize);
+    for s in 0..300u64 {
+        let mut r = ChaCha8Rng::seed_from_u64(1000 + s);
+        let (w, h) = (1 + (s as usize % 13), 1 + (s as usize % 7));
+        let img: Vec<u8> = (0..w * h * 3).map(|_| rand::Rng::gen(&mut r)).collect();
+        let mut out = vec![0; img.len()];
+        let image = Image { w, h, c: 3, data: img.clone() };
+        tf.apply(&image, Path::new("x"), &mut ChaCha8Rng::seed_from_u64(s), &mut scratch, &mut out).unwrap();
+        let want = colour_reference(&img, 0.4, 0.1, &mut ChaCha8Rng::seed_from_u64(s));
+        for (i, (&g, &e)) in out.iter().zip(&want).enumerate() {
+            assert!(g.abs_diff(e) <= 1, "seed {s} value {i}: {g} vs {e}");
+            exact += (g == e) as usize;
+        }
+        values += out.len();
+    }
+    assert!(exact as f64 >= 0.99 * values as f64, "{exact} of {values} values equal");
+}
+
+#[test]
+fn colour_maps_compose_in_order() {
+    use lq_data::transform::ColorMap;
+    let a = ColorMap { m: [[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]], b: [1.0, 2.0, 3.0] };
+    let b = ColorMap { m: [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], b: [-1.0, 0.0, 5.0] };
+    let p = [3.0, 5.0, 7.0];
+    assert_eq!(a.then(&b).apply(p), b.apply(a.apply(p)));
+    assert_ne!(b.then(&a).apply(p), b.apply(a.apply(p)));
+}
+
 /// The 20 real ImageNet photos of `get-real-data.sh`, when present (`LQ_REALDATA` or /work/realdata).
 #[test]
 fn real_photos_decode_and_transform() {
