@@ -498,6 +498,18 @@ fn fused_colour_map_equals_the_step_by_step_chain() {
     assert!(exact as f64 >= 0.99 * values as f64, "{exact} of {values} values equal");
 }
 
+/// Colour jitter and lighting act on RGB only: a greyscale image passes through unchanged.
+#[test]
+fn colour_transforms_leave_greyscale_images_alone() {
+    let tf = Transform { geometry: Geometry::None, flip: false, jitter: 0.4, lighting: 0.1, filter: Filter::Bilinear };
+    let img = Image { w: 5, h: 3, c: 1, data: (0..15).map(|i| (i * 17) as u8).collect() };
+    let mut out = vec![0; 15];
+    for s in 0..20 {
+        tf.apply(&img, Path::new("x"), &mut ChaCha8Rng::seed_from_u64(s), &mut Scratch::default(), &mut out).unwrap();
+        assert_eq!(out, img.data);
+    }
+}
+
 #[test]
 fn colour_maps_compose_in_order() {
     use lq_data::transform::ColorMap;

@@ -31,9 +31,10 @@ fn isas() -> Vec<Isa> {
 /// activation within rounding of a threshold may take the neighbouring code in one implementation (the trainer's
 /// f32 conv sums thousands of terms in another order than the engine's exact integer counts and BN-folded
 /// thresholds). These networks hold ~10^5-10^6 activations per image, so an image whose logits move by a code flip
-/// is common (up to 3 of 8 seen per network and kernel on an AVX-512 machine): at least a quarter of the 16 images
-/// must agree exactly, which a wiring or export error cannot pass (tried: input images shifted by one fail all). Exactness itself is tested where flips cannot hide it:
-/// lq-engine's kernel tests compare integer counts for equality.
+/// is common (on an AVX-512 machine up to 8 of 16 images for VGG-Variant HWGQ, 4 of 16 for DenseNet-121): at least
+/// a quarter of the 16 images must agree exactly. That catches a wrong export or engine op that moves most images
+/// (tried: input images shifted by one fail all); an error confined to a few images would pass here and is left to
+/// lq-engine's kernel tests, which compare integer counts for equality.
 #[test]
 fn engine_runs_every_network_like_the_trainer() {
     tch::manual_seed(3);
