@@ -184,7 +184,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     };
     if let Some(g) = group {
-        eprintln!("rank {} of {} joined", g.rank, g.world);
+        // One write for the whole line: the ranks share stderr, and `eprintln!` writes a line in pieces that
+        // interleave with the other ranks' ("rank 0rank  of 3 joined").
+        let line = format!("rank {} of {} joined\n", g.rank, g.world);
+        std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes()).ok();
         tr.join(g)?;
         tl = tl.with_shard(tr.shard());
         vl = vl.with_shard(tr.shard());
