@@ -13,7 +13,20 @@ fn main() {
         "LIBTORCH is not set: run scripts/setup-libtorch.sh (the workspace's .cargo/config.toml points at it)",
     ));
     let inc = lt.join("include");
-    cc::Build::new()
+    // `at::parallel_for` is a header template whose OpenMP pragma only runs in parallel when compiled with
+    // -fopenmp, and then it must call the libgomp libtorch itself uses (the wheel ships its own): link that one by
+    // name. Without it the loop stays serial (correct, slower).
+    let gomp = std::fs::read_dir(lt.join("lib")).ok().and_then(|d| {
+        d.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("libgomp") && n.contains(".so"))
+    });
+    if let Some(g) = &gomp {
+        println!("cargo:rustc-link-lib=dylib:+verbatim={g}");
+    }
+    let mut build = cc::Build::new();
+    if gomp.is_some() {
+        build.flag("-fopenmp");
+    }
+    build
         .cpp(true)
         .file("csrc/dist.cpp")
         .file("csrc/ste.cpp")

@@ -63,7 +63,7 @@ fn parse_records(path: &Path, bytes: &[u8], kind: Cifar, ds: &mut Dataset) -> Re
     if bytes.is_empty() {
         return Err(Error::format(path, "empty file (no records)"));
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         let why = format!(
             "{} bytes is not a whole number of {rec}-byte records (truncated or not a CIFAR batch)",
             bytes.len()

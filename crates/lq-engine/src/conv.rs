@@ -51,7 +51,7 @@ impl BitConv {
         w: &[f32],
         basis: &[f32],
     ) -> lq_quant::Result<Self> {
-        if c_out == 0 || basis.len() % c_out != 0 {
+        if c_out == 0 || !basis.len().is_multiple_of(c_out) {
             return Err(invalid("conv basis", format!("{} values for {c_out} output channels", basis.len())));
         }
         let kw = basis.len() / c_out;

@@ -98,7 +98,7 @@ impl ChannelQuant {
 /// new word.
 #[inline]
 pub fn patch_bit(c_in: usize, tap: usize, ci: usize) -> (usize, usize) {
-    if c_in % 64 == 0 || narrow(c_in) {
+    if c_in.is_multiple_of(64) || narrow(c_in) {
         let d = tap * c_in + ci;
         (d / 64, d % 64)
     } else {
@@ -114,7 +114,7 @@ pub(crate) fn narrow(c: usize) -> bool {
 
 /// Words per plane of a patch row of a `k×k` conv over `c_in` channels (see [`patch_bit`]).
 pub fn patch_words(c_in: usize, k: usize) -> usize {
-    if c_in % 64 == 0 || narrow(c_in) {
+    if c_in.is_multiple_of(64) || narrow(c_in) {
         (k * k * c_in).div_ceil(64)
     } else {
         k * k * c_in.div_ceil(64)

@@ -1,8 +1,8 @@
-//! Fused quantize pass vs a plain copy of the same buffer (16 M floats), K = 1..4, one row (activation layout).
-//! `cargo bench -p lq-quant --bench fused` (set RAYON_NUM_THREADS=1 for the one-core figure). The ratio to the copy
-//! is what matters: absolute times drift on this shared machine.
+//! Fused quantize pass vs a plain copy of the same buffer (16 M floats), K = 1..4, one row (activation layout), on
+//! every kernel this CPU has. `cargo bench -p lq-quant --bench fused` (set RAYON_NUM_THREADS=1 for the one-core
+//! figure). The ratios to the copy and between kernels are what matter: absolute times drift on this shared machine.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lq_quant::{quantize, CodeSet, Levels, QemState};
+use lq_quant::{quantize_with, CodeSet, Isa, Levels, QemState};
 use rand::{Rng, SeedableRng};
 
 fn bench(c: &mut Criterion) {
@@ -15,9 +15,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("copy", |b| b.iter(|| y.copy_from_slice(&x)));
     for k in 1..=4 {
         let lv = Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
-        g.bench_function(format!("K{k}_fit"), |b| {
-            b.iter(|| quantize(std::slice::from_ref(&lv), &x, &mut y, None, true).unwrap())
-        });
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_available()) {
+            g.bench_function(format!("K{k}_fit_{isa:?}"), |b| {
+                b.iter(|| quantize_with(isa, std::slice::from_ref(&lv), &x, &mut y, None, true).unwrap())
+            });
+        }
     }
     g.finish();
 }

@@ -1,15 +1,36 @@
 //! The fused fast path: one pass over a weight matrix or activation tensor that quantizes, writes the codes if
-//! asked and accumulates the QEM statistics, split over threads (rayon) by rows and chunks.
+//! asked and accumulates the QEM statistics, split over threads by rows and chunks.
 //!
 //! For K ≤ 4 the per-element work is branch-free: each of the 2^K − 1 thresholds is one compare and one blend
 //! (levels and thresholds are sorted, so the last threshold passed wins), and the statistics are accumulated in
-//! threshold form (count and Σx above each threshold, f64) from the same compare masks. An AVX2 kernel is chosen
-//! at run time, with a portable one as fallback ([`Isa`]). Larger K falls back to [`Levels::quantize`]. Work is split into fixed chunks merged in order, so the result
-//! does not depend on the number of threads.
+//! threshold form (count and Σx above each threshold, f64) from the same compare masks. An AVX-512 or AVX2 kernel
+//! is chosen at run time, with a portable one as fallback ([`Isa`]). Larger K falls back to [`Levels::quantize`].
+//! Work is split into fixed chunks merged in order, so the result does not depend on the number of threads.
+//!
+//! The chunks run on rayon's pool unless the caller passes its own [`Parallel`]: the trainer runs them on
+//! libtorch's OpenMP threads, which otherwise spin on the same cores while rayon's work.
 
 use crate::error::Result;
 use crate::lq::{check_finite, check_len, invalid, Levels, Moments};
 use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Where the fused pass's work items run.
+pub trait Parallel: Sync {
+    /// Calls `f(i)` for the `i` in `0..n`, on any threads and in any order, and returns when they are done. An
+    /// item it skips is run afterwards on the calling thread (so an executor that fails part-way costs time,
+    /// never a result).
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+/// Rayon's global pool (the default executor).
+pub struct Rayon;
+
+impl Parallel for Rayon {
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).into_par_iter().for_each(f);
+    }
+}
 
 /// Elements per parallel work item (per row, the remainder forms a shorter item).
 const CHUNK: usize = 1 << 16;
@@ -26,7 +47,19 @@ pub fn quantize(
     codes: Option<&mut [u8]>,
     fit: bool,
 ) -> Result<Option<Vec<Moments>>> {
-    quantize_with(Isa::detect(), levels, x, y, codes, fit)
+    quantize_impl(Isa::detect(), &Rayon, levels, x, y, codes, fit, false)
+}
+
+/// [`quantize`] with its work items on `par`.
+pub fn quantize_on(
+    par: &dyn Parallel,
+    levels: &[Levels],
+    x: &[f32],
+    y: &mut [f32],
+    codes: Option<&mut [u8]>,
+    fit: bool,
+) -> Result<Option<Vec<Moments>>> {
+    quantize_impl(Isa::detect(), par, levels, x, y, codes, fit, false)
 }
 
 /// [`quantize`] with a chosen kernel (tests and benchmarks force each path). An unavailable `isa` falls back to
@@ -39,13 +72,24 @@ pub fn quantize_with(
     codes: Option<&mut [u8]>,
     fit: bool,
 ) -> Result<Option<Vec<Moments>>> {
-    quantize_impl(isa, levels, x, y, codes, fit, false)
+    quantize_impl(isa, &Rayon, levels, x, y, codes, fit, false)
 }
 
 /// `quantize(relu(x))` in the same single pass: the quantized values and statistics of `max(x, 0)` without
 /// materialising it (the training path of a BN → ReLU → Q unit). Non-finite input is still an error.
 pub fn quantize_relu(levels: &[Levels], x: &[f32], y: &mut [f32], fit: bool) -> Result<Option<Vec<Moments>>> {
-    quantize_relu_with(Isa::detect(), levels, x, y, fit)
+    quantize_impl(Isa::detect(), &Rayon, levels, x, y, None, fit, true)
+}
+
+/// [`quantize_relu`] with its work items on `par`.
+pub fn quantize_relu_on(
+    par: &dyn Parallel,
+    levels: &[Levels],
+    x: &[f32],
+    y: &mut [f32],
+    fit: bool,
+) -> Result<Option<Vec<Moments>>> {
+    quantize_impl(Isa::detect(), par, levels, x, y, None, fit, true)
 }
 
 /// [`quantize_relu`] with a chosen kernel.
@@ -56,11 +100,19 @@ pub fn quantize_relu_with(
     y: &mut [f32],
     fit: bool,
 ) -> Result<Option<Vec<Moments>>> {
-    quantize_impl(isa, levels, x, y, None, fit, true)
+    quantize_impl(isa, &Rayon, levels, x, y, None, fit, true)
 }
 
+/// A work item before and after it ran.
+enum Slot<'a> {
+    Todo(&'a [f32], &'a mut [f32], Option<&'a mut [u8]>),
+    Done(Option<Moments>, bool),
+}
+
+#[allow(clippy::too_many_arguments)]
 fn quantize_impl(
     isa: Isa,
+    par: &dyn Parallel,
     levels: &[Levels],
     x: &[f32],
     y: &mut [f32],
@@ -70,7 +122,7 @@ fn quantize_impl(
 ) -> Result<Option<Vec<Moments>>> {
     let isa = if isa.is_available() { isa } else { Isa::Portable };
     let rows = levels.len();
-    if rows == 0 || x.len() % rows != 0 {
+    if rows == 0 || !x.len().is_multiple_of(rows) {
         return Err(invalid("rows", format!("{} elements do not split into {rows} rows", x.len())));
     }
     check_len("output", x.len(), y.len())?;
@@ -88,14 +140,28 @@ fn quantize_impl(
         Some(c) => row_chunks_mut(c, n).map(Some).collect(),
         None => (0..rows * per_row).map(|_| None).collect(),
     };
-    let items: Vec<_> = row_chunks(x, n).zip(row_chunks_mut(y, n)).zip(codes_chunks.iter_mut()).enumerate().collect();
-    let stats: Vec<(usize, Option<Moments>, bool)> = items
-        .into_par_iter()
-        .map(|(item, ((xc, yc), cc))| {
-            let lv = &levels[item / per_row];
+    let slots: Vec<Mutex<Slot>> = row_chunks(x, n)
+        .zip(row_chunks_mut(y, n))
+        .zip(codes_chunks.iter_mut())
+        .map(|((xc, yc), cc)| Mutex::new(Slot::Todo(xc, yc, cc.take())))
+        .collect();
+    let work = |item: usize| {
+        // Each item's lock is taken by the one call that runs it (a poisoned lock still holds a valid slot).
+        let mut s = slots[item].lock().unwrap_or_else(|e| e.into_inner());
+        if let Slot::Todo(xc, yc, cc) = &mut *s {
             let mut m = fit.then(|| Moments::new(k));
-            let ok = pass(isa, lv, xc, yc, cc.as_deref_mut(), m.as_mut(), relu);
-            (item / per_row, m, ok)
+            let ok = pass(isa, &levels[item / per_row], xc, yc, cc.as_deref_mut(), m.as_mut(), relu);
+            *s = Slot::Done(m, ok);
+        }
+    };
+    par.run(slots.len(), &work);
+    (0..slots.len()).for_each(work);
+    let stats: Vec<(usize, Option<Moments>, bool)> = slots
+        .into_iter()
+        .enumerate()
+        .map(|(item, s)| match s.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Slot::Done(m, ok) => (item / per_row, m, ok),
+            Slot::Todo(..) => unreachable!("every item ran above"),
         })
         .collect();
     if stats.iter().any(|s| !s.2) {
@@ -144,9 +210,14 @@ fn pass(
     for (b, (xb, yb)) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)).enumerate() {
         finite &= match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed after AVX2 was detected (see `Isa::detect`).
+            // SAFETY: `isa` passed `is_available()` in `quantize_impl`, which detected AVX2.
             Isa::Avx2 => unsafe {
                 avx2::block(lv, xb, yb, codes.is_some().then_some(&mut idx), m.is_some().then_some(&mut acc), relu)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` passed `is_available()` in `quantize_impl`, which detected AVX-512F.
+            Isa::Avx512 => unsafe {
+                avx512::block(lv, xb, yb, codes.is_some().then_some(&mut idx), m.is_some().then_some(&mut acc), relu)
             },
             _ => portable_block(lv, xb, yb, &mut idx, m.is_some().then_some(&mut acc), relu),
         };
@@ -168,20 +239,31 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 intrinsics (8 lanes).
     Avx2,
+    /// x86-64 AVX-512F intrinsics (16 lanes; compare results in mask registers, so each threshold costs a
+    /// compare, a masked move and two masked f64 adds).
+    Avx512,
 }
 
 impl Isa {
-    /// The best kernel this CPU supports (detected once per call; the check is a cached load).
+    /// The best kernel this CPU supports (the checks are cached loads).
     pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            return Isa::Avx2;
-        }
-        Isa::Portable
+        [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Portable)
     }
     /// Whether this kernel can run here.
     pub fn is_available(self) -> bool {
-        self == Isa::Portable || Isa::detect() == Isa::Avx2
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("popcnt")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("popcnt"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
     }
 }
 
@@ -251,71 +333,133 @@ fn portable_block(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 block kernel: 8 elements per step; per threshold one compare, one blend, and (when fitting) a masked
-    //! f64 accumulation of the elements above it.
+    //! AVX2 block kernel: 8 elements per step; per threshold an f32 compare and blend for the level, and (when
+    //! fitting) an f64 compare of the element values (converted once per step; exact, so the same decisions),
+    //! masking them into that threshold's sums; counts from the compare's sign bits (scalar popcount).
     use super::{Acc, BLOCK};
     use crate::lq::Levels;
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    /// The CPU must support AVX2, FMA and POPCNT.
+    #[target_feature(enable = "avx2,fma,popcnt")]
     pub(super) unsafe fn block(
         lv: &Levels,
         xb: &[f32],
         yb: &mut [f32],
-        mut idx: Option<&mut [u8; BLOCK]>,
+        idx: Option<&mut [u8; BLOCK]>,
         acc: Option<&mut Acc>,
         relu: bool,
     ) -> bool {
-        let (thr, levels) = (lv.thresholds(), lv.levels());
-        let t = thr.len();
-        let full = xb.len() / 8 * 8;
-        let fit = acc.is_some();
-        let (mut cnt, mut slo, mut shi) =
-            ([_mm256_setzero_si256(); 15], [_mm256_setzero_pd(); 15], [_mm256_setzero_pd(); 15]);
-        let (mut tot, mut sq) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-        let inf = _mm256_set1_ps(f32::INFINITY);
-        let sign = _mm256_set1_ps(-0.0);
-        // With relu, max(v, 0) after the finiteness check (maxps turns NaN into 0); −∞ stays caught by it too.
-        let floor = _mm256_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
-        let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-        let mut ids = [0i32; 8];
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 <= full <= xb.len() == yb.len().
-            let v = _mm256_loadu_ps(xb.as_ptr().add(i));
-            ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf));
-            let v = _mm256_max_ps(v, floor);
-            let mut q = _mm256_set1_ps(levels[0]);
-            let mut id = _mm256_setzero_si256();
-            for l in 0..t {
-                let m = _mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_set1_ps(thr[l]));
-                q = _mm256_blendv_ps(q, _mm256_set1_ps(levels[l + 1]), m);
-                let mi = _mm256_castps_si256(m);
-                id = _mm256_sub_epi32(id, mi);
-                if fit {
-                    cnt[l] = _mm256_sub_epi32(cnt[l], mi);
-                    let xm = _mm256_and_ps(v, m);
-                    slo[l] = _mm256_add_pd(slo[l], _mm256_cvtps_pd(_mm256_castps256_ps128(xm)));
-                    shi[l] = _mm256_add_pd(shi[l], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(xm)));
-                }
-            }
-            if fit {
-                let (lo, hi) =
-                    (_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
-                tot = _mm256_add_pd(tot, _mm256_add_pd(lo, hi));
-                sq = _mm256_add_pd(sq, _mm256_add_pd(_mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi)));
-            }
-            _mm256_storeu_ps(yb.as_mut_ptr().add(i), q);
-            if let Some(idx) = idx.as_deref_mut() {
-                _mm256_storeu_si256(ids.as_mut_ptr() as *mut __m256i, id);
-                for j in 0..8 {
-                    idx[i + j] = ids[j] as u8;
-                }
+        // SAFETY (all arms): the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see
+        // `pass`).
+        unsafe {
+            match (lv.thresholds().len(), acc.is_some()) {
+                (1, false) => t1::<false>(lv, xb, yb, idx, acc, relu),
+                (1, true) => t1::<true>(lv, xb, yb, idx, acc, relu),
+                (3, false) => t3::<false>(lv, xb, yb, idx, acc, relu),
+                (3, true) => t3::<true>(lv, xb, yb, idx, acc, relu),
+                (7, false) => t7::<false>(lv, xb, yb, idx, acc, relu),
+                (7, true) => t7::<true>(lv, xb, yb, idx, acc, relu),
+                (_, false) => t15::<false>(lv, xb, yb, idx, acc, relu),
+                (_, true) => t15::<true>(lv, xb, yb, idx, acc, relu),
             }
         }
-        let mut finite = _mm256_movemask_ps(ok) == 0xff;
-        // Tail (and the statistics of the vector part) in scalar code.
+    }
+
+    /// [`block`] for a fixed number of thresholds, written out with constant indices (see the AVX-512 kernel's
+    /// `fixed`: the accumulators stay in registers).
+    macro_rules! fixed {
+        ($name:ident, $t:literal, $($l:tt)*) => {
+            /// # Safety
+            #[doc = concat!("As [`block`], with ", $t, " thresholds in `lv`, and `FIT == acc.is_some()`.")]
+            #[target_feature(enable = "avx2,fma,popcnt")]
+            unsafe fn $name<const FIT: bool>(
+                lv: &Levels,
+                xb: &[f32],
+                yb: &mut [f32],
+                mut idx: Option<&mut [u8; BLOCK]>,
+                acc: Option<&mut Acc>,
+                relu: bool,
+            ) -> bool {
+                let (thr, levels) = (lv.thresholds(), lv.levels());
+                let full = xb.len() / 8 * 8;
+                // One f64 accumulator per threshold (both halves added first): 16 registers hold no more.
+                let (mut cnt, mut sum) = ([0u64; $t], [_mm256_setzero_pd(); $t]);
+                let (mut tot, mut sq) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+                let inf = _mm256_set1_ps(f32::INFINITY);
+                let sign = _mm256_set1_ps(-0.0);
+                // With relu, max(v, 0) after the finiteness check (maxps turns NaN into 0); −∞ stays caught too.
+                let floor = _mm256_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
+                let thv: [__m256; $t] = std::array::from_fn(|l| _mm256_set1_ps(thr[l]));
+                let thd: [__m256d; $t] = std::array::from_fn(|l| _mm256_set1_pd(thr[l] as f64));
+                let lev: [__m256; $t] = std::array::from_fn(|l| _mm256_set1_ps(levels[l + 1]));
+                let lev0 = _mm256_set1_ps(levels[0]);
+                let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+                let mut ids = [0i32; 8];
+                for i in (0..full).step_by(8) {
+                    // SAFETY: i + 8 <= full <= xb.len() == yb.len().
+                    let v = _mm256_loadu_ps(xb.as_ptr().add(i));
+                    ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf));
+                    let v = _mm256_max_ps(v, floor);
+                    let mut q = lev0;
+                    let mut id = _mm256_setzero_si256();
+                    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+                    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+                    if FIT {
+                        tot = _mm256_add_pd(tot, _mm256_add_pd(lo, hi));
+                        sq = _mm256_add_pd(sq, _mm256_fmadd_pd(lo, lo, _mm256_mul_pd(hi, hi)));
+                    }
+                    $(
+                        let m = _mm256_cmp_ps::<_CMP_GT_OQ>(v, thv[$l]);
+                        q = _mm256_blendv_ps(q, lev[$l], m);
+                        if idx.is_some() {
+                            id = _mm256_sub_epi32(id, _mm256_castps_si256(m));
+                        }
+                        if FIT {
+                            cnt[$l] += _mm256_movemask_ps(m).count_ones() as u64;
+                            let (ml, mh) = (_mm256_cmp_pd::<_CMP_GT_OQ>(lo, thd[$l]), _mm256_cmp_pd::<_CMP_GT_OQ>(hi, thd[$l]));
+                            sum[$l] = _mm256_add_pd(sum[$l], _mm256_add_pd(_mm256_and_pd(lo, ml), _mm256_and_pd(hi, mh)));
+                        }
+                    )*
+                    _mm256_storeu_ps(yb.as_mut_ptr().add(i), q);
+                    if let Some(idx) = idx.as_deref_mut() {
+                        _mm256_storeu_si256(ids.as_mut_ptr() as *mut __m256i, id);
+                        for j in 0..8 {
+                            idx[i + j] = ids[j] as u8;
+                        }
+                    }
+                }
+                let finite = _mm256_movemask_ps(ok) == 0xff;
+                finish(lv, xb, yb, full, finite, idx, acc, relu, [tot, sq], &cnt, &sum)
+            }
+        };
+    }
+    fixed!(t1, 1, 0);
+    fixed!(t3, 3, 0 1 2);
+    fixed!(t7, 7, 0 1 2 3 4 5 6);
+    fixed!(t15, 15, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+
+    /// The tail past the last whole step (scalar) and the statistics' reduction into `acc`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish(
+        lv: &Levels,
+        xb: &[f32],
+        yb: &mut [f32],
+        full: usize,
+        finite: bool,
+        idx: Option<&mut [u8; BLOCK]>,
+        acc: Option<&mut Acc>,
+        relu: bool,
+        [tot, sq]: [__m256d; 2],
+        cnt: &[u64],
+        sum: &[__m256d],
+    ) -> bool {
+        let mut finite = finite;
         let mut tail_idx = [0u8; BLOCK];
         let mut rest = Acc::default();
         let fit_tail = acc.is_some().then_some(&mut rest);
@@ -329,24 +473,165 @@ mod avx2 {
                 _mm256_storeu_pd(o.as_mut_ptr(), v);
                 (o[0] + o[1]) + (o[2] + o[3])
             };
-            let isum = |v: __m256i| {
-                let mut o = [0i32; 8];
-                _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, v);
-                o.iter().map(|&c| c as u64).sum::<u64>()
-            };
-            a.n += full as u64;
-            a.sum += hsum(tot);
-            a.sum_sq += hsum(sq);
-            for l in 0..t {
-                a.above_n[l] += isum(cnt[l]);
-                a.above_sum[l] += hsum(slo[l]) + hsum(shi[l]);
+            a.n += full as u64 + rest.n;
+            a.sum += hsum(tot) + rest.sum;
+            a.sum_sq += hsum(sq) + rest.sum_sq;
+            for l in 0..cnt.len() {
+                a.above_n[l] += cnt[l] + rest.above_n[l];
+                a.above_sum[l] += hsum(sum[l]) + rest.above_sum[l];
             }
-            a.n += rest.n;
-            a.sum += rest.sum;
-            a.sum_sq += rest.sum_sq;
-            for l in 0..t {
-                a.above_n[l] += rest.above_n[l];
-                a.above_sum[l] += rest.above_sum[l];
+        }
+        finite
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! AVX-512F block kernel: 16 elements per step. A threshold's compare lands in a mask register, which drives
+    //! the level move, the count (a scalar popcount) and the two f64 halves' masked adds of the element values
+    //! (converted to f64 once per step, not once per threshold as in the AVX2 kernel).
+    use super::{Acc, BLOCK};
+    use crate::lq::Levels;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX-512F (and so POPCNT, which every AVX-512 CPU has; without the feature the mask
+    /// counts compile to a software popcount).
+    #[target_feature(enable = "avx512f,popcnt")]
+    pub(super) unsafe fn block(
+        lv: &Levels,
+        xb: &[f32],
+        yb: &mut [f32],
+        idx: Option<&mut [u8; BLOCK]>,
+        acc: Option<&mut Acc>,
+        relu: bool,
+    ) -> bool {
+        // SAFETY (all arms): the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see
+        // `pass`).
+        unsafe {
+            match (lv.thresholds().len(), acc.is_some()) {
+                (1, false) => t1::<false>(lv, xb, yb, idx, acc, relu),
+                (1, true) => t1::<true>(lv, xb, yb, idx, acc, relu),
+                (3, false) => t3::<false>(lv, xb, yb, idx, acc, relu),
+                (3, true) => t3::<true>(lv, xb, yb, idx, acc, relu),
+                (7, false) => t7::<false>(lv, xb, yb, idx, acc, relu),
+                (7, true) => t7::<true>(lv, xb, yb, idx, acc, relu),
+                (_, false) => t15::<false>(lv, xb, yb, idx, acc, relu),
+                (_, true) => t15::<true>(lv, xb, yb, idx, acc, relu),
+            }
+        }
+    }
+
+    /// [`block`] for a fixed number of thresholds (the listed indices), with or without statistics. The loop over
+    /// thresholds is written out with constant indices so the accumulators stay in registers: indexed by a loop
+    /// variable they lived on the stack, and every step waited on store-to-load forwarding (1.6× slower).
+    macro_rules! fixed {
+        ($name:ident, $t:literal, $($l:tt)*) => {
+            /// # Safety
+            #[doc = concat!("As [`block`], with ", $t, " thresholds in `lv`, and `FIT == acc.is_some()`.")]
+            #[target_feature(enable = "avx512f,popcnt")]
+            unsafe fn $name<const FIT: bool>(
+                lv: &Levels,
+                xb: &[f32],
+                yb: &mut [f32],
+                mut idx: Option<&mut [u8; BLOCK]>,
+                acc: Option<&mut Acc>,
+                relu: bool,
+            ) -> bool {
+                let (thr, levels) = (lv.thresholds(), lv.levels());
+                let full = xb.len() / 16 * 16;
+                let (mut cnt, mut slo, mut shi) = ([0u64; $t], [_mm512_setzero_pd(); $t], [_mm512_setzero_pd(); $t]);
+                let (mut tot0, mut tot1, mut sq0, mut sq1) =
+                    (_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd());
+                let inf = _mm512_set1_ps(f32::INFINITY);
+                // With relu, max(v, 0) after the finiteness check (maxps turns NaN into 0); −∞ stays caught too.
+                let floor = _mm512_set1_ps(if relu { 0.0 } else { f32::NEG_INFINITY });
+                let thv: [__m512; $t] = std::array::from_fn(|l| _mm512_set1_ps(thr[l]));
+                let lev: [__m512; $t] = std::array::from_fn(|l| _mm512_set1_ps(levels[l + 1]));
+                let lev0 = _mm512_set1_ps(levels[0]);
+                let mut ok: __mmask16 = 0xffff;
+                for i in (0..full).step_by(16) {
+                    // SAFETY: i + 16 <= full <= xb.len() == yb.len().
+                    let v = _mm512_loadu_ps(xb.as_ptr().add(i));
+                    ok &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), inf);
+                    let v = _mm512_max_ps(v, floor);
+                    let mut q = lev0;
+                    let mut id = _mm512_setzero_si512();
+                    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+                    let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+                    if FIT {
+                        tot0 = _mm512_add_pd(tot0, lo);
+                        tot1 = _mm512_add_pd(tot1, hi);
+                        sq0 = _mm512_fmadd_pd(lo, lo, sq0);
+                        sq1 = _mm512_fmadd_pd(hi, hi, sq1);
+                    }
+                    $(
+                        let m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, thv[$l]);
+                        q = _mm512_mask_mov_ps(q, m, lev[$l]);
+                        if idx.is_some() {
+                            id = _mm512_mask_add_epi32(id, m, id, _mm512_set1_epi32(1));
+                        }
+                        if FIT {
+                            cnt[$l] += m.count_ones() as u64;
+                            slo[$l] = _mm512_mask_add_pd(slo[$l], m as u8, slo[$l], lo);
+                            shi[$l] = _mm512_mask_add_pd(shi[$l], (m >> 8) as u8, shi[$l], hi);
+                        }
+                    )*
+                    _mm512_storeu_ps(yb.as_mut_ptr().add(i), q);
+                    if let Some(idx) = idx.as_deref_mut() {
+                        // SAFETY: i + 16 <= full <= BLOCK.
+                        _mm_storeu_si128(idx.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(id));
+                    }
+                }
+                finish(lv, xb, yb, full, ok == 0xffff, idx, acc, relu, [tot0, tot1, sq0, sq1], &cnt, &slo, &shi)
+            }
+        };
+    }
+    fixed!(t1, 1, 0);
+    fixed!(t3, 3, 0 1 2);
+    fixed!(t7, 7, 0 1 2 3 4 5 6);
+    fixed!(t15, 15, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+
+    /// The tail past the last whole step (scalar) and the statistics' reduction into `acc`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish(
+        lv: &Levels,
+        xb: &[f32],
+        yb: &mut [f32],
+        full: usize,
+        finite: bool,
+        idx: Option<&mut [u8; BLOCK]>,
+        acc: Option<&mut Acc>,
+        relu: bool,
+        [tot0, tot1, sq0, sq1]: [__m512d; 4],
+        cnt: &[u64],
+        slo: &[__m512d],
+        shi: &[__m512d],
+    ) -> bool {
+        let mut finite = finite;
+        let mut tail_idx = [0u8; BLOCK];
+        let mut rest = Acc::default();
+        let fit_tail = acc.is_some().then_some(&mut rest);
+        finite &= super::portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, fit_tail, relu);
+        if let Some(idx) = idx {
+            idx[full..xb.len()].copy_from_slice(&tail_idx[..xb.len() - full]);
+        }
+        if let Some(a) = acc {
+            let hsum = |v: __m512d| {
+                let mut o = [0.0f64; 8];
+                _mm512_storeu_pd(o.as_mut_ptr(), v);
+                ((o[0] + o[1]) + (o[2] + o[3])) + ((o[4] + o[5]) + (o[6] + o[7]))
+            };
+            a.n += full as u64 + rest.n;
+            a.sum += hsum(tot0) + hsum(tot1) + rest.sum;
+            a.sum_sq += hsum(sq0) + hsum(sq1) + rest.sum_sq;
+            for l in 0..cnt.len() {
+                a.above_n[l] += cnt[l] + rest.above_n[l];
+                a.above_sum[l] += hsum(slo[l]) + hsum(shi[l]) + rest.above_sum[l];
             }
         }
         finite

@@ -32,7 +32,9 @@
 #![deny(missing_docs)]
 
 pub use error::{Error, Result};
-pub use fused::{quantize, quantize_relu, quantize_relu_with, quantize_with, Isa};
+pub use fused::{
+    quantize, quantize_on, quantize_relu, quantize_relu_on, quantize_relu_with, quantize_with, Isa, Parallel, Rayon,
+};
 pub use lq::{
     check_bits, ste_mask, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE, EMA_DECAY, MAX_BITS, NORM_PPF_0_75,
 };

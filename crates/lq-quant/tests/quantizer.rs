@@ -1,7 +1,7 @@
 //! Properties of the LQ quantizer against the brute-force oracle in `lq_quant::naive`.
 use lq_quant::{
-    baselines, naive, quantize, quantize_relu_with, quantize_with, ste_mask, CodeSet, Error, Isa, Levels, Moments,
-    QemState, DEFAULT_RIDGE,
+    baselines, naive, quantize, quantize_on, quantize_relu_on, quantize_relu_with, quantize_with, ste_mask, CodeSet,
+    Error, Isa, Levels, Moments, Parallel, QemState, Rayon, DEFAULT_RIDGE,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -89,7 +89,7 @@ proptest! {
             let b: Vec<f32> = (0..k).map(|_| r.gen_range(0.05f32..1.0)).collect();
             Levels::from_basis(&b, set).unwrap()
         }).collect();
-        for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.is_available()) {
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_available()) {
         let (mut y1, mut c1) = (vec![0.0; x.len()], vec![0u8; x.len()]);
         let m1 = quantize_with(isa, &levels, &x, &mut y1, Some(&mut c1), true).unwrap().unwrap();
         for (row, lv) in levels.iter().enumerate() {
@@ -108,16 +108,16 @@ proptest! {
     }
 }
 
-/// The kernels `test` can run here: Portable, plus AVX2 only when this CPU has it (passing `Isa::Avx2` on a CPU
-/// without it is undefined behaviour, not a test). A missing AVX2 prints a SKIP line that test capture does not hide.
+/// The kernels `test` can run here: Portable, plus AVX2 and AVX-512 where this CPU has them (passing one on a CPU
+/// without it is not a test). A missing one prints a SKIP line that test capture does not hide.
 fn isas(test: &str) -> Vec<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        return vec![Isa::Portable, Isa::Avx2];
-    }
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: AVX2 cases (this CPU has no AVX2)");
-    vec![Isa::Portable]
+    let (have, missing): (Vec<Isa>, Vec<Isa>) =
+        [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().partition(|i| i.is_available());
+    for m in missing {
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: {m:?} cases (this CPU lacks it)");
+    }
+    have
 }
 
 /// Inputs larger than one parallel chunk (65536) are split and merged in order: same result as one pass.
@@ -126,7 +126,8 @@ fn fused_large_tensor_matches_simple() {
     let mut r = rng(7);
     let x: Vec<f32> = (0..200_003).map(|_| r.gen_range(0.0f32..2.0)).collect();
     let isas = isas("fused_large_tensor_matches_simple");
-    for (k, isa) in [(2, Isa::Portable), (2, Isa::Avx2), (4, Isa::Avx2)].into_iter().filter(|c| isas.contains(&c.1)) {
+    let cases = [(2, Isa::Portable), (2, Isa::Avx2), (4, Isa::Avx2), (2, Isa::Avx512), (4, Isa::Avx512)];
+    for (k, isa) in cases.into_iter().filter(|c| isas.contains(&c.1)) {
         let lv = Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
         let mut y1 = vec![0.0; x.len()];
         let m1 = quantize_with(isa, std::slice::from_ref(&lv), &x, &mut y1, None, true).unwrap().unwrap();
@@ -136,6 +137,32 @@ fn fused_large_tensor_matches_simple() {
         assert_eq!(m1[0].count, m2.count);
         assert!(m1[0].sum.iter().zip(&m2.sum).all(|(a, b)| (a - b).abs() <= 1e-9 * (1.0 + b.abs())));
     }
+}
+
+/// An executor that runs only some items, or some twice, changes nothing: skipped items run on the caller, a
+/// second run of an item is a no-op.
+#[test]
+fn any_executor_gives_the_rayon_result() {
+    struct Odd; // runs every odd item twice and skips the even ones
+    impl Parallel for Odd {
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            (1..n).step_by(2).chain((1..n).step_by(2)).for_each(f);
+        }
+    }
+    let mut r = rng(5);
+    let x: Vec<f32> = (0..300_007).map(|_| r.gen_range(-1.0f32..2.0)).collect();
+    let lv = [Levels::from_basis(&QemState::activation(2).unwrap().basis, CodeSet::Binary).unwrap()];
+    let (mut y1, mut y2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    let m1 = quantize_relu_on(&Rayon, &lv, &x, &mut y1, true).unwrap().unwrap();
+    let m2 = quantize_relu_on(&Odd, &lv, &x, &mut y2, true).unwrap().unwrap();
+    assert_eq!(y1, y2);
+    assert_eq!(m1, m2);
+    let w: Vec<f32> = x[..64 * 300].to_vec();
+    let rows: Vec<Levels> = (0..64).map(|_| Levels::from_basis(&[0.3, 0.6], CodeSet::Signed).unwrap()).collect();
+    let (mut c1, mut c2) = (vec![0u8; w.len()], vec![0u8; w.len()]);
+    let m1 = quantize_on(&Rayon, &rows, &w, &mut y1[..w.len()], Some(&mut c1), true).unwrap().unwrap();
+    let m2 = quantize_on(&Odd, &rows, &w, &mut y2[..w.len()], Some(&mut c2), true).unwrap().unwrap();
+    assert_eq!((&y1[..w.len()], c1, m1), (&y2[..w.len()], c2, m2));
 }
 
 /// `quantize_relu(x)` is `quantize(max(x, 0))` exactly (values and statistics, every bit width the fused kernels

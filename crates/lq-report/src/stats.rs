@@ -184,7 +184,7 @@ impl LayerStats {
             return Err(bad("a weight quantizer needs signed (±1) codes".into()));
         }
         let channels = state.channels();
-        if channels == 0 || w.is_empty() || w.len() % channels != 0 {
+        if channels == 0 || w.is_empty() || !w.len().is_multiple_of(channels) {
             return Err(bad(format!("{} weights do not split into {channels} output channels", w.len())));
         }
         if opts.channel >= channels {

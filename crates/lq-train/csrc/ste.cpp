@@ -1,10 +1,12 @@
 // The activation quantizer's straight-through estimator as one libtorch autograd function (src/quant.rs): value
 // Q(relu(x)), computed by lq-quant's fused pass, gradient dy·1[0 < x <= q_max] in a single pass. It replaces
 // relu → clamp_max → (Q written over the clamp), whose backward reads and writes the activation map three times
-// (ReLU mask, clamp compare, where). Exceptions never cross into Rust (lq::guard).
+// (ReLU mask, clamp compare, where). Also the loop that runs the fused pass's work items on libtorch's own
+// (OpenMP) threads. Exceptions never cross into Rust (lq::guard).
 #include "guard.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <cmath>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -39,6 +41,16 @@ int lqs_act_ste(at::Tensor* x, at::Tensor* q, double hi, at::Tensor** out) {
   return lq::guard([&] {
     TORCH_CHECK(x->sizes() == q->sizes(), "activation STE: value and input shapes differ");
     *out = new at::Tensor(ActSte::apply(*x, *q, hi));
+  });
+}
+
+// f(ctx, i) for every i in 0..n on at::parallel_for's threads (the pool libtorch's ops use, so none of its threads
+// spins while another pool works). f must not throw or unwind.
+int lqs_parallel_for(int64_t n, void (*f)(const void*, int64_t), const void* ctx) {
+  return lq::guard([&] {
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) f(ctx, i);
+    });
   });
 }
 

@@ -6,7 +6,7 @@
 //! (spec §2.2 point 4). On CPU the work is one fused `lq-quant` pass on the tensor memory; on other devices the
 //! same result comes from tensor ops (compare with thresholds, gather levels, one-hot sums for the statistics).
 use crate::error::{Error, Result};
-use lq_quant::{baselines, quantize, quantize_relu, CodeSet, Levels, Moments, QemState, DEFAULT_RIDGE};
+use lq_quant::{baselines, quantize_on, quantize_relu_on, CodeSet, Levels, Moments, Parallel, QemState, DEFAULT_RIDGE};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -187,8 +187,12 @@ impl Quantizer {
             // tensor, or the caller's fresh clamp output), and nothing else reads or writes it meanwhile.
             let y = unsafe { std::slice::from_raw_parts_mut(q.data_ptr() as *mut f32, q.numel()) };
             let xs = host.expect("cpu input");
-            let m = if relu { quantize_relu(&levels, xs, y, train) } else { quantize(&levels, xs, y, None, train) }
-                .map_err(|e| self.err(e))?;
+            let m = if relu {
+                quantize_relu_on(&Omp, &levels, xs, y, train)
+            } else {
+                quantize_on(&Omp, &levels, xs, y, None, train)
+            }
+            .map_err(|e| self.err(e))?;
             (q, m.map(Pending::Host))
         } else {
             let (q, stats) = tensor_quantize(&xd, &levels, train)?;
@@ -242,8 +246,30 @@ impl Quantizer {
 }
 
 extern "C" {
+    fn lqs_parallel_for(n: i64, f: extern "C" fn(*const std::ffi::c_void, i64), ctx: *const std::ffi::c_void) -> i32;
     fn lqs_act_ste(x: *mut std::ffi::c_void, q: *mut std::ffi::c_void, hi: f64, out: *mut *mut std::ffi::c_void)
         -> i32;
+}
+
+/// The fused pass's work items on libtorch's OpenMP threads (`at::parallel_for`). On rayon's pool they ran while
+/// OpenMP's idle threads spun on the same cores, which cost more than the pass itself.
+struct Omp;
+
+impl Parallel for Omp {
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        type Job<'a> = &'a (dyn Fn(usize) + Sync);
+        extern "C" fn call(ctx: *const std::ffi::c_void, i: i64) {
+            // SAFETY: `ctx` is the `Job` below, alive until `lqs_parallel_for` returns.
+            let f = unsafe { *(ctx as *const Job) };
+            // A panic must not unwind into C++: the item then stays unrun and lq-quant runs it again on the
+            // caller's thread, where the panic unwinds normally.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i as usize)));
+        }
+        let job: Job = f;
+        // SAFETY: `call` matches the shim's callback type and `job` outlives the call. An error (a C++ exception,
+        // kept by the guard) leaves items unrun, which lq-quant runs afterwards.
+        let _ = unsafe { lqs_parallel_for(n as i64, call, &job as *const Job as *const _) };
+    }
 }
 
 /// A tensor with `q`'s values whose gradient flows to `x` as `dy·1[0 < x <= hi]` (one pass in the backward).
@@ -334,6 +360,7 @@ pub fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Te
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lq_quant::quantize;
 
     /// The BN → ReLU → Q unit on the CPU (ReLU inside the fused pass, one-pass STE backward in `csrc/ste.cpp`) gives
     /// ReLU then the clipped STE exactly: values, gradients (0 and q_max included: ReLU drops x = 0, the STE keeps

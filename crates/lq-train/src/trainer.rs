@@ -150,7 +150,7 @@ impl Trainer {
     /// workers and its device) and the same lqnets at the same epoch, else all fail here; then rank 0's weights,
     /// BN statistics and momenta become everyone's, and BN is synchronised when `run.sync_bn`.
     pub fn join(&mut self, g: Group) -> Result<()> {
-        if self.cfg.optim.batch % g.world != 0 {
+        if !self.cfg.optim.batch.is_multiple_of(g.world) {
             return Err(Error::Config(format!(
                 "optim.batch = {} (the global batch) does not split evenly over {} ranks",
                 self.cfg.optim.batch, g.world

@@ -59,7 +59,7 @@ pub fn plan(c_in: usize, c_out: usize, kw: usize, ka: usize) -> Option<Plan> {
         return None;
     }
     // Two blocks share each table load where weights have one plane (a table then feeds 2 shuffles).
-    let b = if kw == 1 && c_out % (2 * lanes) == 0 { 2 } else { 1 };
+    let b = if kw == 1 && c_out.is_multiple_of(2 * lanes) { 2 } else { 1 };
     Some(Plan { p: (12 / (kw * ka * b)).max(1), b, lanes })
 }
 
@@ -67,12 +67,12 @@ pub fn plan(c_in: usize, c_out: usize, kw: usize, ka: usize) -> Option<Plan> {
 /// 16-channel blocks), or `None` where the kernel cannot run them: no AVX2, `C_out` not whole 16-channel blocks,
 /// more than 4 weight planes.
 pub fn lanes(c_out: usize, kw: usize) -> Option<usize> {
-    if !super::avx2::is_available() || c_out % 16 != 0 || kw > 4 {
+    if !super::avx2::is_available() || !c_out.is_multiple_of(16) || kw > 4 {
         return None;
     }
     // One weight plane over 32 channels: two 16-lane blocks, so each table load feeds two shuffles (with one
     // 32-lane block every shuffle needs its own table load, and the loads bind: W1A2 ran no faster than W2A2).
-    Some(if c_out % 32 == 0 && !(kw == 1 && c_out % 64 != 0) { 32 } else { 16 })
+    Some(if c_out.is_multiple_of(32) && (kw != 1 || c_out.is_multiple_of(64)) { 32 } else { 16 })
 }
 
 /// Weights as one nibble per byte, `[block][group][K_w][32]`, from `[C_out][K_w][words]` bits; with 16-lane
@@ -270,7 +270,7 @@ pub fn run(g: &BitGemm, plan: Plan, lw: &[u8], a: &LutInput, out: &mut [f32]) {
     let (l, groups) = (plan.lanes, g.words * 16);
     assert!(super::avx2::is_available(), "the table kernel needs AVX2 and FMA");
     assert!(
-        matches!(l, 16 | 32) && plan.b >= 1 && g.c_out % (l * plan.b) == 0,
+        matches!(l, 16 | 32) && plan.b >= 1 && g.c_out.is_multiple_of(l * plan.b),
         "plan {plan:?} for {} channels",
         g.c_out
     );

@@ -80,7 +80,7 @@ pub(crate) struct Quant8<'a> {
 impl<'a> Quant8<'a> {
     /// Whether the AVX2 path takes `q`: AVX2 present, channels in whole groups of 8, K_a ≤ 3.
     pub(crate) fn takes(q: &ChannelQuant) -> bool {
-        super::avx2::is_available() && q.sign.len() % 8 == 0 && q.codes.len() <= 8
+        super::avx2::is_available() && q.sign.len().is_multiple_of(8) && q.codes.len() <= 8
     }
 
     pub(crate) fn new(q: &'a ChannelQuant) -> Self {
