@@ -14,20 +14,23 @@ fn main() {
     ));
     let inc = lt.join("include");
     // `at::parallel_for` is a header template whose OpenMP pragma only runs in parallel when compiled with
-    // -fopenmp, and then it must call the libgomp libtorch itself uses (the wheel ships its own): link that one by
-    // name. Without it the loop stays serial (correct, slower).
+    // -fopenmp (GCC's, emitting GOMP_* calls), and then it must call the libgomp libtorch itself uses: the wheel
+    // ships one, linked here by name. Its SONAME is plain `libgomp.so.1`, so the process loads one copy, found
+    // through this binary's rpath (the wheel's lib folder, `.cargo/config.toml`). Without it (another libtorch
+    // build, another compiler) the cfg `lq_omp` stays off and the trainer runs the fused pass on rayon.
+    println!("cargo:rustc-check-cfg=cfg(lq_omp)");
+    println!("cargo:rerun-if-changed={}", lt.join("lib").display());
+    let mut build = cc::Build::new();
+    build.cpp(true);
     let gomp = std::fs::read_dir(lt.join("lib")).ok().and_then(|d| {
         d.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("libgomp") && n.contains(".so"))
     });
-    if let Some(g) = &gomp {
+    if let Some(g) = gomp.filter(|_| build.get_compiler().is_like_gnu()) {
         println!("cargo:rustc-link-lib=dylib:+verbatim={g}");
-    }
-    let mut build = cc::Build::new();
-    if gomp.is_some() {
+        println!("cargo:rustc-cfg=lq_omp");
         build.flag("-fopenmp");
     }
     build
-        .cpp(true)
         .file("csrc/dist.cpp")
         .file("csrc/ste.cpp")
         .include("csrc")

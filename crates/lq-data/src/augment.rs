@@ -76,6 +76,10 @@ impl Normalize {
         };
         (finite && c > 0 && plane > 0).then_some(Normalize { mean, scale: scale.to_vec(), plane })
     }
+    /// Channel `ch`'s mean plane (`h·w` values) and scale; what [`Normalize::apply`] uses for that channel.
+    pub(crate) fn channel(&self, ch: usize) -> (&[f32], f32) {
+        (&self.mean[ch * self.plane..][..self.plane], self.scale[ch])
+    }
     #[inline]
     pub(crate) fn apply(&self, i: usize, p: u8) -> f32 {
         (p as f32 - self.mean[i]) * self.scale[i / self.plane]

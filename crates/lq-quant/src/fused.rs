@@ -8,7 +8,7 @@
 //! Work is split into fixed chunks merged in order, so the result does not depend on the number of threads.
 //!
 //! The chunks run on rayon's pool unless the caller passes its own [`Parallel`]: the trainer runs them on
-//! libtorch's OpenMP threads, which otherwise spin on the same cores while rayon's work.
+//! libtorch's OpenMP threads, which otherwise spin on the same cores while rayon's threads work.
 
 use crate::error::Result;
 use crate::lq::{check_finite, check_len, invalid, Levels, Moments};
@@ -195,6 +195,8 @@ fn pass(
     m: Option<&mut Moments>,
     relu: bool,
 ) -> bool {
+    // Checked here too (a cached load per chunk): the SIMD arms below rely on it.
+    let isa = if isa.is_available() { isa } else { Isa::Portable };
     let t = lv.thresholds().len();
     if t > 15 {
         if relu {
@@ -260,7 +262,13 @@ impl Isa {
                     && std::is_x86_feature_detected!("popcnt")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("popcnt"),
+            Isa::Avx512 => {
+                // Every AVX-512 CPU has the others; a VM's CPUID mask might not say so.
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("popcnt")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -351,6 +359,8 @@ mod avx2 {
         acc: Option<&mut Acc>,
         relu: bool,
     ) -> bool {
+        // The unchecked loads and stores below read `xb` and write `yb` and `idx` up to `xb.len()`.
+        assert!(xb.len() <= BLOCK && yb.len() == xb.len(), "block of {} values for {}", xb.len(), yb.len());
         // SAFETY (all arms): the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see
         // `pass`).
         unsafe {
@@ -384,7 +394,8 @@ mod avx2 {
             ) -> bool {
                 let (thr, levels) = (lv.thresholds(), lv.levels());
                 let full = xb.len() / 8 * 8;
-                // One f64 accumulator per threshold (both halves added first): 16 registers hold no more.
+                // One f64 accumulator per threshold (both halves added first): with K ≤ 2 they, the totals and the
+                // constants then fit the 16 registers (K = 3, 4 spill some).
                 let (mut cnt, mut sum) = ([0u64; $t], [_mm256_setzero_pd(); $t]);
                 let (mut tot, mut sq) = (_mm256_setzero_pd(), _mm256_setzero_pd());
                 let inf = _mm256_set1_ps(f32::INFINITY);
@@ -489,14 +500,14 @@ mod avx2 {
 mod avx512 {
     //! AVX-512F block kernel: 16 elements per step. A threshold's compare lands in a mask register, which drives
     //! the level move, the count (a scalar popcount) and the two f64 halves' masked adds of the element values
-    //! (converted to f64 once per step, not once per threshold as in the AVX2 kernel).
+    //! (the AVX2 kernel needs an f64 compare and an AND per half and threshold for the same).
     use super::{Acc, BLOCK};
     use crate::lq::Levels;
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must support AVX-512F (and so POPCNT, which every AVX-512 CPU has; without the feature the mask
-    /// counts compile to a software popcount).
+    /// The CPU must support AVX-512F, AVX2, FMA and POPCNT ([`super::Isa::Avx512`]'s check; without POPCNT the
+    /// mask counts would compile to a software popcount).
     #[target_feature(enable = "avx512f,popcnt")]
     pub(super) unsafe fn block(
         lv: &Levels,
@@ -506,6 +517,8 @@ mod avx512 {
         acc: Option<&mut Acc>,
         relu: bool,
     ) -> bool {
+        // The unchecked loads and stores below read `xb` and write `yb` and `idx` up to `xb.len()`.
+        assert!(xb.len() <= BLOCK && yb.len() == xb.len(), "block of {} values for {}", xb.len(), yb.len());
         // SAFETY (all arms): the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see
         // `pass`).
         unsafe {
@@ -523,8 +536,9 @@ mod avx512 {
     }
 
     /// [`block`] for a fixed number of thresholds (the listed indices), with or without statistics. The loop over
-    /// thresholds is written out with constant indices so the accumulators stay in registers: indexed by a loop
-    /// variable they lived on the stack, and every step waited on store-to-load forwarding (1.6× slower).
+    /// thresholds is written out with constant indices so the accumulators can stay in registers (all of them up
+    /// to K = 3; K = 4's 30 do not fit 32): indexed by a loop variable they lived on the stack, and every step
+    /// waited on store-to-load forwarding (K = 2: 2× slower).
     macro_rules! fixed {
         ($name:ident, $t:literal, $($l:tt)*) => {
             /// # Safety

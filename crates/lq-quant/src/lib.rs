@@ -4,7 +4,8 @@
 //! - [`Levels`]: the sorted levels `vᵀe` of one basis, the code of each level and the decision thresholds;
 //!   [`Levels::quantize`] is the simple reference pass (nearest level, official tie rule).
 //! - [`quantize`]: the fused multi-threaded pass over a weight matrix (one basis per output channel) or an
-//!   activation tensor (one basis), writing quantized values, codes and the QEM statistics [`Moments`].
+//!   activation tensor (one basis), writing quantized values, codes and the QEM statistics [`Moments`]; AVX-512,
+//!   AVX2 or portable kernels ([`Isa`]); [`quantize_on`] runs its work items on the caller's threads ([`Parallel`]).
 //! - [`QemState`]: basis + zero-debiased moving average, with the official initial bases; [`QemState::update`]
 //!   is one QEM basis step (ridge least squares in f64, then EMA with decay 0.9).
 //! - [`baselines`]: HWGQ and uniform quantizers as fixed or data-derived bases in the same shape.

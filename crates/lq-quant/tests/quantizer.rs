@@ -92,6 +92,11 @@ proptest! {
         for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_available()) {
         let (mut y1, mut c1) = (vec![0.0; x.len()], vec![0u8; x.len()]);
         let m1 = quantize_with(isa, &levels, &x, &mut y1, Some(&mut c1), true).unwrap().unwrap();
+        // Without statistics (the evaluation path, its own kernels): the same values and codes.
+        let (mut y0, mut c0) = (vec![0.0; x.len()], vec![0u8; x.len()]);
+        prop_assert!(quantize_with(isa, &levels, &x, &mut y0, Some(&mut c0), false).unwrap().is_none());
+        prop_assert_eq!(&y0, &y1);
+        prop_assert_eq!(&c0, &c1);
         for (row, lv) in levels.iter().enumerate() {
             let s = row * n..(row + 1) * n;
             let (mut y2, mut c2, mut m2) = (vec![0.0; n], vec![0u8; n], Moments::new(k));
@@ -129,11 +134,12 @@ fn fused_large_tensor_matches_simple() {
     let cases = [(2, Isa::Portable), (2, Isa::Avx2), (4, Isa::Avx2), (2, Isa::Avx512), (4, Isa::Avx512)];
     for (k, isa) in cases.into_iter().filter(|c| isas.contains(&c.1)) {
         let lv = Levels::from_basis(&QemState::activation(k).unwrap().basis, CodeSet::Binary).unwrap();
-        let mut y1 = vec![0.0; x.len()];
-        let m1 = quantize_with(isa, std::slice::from_ref(&lv), &x, &mut y1, None, true).unwrap().unwrap();
-        let (mut y2, mut m2) = (vec![0.0; x.len()], Moments::new(k));
-        lv.quantize(&x, &mut y2, None, Some(&mut m2)).unwrap();
+        let (mut y1, mut c1) = (vec![0.0; x.len()], vec![0u8; x.len()]);
+        let m1 = quantize_with(isa, std::slice::from_ref(&lv), &x, &mut y1, Some(&mut c1), true).unwrap().unwrap();
+        let (mut y2, mut c2, mut m2) = (vec![0.0; x.len()], vec![0u8; x.len()], Moments::new(k));
+        lv.quantize(&x, &mut y2, Some(&mut c2), Some(&mut m2)).unwrap();
         assert_eq!(y1, y2);
+        assert_eq!(c1, c2, "{isa:?} K={k}: codes across blocks and chunks");
         assert_eq!(m1[0].count, m2.count);
         assert!(m1[0].sum.iter().zip(&m2.sum).all(|(a, b)| (a - b).abs() <= 1e-9 * (1.0 + b.abs())));
     }

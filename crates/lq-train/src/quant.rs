@@ -188,9 +188,9 @@ impl Quantizer {
             let y = unsafe { std::slice::from_raw_parts_mut(q.data_ptr() as *mut f32, q.numel()) };
             let xs = host.expect("cpu input");
             let m = if relu {
-                quantize_relu_on(&Omp, &levels, xs, y, train)
+                quantize_relu_on(EXEC, &levels, xs, y, train)
             } else {
-                quantize_on(&Omp, &levels, xs, y, None, train)
+                quantize_on(EXEC, &levels, xs, y, None, train)
             }
             .map_err(|e| self.err(e))?;
             (q, m.map(Pending::Host))
@@ -246,6 +246,7 @@ impl Quantizer {
 }
 
 extern "C" {
+    #[cfg(lq_omp)]
     fn lqs_parallel_for(n: i64, f: extern "C" fn(*const std::ffi::c_void, i64), ctx: *const std::ffi::c_void) -> i32;
     fn lqs_act_ste(x: *mut std::ffi::c_void, q: *mut std::ffi::c_void, hi: f64, out: *mut *mut std::ffi::c_void)
         -> i32;
@@ -253,8 +254,18 @@ extern "C" {
 
 /// The fused pass's work items on libtorch's OpenMP threads (`at::parallel_for`). On rayon's pool they ran while
 /// OpenMP's idle threads spun on the same cores, which cost more than the pass itself.
-struct Omp;
+#[cfg(lq_omp)]
+pub struct Omp;
 
+/// Where the CPU training path runs the fused pass: [`Omp`] where the shim was built with OpenMP (`build.rs`),
+/// else rayon.
+#[cfg(lq_omp)]
+pub const EXEC: &dyn Parallel = &Omp;
+/// Where the CPU training path runs the fused pass: rayon (the shim was built without OpenMP, see `build.rs`).
+#[cfg(not(lq_omp))]
+pub const EXEC: &dyn Parallel = &lq_quant::Rayon;
+
+#[cfg(lq_omp)]
 impl Parallel for Omp {
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         type Job<'a> = &'a (dyn Fn(usize) + Sync);
@@ -361,6 +372,37 @@ pub fn tensor_quantize(x: &Tensor, levels: &[Levels], stats: bool) -> Result<(Te
 mod tests {
     use super::*;
     use lq_quant::quantize;
+
+    /// The executor runs every item exactly once, on more than one thread where libtorch has more (a shim
+    /// compiled without OpenMP ran them all on the caller), and a panicking item neither aborts nor stops the others.
+    #[test]
+    fn the_training_executor_runs_every_item_once_in_parallel() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let runs: Vec<AtomicU32> = (0..1000).map(|_| AtomicU32::new(0)).collect();
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        EXEC.run(runs.len(), &|i| {
+            runs[i].fetch_add(1, Ordering::Relaxed);
+            threads.lock().unwrap().insert(std::thread::current().id());
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        });
+        assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+        let n = threads.lock().unwrap().len();
+        if tch::get_num_threads() > 1 {
+            assert!(n > 1, "{} libtorch threads, items ran on {n}", tch::get_num_threads());
+        }
+        // Rayon resumes an item's panic on the caller; the OpenMP executor must not let one unwind into C++.
+        #[cfg(lq_omp)]
+        {
+            let done = AtomicU32::new(0);
+            EXEC.run(10, &|i| {
+                if i == 3 {
+                    panic!("item 3");
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(done.load(Ordering::Relaxed), 9);
+        }
+    }
 
     /// The BN → ReLU → Q unit on the CPU (ReLU inside the fused pass, one-pass STE backward in `csrc/ste.cpp`) gives
     /// ReLU then the clipped STE exactly: values, gradients (0 and q_max included: ReLU drops x = 0, the STE keeps

@@ -52,3 +52,30 @@ fn an_image_folder_trains_exports_and_runs() {
     let logits = m.forward(&vec![0.1; 3 * 32 * 32], lq_engine::Isa::best()).unwrap();
     assert_eq!(logits.len(), 2);
 }
+
+/// Streamed u8 batches normalised on the device equal the host's f32 conversion bit for bit, per-channel and
+/// per-pixel means alike (a swapped permute or a mean in the wrong layout fails it).
+#[test]
+fn pixels_normalised_on_the_device_equal_the_host_batch() {
+    use lq_data::{Normalize, U8Batch, IMAGENET_MEAN, IMAGENET_STD};
+    use std::sync::Arc;
+    use trainer::{Input, Pixels};
+    let (n, h, w, c) = (3usize, 5usize, 7usize, 3usize);
+    let x: Vec<u8> = (0..n * h * w * c).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+    let b = U8Batch { x, y: vec![2, 0, 1], shape: [n, h, w, c], skipped: 0 };
+    let per_pixel: Vec<f32> = (0..c * h * w).map(|i| 0.3 + 0.001 * i as f32).collect();
+    for norm in [
+        Normalize::per_channel(&IMAGENET_MEAN, &IMAGENET_STD, h, w),
+        Normalize::from_parts(&per_pixel.iter().map(|m| m * 255.0).collect::<Vec<_>>(), &[0.02, 0.03, 0.04], h, w)
+            .unwrap(),
+    ] {
+        let want = b.to_batch(&norm);
+        let px = Pixels::new(b.clone(), Arc::new(norm));
+        let t = px.on_device(tch::Device::Cpu);
+        assert_eq!(t.size(), [n as i64, c as i64, h as i64, w as i64]);
+        assert_eq!(Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap(), want.x);
+        let (t, y) = px.tensors(tch::Device::Cpu); // the host loop on the CPU
+        assert_eq!(Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap(), want.x);
+        assert_eq!(Vec::<i64>::try_from(&y).unwrap(), want.y);
+    }
+}

@@ -99,8 +99,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     let mut seen = 0;
     for b in loader.epoch(0).take(a.batches) {
         let b = b?;
-        let shape: Vec<i64> = b.shape.iter().map(|&d| d as i64).collect();
-        let x = Tensor::from_slice(&b.x).view(shape.as_slice());
+        let (x, _) = b.tensors(tch::Device::Cpu);
         let mut failed = None;
         let _logits = tch::no_grad(|| {
             tr.net.forward_probed(&x, &mut |q, h| {
@@ -115,7 +114,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
         if let Some(e) = failed {
             return Err(e);
         }
-        seen += b.y.len();
+        seen += b.labels().len();
     }
     // Activations in the order of the chosen convs.
     for &(_, feeder) in &chosen {
