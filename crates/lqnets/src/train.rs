@@ -81,7 +81,7 @@ fn launch(l: &LaunchArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / l.nproc as usize).max(1).to_string());
     let exe = std::env::current_exe().context("cannot find the lqnets executable to start the ranks")?;
-    let mut children = Vec::new();
+    let (mut children, mut forwards) = (Vec::new(), Vec::new());
     for local in 0..l.nproc as usize {
         let rank = l.node_rank as usize * l.nproc as usize + local;
         let mut cmd = std::process::Command::new(&exe);
@@ -94,17 +94,26 @@ fn launch(l: &LaunchArgs) -> Result<()> {
                 Ok(())
             });
         }
-        let child = cmd
-            .args(std::env::args_os().skip(1))
+        cmd.args(std::env::args_os().skip(1))
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", local.to_string())
             .env("WORLD_SIZE", world.to_string())
             .env("MASTER_ADDR", &addr)
             .env("MASTER_PORT", port.to_string())
             .env("LQ_DIST_TIMEOUT", l.dist_timeout.to_string())
-            .env("OMP_NUM_THREADS", &threads)
-            .spawn()
-            .with_context(|| format!("cannot start rank {rank}"))?;
+            .env("OMP_NUM_THREADS", &threads);
+        // Rank 0 keeps the terminal (its live progress line); the others' output comes through us, whole lines
+        // prefixed with the rank, so two ranks' messages never mix within a line.
+        if rank != 0 {
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        }
+        let mut child = cmd.spawn().with_context(|| format!("cannot start rank {rank}"))?;
+        if let Some(o) = child.stdout.take() {
+            forwards.push(forward_lines(rank, o, false));
+        }
+        if let Some(e) = child.stderr.take() {
+            forwards.push(forward_lines(rank, e, true));
+        }
         children.push((rank, child));
     }
     eprintln!(
@@ -140,10 +149,63 @@ fn launch(l: &LaunchArgs) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // The ranks have exited: their pipes are at end of file, and the forwarders end with their last line.
+    forwards.into_iter().for_each(|f| drop(f.join()));
     match failed {
         Some((rank, st)) => bail!("rank {rank} failed ({st}); the other ranks on this machine were stopped"),
         None => Ok(()),
     }
+}
+
+/// Copies a rank's output to ours line by line, each line prefixed with `[rank N] ` and written in one call (a `\r`
+/// progress update counts as a line, so it is not held back until the epoch's end).
+fn forward_lines(
+    rank: usize,
+    src: impl std::io::Read + Send + 'static,
+    to_stderr: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut r = std::io::BufReader::new(src);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // Up to and including the next '\n' or '\r'.
+            let done = loop {
+                let buf = match r.fill_buf() {
+                    Ok([]) | Err(_) => break true,
+                    Ok(b) => b,
+                };
+                match buf.iter().position(|&b| b == b'\n' || b == b'\r') {
+                    Some(i) => {
+                        line.extend_from_slice(&buf[..=i]);
+                        r.consume(i + 1);
+                        break false;
+                    }
+                    None => {
+                        let n = buf.len();
+                        line.extend_from_slice(buf);
+                        r.consume(n);
+                    }
+                }
+            };
+            let text = line.strip_suffix(b"\n").or(line.strip_suffix(b"\r")).unwrap_or(&line);
+            if !text.is_empty() {
+                let mut out = format!("[rank {rank}] ").into_bytes();
+                out.extend_from_slice(&line);
+                if !matches!(out.last(), Some(b'\n' | b'\r')) {
+                    out.push(b'\n');
+                }
+                // One write per line (the standard streams are unbuffered or line-locked per call).
+                let _ = if to_stderr { std::io::stderr().write_all(&out) } else { std::io::stdout().write_all(&out) };
+            } else if line.first() == Some(&b'\n') {
+                let _ = if to_stderr { std::io::stderr().write_all(b"\n") } else { std::io::stdout().write_all(b"\n") };
+            }
+            if done {
+                break;
+            }
+        }
+    })
 }
 
 /// Runs `lqnets train`: one process, one rank of a data-parallel job (from the environment), or the launcher of
