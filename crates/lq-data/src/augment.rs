@@ -76,6 +76,10 @@ impl Normalize {
         };
         (finite && c > 0 && plane > 0).then_some(Normalize { mean, scale: scale.to_vec(), plane })
     }
+    /// Whether this normalisation is for `c`-channel `h×w` images.
+    pub fn fits(&self, c: usize, h: usize, w: usize) -> bool {
+        self.scale.len() == c && Some(self.plane) == h.checked_mul(w) && self.mean.len() == c * self.plane
+    }
     /// Channel `ch`'s mean plane (`h·w` values) and scale; what [`Normalize::apply`] uses for that channel.
     pub(crate) fn channel(&self, ch: usize) -> (&[f32], f32) {
         (&self.mean[ch * self.plane..][..self.plane], self.scale[ch])

@@ -42,26 +42,59 @@ impl U8Batch {
     pub fn to_batch(&self, norm: &Normalize) -> Batch {
         let [n, h, w, c] = self.shape;
         let mut x = vec![0.0f32; n * c * h * w];
-        self.normalise_into(norm, &mut x);
+        self.fill(norm, &mut x);
         Batch { x, y: self.y.clone(), shape: [n, c, h, w] }
     }
 
-    /// [`U8Batch::to_batch`]'s values written into `out` (`n·c·h·w` values, NCHW; e.g. a tensor's memory, saving a
-    /// copy). Panics if `out` or `norm` is built for another size.
-    pub fn normalise_into(&self, norm: &Normalize, out: &mut [f32]) {
-        let [_, h, w, c] = self.shape;
+    /// [`U8Batch::to_batch`]'s values written into `out` (`n·c·h·w` values, NCHW; e.g. a fresh tensor's memory,
+    /// saving a zeroing and a copy); every value of `out` is written. Panics if the batch's pixels do not fill its
+    /// shape, or `out` or `norm` is for another size (the caller built them for each other).
+    pub fn normalise_into(&self, norm: &Normalize, out: &mut [std::mem::MaybeUninit<f32>]) {
+        self.fill(norm, out)
+    }
+
+    fn fill<T: Slot>(&self, norm: &Normalize, out: &mut [T]) {
+        let [n, h, w, c] = self.shape;
         let plane = h * w;
-        assert_eq!(out.len(), self.x.len(), "output for another batch size");
+        let len = n * c * plane;
+        assert!(
+            self.x.len() == len && out.len() == len,
+            "{} pixels and {} outputs for {:?}",
+            self.x.len(),
+            out.len(),
+            self.shape
+        );
+        assert!(norm.fits(c, h, w), "normalisation for another image size than {h}x{w}x{c}");
+        if len == 0 {
+            return;
+        }
         for (src, dst) in self.x.chunks_exact(plane * c).zip(out.chunks_exact_mut(plane * c)) {
             // Channel by channel with the channel's mean plane and scale at hand (`norm.apply` per value divides by
             // the plane size to find the scale: 4× slower).
             for (ch, d) in dst.chunks_exact_mut(plane).enumerate() {
                 let (mean, scale) = norm.channel(ch);
                 for ((o, &m), &v) in d.iter_mut().zip(mean).zip(src[ch..].iter().step_by(c)) {
-                    *o = (v as f32 - m) * scale;
+                    o.set((v as f32 - m) * scale);
                 }
             }
         }
+    }
+}
+
+/// An output value [`U8Batch::fill`] writes: initialised (`to_batch`) or not (`normalise_into`).
+trait Slot {
+    fn set(&mut self, v: f32);
+}
+
+impl Slot for f32 {
+    fn set(&mut self, v: f32) {
+        *self = v;
+    }
+}
+
+impl Slot for std::mem::MaybeUninit<f32> {
+    fn set(&mut self, v: f32) {
+        self.write(v);
     }
 }
 

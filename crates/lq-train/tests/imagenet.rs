@@ -78,4 +78,9 @@ fn pixels_normalised_on_the_device_equal_the_host_batch() {
         assert_eq!(Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap(), want.x);
         assert_eq!(Vec::<i64>::try_from(&y).unwrap(), want.y);
     }
+    // An empty shard (a data-parallel rank's part of a short last batch) is an empty input, not a fault.
+    let empty = U8Batch { x: vec![], y: vec![], shape: [0, h, w, c], skipped: 0 };
+    let px = Pixels::new(empty, Arc::new(Normalize::per_channel(&IMAGENET_MEAN, &IMAGENET_STD, h, w)));
+    assert_eq!(px.tensors(tch::Device::Cpu).0.size(), [0, c as i64, h as i64, w as i64]);
+    assert_eq!(px.on_device(tch::Device::Cpu).size(), [0, c as i64, h as i64, w as i64]);
 }

@@ -102,8 +102,8 @@ fn launch(l: &LaunchArgs) -> Result<()> {
             .env("MASTER_PORT", port.to_string())
             .env("LQ_DIST_TIMEOUT", l.dist_timeout.to_string())
             .env("OMP_NUM_THREADS", &threads);
-        // Rank 0 keeps the terminal (its live progress line); the others' output comes through us, whole lines
-        // prefixed with the rank, so two ranks' messages never mix within a line.
+        // Rank 0 keeps the terminal (its live progress line); the others' output comes through us in whole lines
+        // prefixed with the rank (see `forward_lines`).
         if rank != 0 {
             cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         }
@@ -149,16 +149,21 @@ fn launch(l: &LaunchArgs) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // The ranks have exited: their pipes are at end of file, and the forwarders end with their last line.
-    forwards.into_iter().for_each(|f| drop(f.join()));
+    // The ranks have exited: their pipes are at end of file, and the forwarders end with their last line (unless
+    // something a rank started still holds a pipe: then they are left behind after a few seconds).
+    let t0 = std::time::Instant::now();
+    while forwards.iter().any(|f| !f.is_finished()) && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     match failed {
         Some((rank, st)) => bail!("rank {rank} failed ({st}); the other ranks on this machine were stopped"),
         None => Ok(()),
     }
 }
 
-/// Copies a rank's output to ours line by line, each line prefixed with `[rank N] ` and written in one call (a `\r`
-/// progress update counts as a line, so it is not held back until the epoch's end).
+/// Copies a rank's output to ours line by line (ended by `\n` or `\r`), each line prefixed with `[rank N] ` and
+/// written in one call, so the forwarded ranks' lines stay whole. Rank 0 writes to the terminal itself, and its
+/// multi-piece messages and `\r` progress line can still take a forwarded line in the middle.
 fn forward_lines(
     rank: usize,
     src: impl std::io::Read + Send + 'static,
@@ -173,6 +178,7 @@ fn forward_lines(
             // Up to and including the next '\n' or '\r'.
             let done = loop {
                 let buf = match r.fill_buf() {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Ok([]) | Err(_) => break true,
                     Ok(b) => b,
                 };
@@ -196,8 +202,13 @@ fn forward_lines(
                 if !matches!(out.last(), Some(b'\n' | b'\r')) {
                     out.push(b'\n');
                 }
-                // One write per line (the standard streams are unbuffered or line-locked per call).
-                let _ = if to_stderr { std::io::stderr().write_all(&out) } else { std::io::stdout().write_all(&out) };
+                // One write per line (stderr is unbuffered; stdout is flushed so a `\r` line is not held back).
+                let _ = if to_stderr {
+                    std::io::stderr().write_all(&out)
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&out).and_then(|_| o.flush())
+                };
             } else if line.first() == Some(&b'\n') {
                 let _ = if to_stderr { std::io::stderr().write_all(b"\n") } else { std::io::stdout().write_all(b"\n") };
             }
