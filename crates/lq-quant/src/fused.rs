@@ -288,6 +288,16 @@ struct Acc {
 }
 
 impl Acc {
+    fn merge(&mut self, o: &Acc) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.sum_sq += o.sum_sq;
+        for l in 0..15 {
+            self.above_n[l] += o.above_n[l];
+            self.above_sum[l] += o.above_sum[l];
+        }
+    }
+
     fn into_moments(self, lv: &Levels, m: &mut Moments) {
         let t = lv.thresholds().len();
         for l in 0..=t {
@@ -339,6 +349,51 @@ fn portable_block(
     finite
 }
 
+/// Calls the SIMD module's kernel `t1`/`t3`/`t7`/`t15` for `lv`'s number of thresholds, with or without statistics.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_thresholds {
+    ($lv:expr, $xb:expr, $yb:expr, $idx:expr, $acc:expr, $relu:expr) => {
+        match ($lv.thresholds().len(), $acc.is_some()) {
+            (1, false) => t1::<false>($lv, $xb, $yb, $idx, $acc, $relu),
+            (1, true) => t1::<true>($lv, $xb, $yb, $idx, $acc, $relu),
+            (3, false) => t3::<false>($lv, $xb, $yb, $idx, $acc, $relu),
+            (3, true) => t3::<true>($lv, $xb, $yb, $idx, $acc, $relu),
+            (7, false) => t7::<false>($lv, $xb, $yb, $idx, $acc, $relu),
+            (7, true) => t7::<true>($lv, $xb, $yb, $idx, $acc, $relu),
+            (_, false) => t15::<false>($lv, $xb, $yb, $idx, $acc, $relu),
+            (_, true) => t15::<true>($lv, $xb, $yb, $idx, $acc, $relu),
+        }
+    };
+}
+
+/// After a SIMD kernel's whole steps (`xb[..full]`): the scalar tail, its codes, and the statistics of both (`simd`
+/// holds the vector part's, reduced) merged into `acc`. Returns whether the tail was finite.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    lv: &Levels,
+    xb: &[f32],
+    yb: &mut [f32],
+    full: usize,
+    idx: Option<&mut [u8; BLOCK]>,
+    acc: Option<&mut Acc>,
+    relu: bool,
+    simd: Acc,
+) -> bool {
+    let mut tail_idx = [0u8; BLOCK];
+    let mut rest = Acc::default();
+    let finite =
+        portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, acc.is_some().then_some(&mut rest), relu);
+    if let Some(idx) = idx {
+        idx[full..xb.len()].copy_from_slice(&tail_idx[..xb.len() - full]);
+    }
+    if let Some(a) = acc {
+        a.merge(&simd);
+        a.merge(&rest);
+    }
+    finite
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! AVX2 block kernel: 8 elements per step; per threshold an f32 compare and blend for the level, and (when
@@ -361,20 +416,8 @@ mod avx2 {
     ) -> bool {
         // The unchecked loads and stores below read `xb` and write `yb` and `idx` up to `xb.len()`.
         assert!(xb.len() <= BLOCK && yb.len() == xb.len(), "block of {} values for {}", xb.len(), yb.len());
-        // SAFETY (all arms): the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see
-        // `pass`).
-        unsafe {
-            match (lv.thresholds().len(), acc.is_some()) {
-                (1, false) => t1::<false>(lv, xb, yb, idx, acc, relu),
-                (1, true) => t1::<true>(lv, xb, yb, idx, acc, relu),
-                (3, false) => t3::<false>(lv, xb, yb, idx, acc, relu),
-                (3, true) => t3::<true>(lv, xb, yb, idx, acc, relu),
-                (7, false) => t7::<false>(lv, xb, yb, idx, acc, relu),
-                (7, true) => t7::<true>(lv, xb, yb, idx, acc, relu),
-                (_, false) => t15::<false>(lv, xb, yb, idx, acc, relu),
-                (_, true) => t15::<true>(lv, xb, yb, idx, acc, relu),
-            }
-        }
+        // SAFETY: the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see `pass`).
+        unsafe { by_thresholds!(lv, xb, yb, idx, acc, relu) }
     }
 
     /// [`block`] for a fixed number of thresholds, written out with constant indices (see the AVX-512 kernel's
@@ -441,8 +484,15 @@ mod avx2 {
                         }
                     }
                 }
-                let finite = _mm256_movemask_ps(ok) == 0xff;
-                finish(lv, xb, yb, full, finite, idx, acc, relu, [tot, sq], &cnt, &sum)
+                let mut simd = Acc::default();
+                if FIT {
+                    simd.n = full as u64;
+                    (simd.sum, simd.sum_sq) = (hsum(tot), hsum(sq));
+                    for l in 0..$t {
+                        (simd.above_n[l], simd.above_sum[l]) = (cnt[l], hsum(sum[l]));
+                    }
+                }
+                super::finish(lv, xb, yb, full, idx, acc, relu, simd) && _mm256_movemask_ps(ok) == 0xff
             }
         };
     }
@@ -451,48 +501,16 @@ mod avx2 {
     fixed!(t7, 7, 0 1 2 3 4 5 6);
     fixed!(t15, 15, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
 
-    /// The tail past the last whole step (scalar) and the statistics' reduction into `acc`.
+    /// The sum of the 4 lanes.
     ///
     /// # Safety
-    /// The CPU must support AVX2.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2")]
-    unsafe fn finish(
-        lv: &Levels,
-        xb: &[f32],
-        yb: &mut [f32],
-        full: usize,
-        finite: bool,
-        idx: Option<&mut [u8; BLOCK]>,
-        acc: Option<&mut Acc>,
-        relu: bool,
-        [tot, sq]: [__m256d; 2],
-        cnt: &[u64],
-        sum: &[__m256d],
-    ) -> bool {
-        let mut finite = finite;
-        let mut tail_idx = [0u8; BLOCK];
-        let mut rest = Acc::default();
-        let fit_tail = acc.is_some().then_some(&mut rest);
-        finite &= super::portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, fit_tail, relu);
-        if let Some(idx) = idx {
-            idx[full..xb.len()].copy_from_slice(&tail_idx[..xb.len() - full]);
-        }
-        if let Some(a) = acc {
-            let hsum = |v: __m256d| {
-                let mut o = [0.0f64; 4];
-                _mm256_storeu_pd(o.as_mut_ptr(), v);
-                (o[0] + o[1]) + (o[2] + o[3])
-            };
-            a.n += full as u64 + rest.n;
-            a.sum += hsum(tot) + rest.sum;
-            a.sum_sq += hsum(sq) + rest.sum_sq;
-            for l in 0..cnt.len() {
-                a.above_n[l] += cnt[l] + rest.above_n[l];
-                a.above_sum[l] += hsum(sum[l]) + rest.above_sum[l];
-            }
-        }
-        finite
+    /// The CPU must support AVX.
+    #[target_feature(enable = "avx")]
+    unsafe fn hsum(v: __m256d) -> f64 {
+        let mut o = [0.0f64; 4];
+        // SAFETY: `o` holds 4 f64.
+        unsafe { _mm256_storeu_pd(o.as_mut_ptr(), v) };
+        (o[0] + o[1]) + (o[2] + o[3])
     }
 }
 
@@ -519,20 +537,8 @@ mod avx512 {
     ) -> bool {
         // The unchecked loads and stores below read `xb` and write `yb` and `idx` up to `xb.len()`.
         assert!(xb.len() <= BLOCK && yb.len() == xb.len(), "block of {} values for {}", xb.len(), yb.len());
-        // SAFETY (all arms): the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see
-        // `pass`).
-        unsafe {
-            match (lv.thresholds().len(), acc.is_some()) {
-                (1, false) => t1::<false>(lv, xb, yb, idx, acc, relu),
-                (1, true) => t1::<true>(lv, xb, yb, idx, acc, relu),
-                (3, false) => t3::<false>(lv, xb, yb, idx, acc, relu),
-                (3, true) => t3::<true>(lv, xb, yb, idx, acc, relu),
-                (7, false) => t7::<false>(lv, xb, yb, idx, acc, relu),
-                (7, true) => t7::<true>(lv, xb, yb, idx, acc, relu),
-                (_, false) => t15::<false>(lv, xb, yb, idx, acc, relu),
-                (_, true) => t15::<true>(lv, xb, yb, idx, acc, relu),
-            }
-        }
+        // SAFETY: the caller's contract; each kernel is for the number of thresholds of `lv` (K ≤ 4, see `pass`).
+        unsafe { by_thresholds!(lv, xb, yb, idx, acc, relu) }
     }
 
     /// [`block`] for a fixed number of thresholds (the listed indices), with or without statistics. The loop over
@@ -597,7 +603,15 @@ mod avx512 {
                         _mm_storeu_si128(idx.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(id));
                     }
                 }
-                finish(lv, xb, yb, full, ok == 0xffff, idx, acc, relu, [tot0, tot1, sq0, sq1], &cnt, &slo, &shi)
+                let mut simd = Acc::default();
+                if FIT {
+                    simd.n = full as u64;
+                    (simd.sum, simd.sum_sq) = (hsum(tot0) + hsum(tot1), hsum(sq0) + hsum(sq1));
+                    for l in 0..$t {
+                        (simd.above_n[l], simd.above_sum[l]) = (cnt[l], hsum(slo[l]) + hsum(shi[l]));
+                    }
+                }
+                super::finish(lv, xb, yb, full, idx, acc, relu, simd) && ok == 0xffff
             }
         };
     }
@@ -606,48 +620,15 @@ mod avx512 {
     fixed!(t7, 7, 0 1 2 3 4 5 6);
     fixed!(t15, 15, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
 
-    /// The tail past the last whole step (scalar) and the statistics' reduction into `acc`.
+    /// The sum of the 8 lanes.
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn finish(
-        lv: &Levels,
-        xb: &[f32],
-        yb: &mut [f32],
-        full: usize,
-        finite: bool,
-        idx: Option<&mut [u8; BLOCK]>,
-        acc: Option<&mut Acc>,
-        relu: bool,
-        [tot0, tot1, sq0, sq1]: [__m512d; 4],
-        cnt: &[u64],
-        slo: &[__m512d],
-        shi: &[__m512d],
-    ) -> bool {
-        let mut finite = finite;
-        let mut tail_idx = [0u8; BLOCK];
-        let mut rest = Acc::default();
-        let fit_tail = acc.is_some().then_some(&mut rest);
-        finite &= super::portable_block(lv, &xb[full..], &mut yb[full..], &mut tail_idx, fit_tail, relu);
-        if let Some(idx) = idx {
-            idx[full..xb.len()].copy_from_slice(&tail_idx[..xb.len() - full]);
-        }
-        if let Some(a) = acc {
-            let hsum = |v: __m512d| {
-                let mut o = [0.0f64; 8];
-                _mm512_storeu_pd(o.as_mut_ptr(), v);
-                ((o[0] + o[1]) + (o[2] + o[3])) + ((o[4] + o[5]) + (o[6] + o[7]))
-            };
-            a.n += full as u64 + rest.n;
-            a.sum += hsum(tot0) + hsum(tot1) + rest.sum;
-            a.sum_sq += hsum(sq0) + hsum(sq1) + rest.sum_sq;
-            for l in 0..cnt.len() {
-                a.above_n[l] += cnt[l] + rest.above_n[l];
-                a.above_sum[l] += hsum(slo[l]) + hsum(shi[l]) + rest.above_sum[l];
-            }
-        }
-        finite
+    unsafe fn hsum(v: __m512d) -> f64 {
+        let mut o = [0.0f64; 8];
+        // SAFETY: `o` holds 8 f64.
+        unsafe { _mm512_storeu_pd(o.as_mut_ptr(), v) };
+        ((o[0] + o[1]) + (o[2] + o[3])) + ((o[4] + o[5]) + (o[6] + o[7]))
     }
 }
