@@ -53,8 +53,20 @@ fn run() {
         rayon::current_num_threads()
     );
     println!(
-        "{:<6} {:<4} {:>8} {:>8} {:>7} {:>8} {:>7} {:>8} {:>7}",
-        "shape", "W/A", "fp32 ms", "popc ms", "x fp32", "lut ms", "x fp32", "layer ms", "x fp32"
+        "{:<6} {:<4} {:>8} {:>8} {:>7} {:>8} {:>7} {:>8} {:>7} {:>8} {:>7} {:>8} {:>7}",
+        "shape",
+        "W/A",
+        "fp32 ms",
+        "popc ms",
+        "x fp32",
+        "lut ms",
+        "x fp32",
+        "layer ms",
+        "x fp32",
+        "p512 ms",
+        "x fp32",
+        "l512 ms",
+        "x fp32"
     );
     let resnet = std::env::args().any(|a| a == "--resnet20");
     let shapes: &[(&str, usize, usize, usize, usize)] = if resnet {
@@ -96,6 +108,8 @@ fn run() {
             let rows = plan.map(|p| lut::input(&planes, k, 1, k / 2, &ab, p));
             let popc = if isa == Isa::Portable { Isa::Portable } else { Isa::Avx2 };
             let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+            let (mut t5, mut l5) = (f64::INFINITY, f64::INFINITY);
+            let avx512 = Isa::Avx512.is_available();
             for _ in 0..if resnet { 101 } else { 7 } {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
                 tk = tk.min(min_time(1, || g.run(popc, &patches, n, &mut out)));
@@ -106,9 +120,15 @@ fn run() {
                 tl = tl.min(min_time(1, || {
                     drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, isa).unwrap()))
                 }));
+                if avx512 {
+                    t5 = t5.min(min_time(1, || g.run(Isa::Avx512, &patches, n, &mut out)));
+                    l5 = l5.min(min_time(1, || {
+                        drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, Isa::Avx512).unwrap()))
+                    }));
+                }
             }
             println!(
-                "{:<6} {:<4} {:>8.3} {:>8.3} {:>7.2} {:>8.3} {:>7.2} {:>8.3} {:>7.2}",
+                "{:<6} {:<4} {:>8.3} {:>8.3} {:>7.2} {:>8.3} {:>7.2} {:>8.3} {:>7.2} {:>8.3} {:>7.2} {:>8.3} {:>7.2}",
                 name,
                 format!("{kw}/{ka}"),
                 tf * 1e3,
@@ -117,7 +137,11 @@ fn run() {
                 tt * 1e3,
                 tf / tt,
                 tl * 1e3,
-                tf / tl
+                tf / tl,
+                t5 * 1e3,
+                tf / t5,
+                l5 * 1e3,
+                tf / l5
             );
             if std::env::var_os("LQ_BENCH_GLUE").is_some() {
                 let tq = min_time(25, || drop(std::hint::black_box(Planes::quantize(&x, hw, hw, &cq).unwrap())));

@@ -2,14 +2,23 @@
 //! baselines): `cargo run --release -p lq-engine --example latency -- MODEL.lqm [reps] [batch] [--profile]`.
 //! Threads: `RAYON_NUM_THREADS` (the calling thread is worker 0, as in `lqnets bench infer`). With `--profile`,
 //! the time per image of every step (quantized convs split into input map and kernel; minimum over `reps`
-//! passes, at most 5) and the totals by category.
+//! passes, at most 5) and the totals by category. `--isa avx2-lut,avx512-lut` times those kernel choices instead of
+//! the best one, interleaved rep by rep (each after one warm-up), with their ratios to the first.
 use lq_engine::{Isa, Model};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let profile = args.iter().any(|a| a == "--profile");
-    let mut pos = args.iter().filter(|a| !a.starts_with("--"));
+    let isas: Vec<Isa> = match args.iter().position(|a| a == "--isa") {
+        Some(i) => args.get(i + 1).ok_or("--isa needs a list")?.split(',').map(parse_isa).collect::<Result<_, _>>()?,
+        None => vec![Isa::best()],
+    };
+    if let Some(i) = isas.iter().find(|i| !i.is_available()) {
+        return Err(format!("{i:?} does not run on this CPU").into());
+    }
+    let mut pos = args.iter().enumerate().filter(|(i, a)| !a.starts_with("--") && args[i.saturating_sub(1)] != "--isa");
+    let mut pos = std::iter::from_fn(move || pos.next().map(|(_, a)| a));
     let path = pos.next().ok_or("usage: latency MODEL.lqm [reps] [batch] [--profile]")?;
     let reps: usize = pos.next().map_or(Ok(200), |r| r.parse())?;
     let n: usize = pos.next().map_or(Ok(1), |r| r.parse())?;
@@ -46,14 +55,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{:<46} {:>8.4} ms", "total", ms(total));
         return Ok(());
     }
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(model.forward_batch(&x, n, Isa::best()).unwrap());
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    println!("batch {n}: min {:.3} ms, median {:.3} ms ({:?})", times[0], times[reps / 2], Isa::best());
+    let run = |isa: Isa| {
+        let t = Instant::now();
+        std::hint::black_box(model.forward_batch(&x, n, isa).unwrap());
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    isas.iter().for_each(|&i| {
+        run(i);
+    });
+    let mut times = vec![Vec::with_capacity(reps); isas.len()];
+    for _ in 0..reps {
+        isas.iter().zip(&mut times).for_each(|(&i, t)| t.push(run(i)));
+    }
+    let med = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        (t[0], t[t.len() / 2])
+    };
+    let stats: Vec<(f64, f64)> = times.iter_mut().map(med).collect();
+    for (isa, &(min, median)) in isas.iter().zip(&stats) {
+        println!(
+            "batch {n}: {isa:?} min {min:.3} ms, median {median:.3} ms, median ratio to {:?} {:.2}",
+            isas[0],
+            stats[0].1 / median
+        );
+    }
     Ok(())
+}
+
+fn parse_isa(s: &str) -> Result<Isa, String> {
+    Ok(match s {
+        "portable" => Isa::Portable,
+        "avx2" => Isa::Avx2,
+        "avx2-lut" => Isa::Avx2Lut,
+        "avx512" => Isa::Avx512,
+        "avx512-lut" => Isa::Avx512Lut,
+        _ => return Err(format!("--isa: unknown kernel '{s}' (portable, avx2, avx2-lut, avx512, avx512-lut)")),
+    })
 }

@@ -227,7 +227,8 @@ impl BitConv {
             a_basis,
         };
         let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
-        let plan = lut::plan(self.c_in, self.c_out, self.kw, ka).filter(|_| isa == Isa::Avx2Lut);
+        let lut_here = isa == Isa::Avx2Lut || (isa == Isa::Avx512Lut && self.c_in < 32);
+        let plan = lut::plan(self.c_in, self.c_out, self.kw, ka).filter(|_| lut_here);
         match (plan, &self.lut) {
             (Some(plan), Some((lanes, lw))) if plan.lanes == *lanes => {
                 let (k, s, pad) = (self.k, self.stride, self.pad);
@@ -280,42 +281,107 @@ fn im2col_len(x: &Planes, k: usize, stride: usize, pad: usize) -> usize {
     (oh * ow).div_ceil(4) * x.k * patch_words(x.c, k) * 4
 }
 
-/// [`im2col`] into a zeroed buffer of the right length.
+/// [`im2col`] into a zeroed buffer of the right length. Narrow channels (dense taps) go through one bit stream per
+/// input row and plane, zero-bordered, so a patch's kernel row (`k` taps, `k·C` bits) is one bit-range copy (a
+/// byte copy for 3×3 over 8, 16 or 32 channels); wider ones are word copies.
 fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64]) {
-    let cw = x.words();
-    let (oh, ow) = (out_size(x.h, k, stride, pad), out_size(x.w, k, stride, pad));
-    let words = patch_words(x.c, k);
-    // Channels narrower than a word are placed densely, shifted to their tap's bit offset (see `patch_bit`).
-    let narrow = crate::layout::narrow(x.c);
-    let rows = oh * ow;
     use rayon::prelude::*;
-    out.par_chunks_mut(x.k * words * 4).enumerate().for_each(|(g, grp)| {
-        for lane in 0..4.min(rows - g * 4) {
-            let (oy, ox) = ((g * 4 + lane) / ow, (g * 4 + lane) % ow);
-            for ky in 0..k {
-                let iy = (oy * stride + ky) as isize - pad as isize;
-                if iy < 0 || iy >= x.h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * stride + kx) as isize - pad as isize;
-                    if ix < 0 || ix >= x.w as isize {
-                        continue;
-                    }
-                    let src = &x.data[(iy as usize * x.w + ix as usize) * x.k * cw..][..x.k * cw];
-                    let tap = ky * k + kx;
-                    for j in 0..x.k {
-                        if narrow {
-                            let (wd, b) = patch_bit(x.c, tap, 0);
-                            grp[(j * words + wd) * 4 + lane] |= src[j] << b;
-                        } else {
-                            for c in 0..cw {
-                                grp[(j * words + tap * cw + c) * 4 + lane] = src[j * cw + c];
-                            }
-                        }
-                    }
-                }
+    let (cw, ka, c) = (x.words(), x.k, x.c);
+    let (oh, ow) = (out_size(x.h, k, stride, pad), out_size(x.w, k, stride, pad));
+    let words = patch_words(c, k);
+    let rows = oh * ow;
+    let narrow = crate::layout::narrow(c);
+    // Narrow channels: each input row's plane as a zero-bordered little-endian byte stream, pixel `x` at bit
+    // `(x + pad)·C`, 8 slack bytes for the word reads. A patch's kernel row is `k·C` stream bits, read in
+    // pieces of at most 56 bits (any bit offset fits one unaligned 8-byte read) and ORed into place.
+    let sb = if narrow { ((x.w + 2 * pad) * c).div_ceil(8) + 8 } else { 0 };
+    let mut streams = vec![0u8; if narrow { x.h * ka * sb } else { 0 }];
+    streams.par_chunks_mut((ka * sb).max(1)).enumerate().for_each(|(y, s)| {
+        for xx in 0..x.w {
+            let src = &x.data[(y * x.w + xx) * ka * cw..][..ka * cw];
+            let bit = (xx + pad) * c;
+            for j in 0..ka {
+                let v = src[j] << (bit % 8);
+                let n = (bit % 8 + c).div_ceil(8);
+                s[j * sb + bit / 8..][..n].iter_mut().zip(v.to_le_bytes()).for_each(|(d, v)| *d |= v);
             }
         }
     });
+    // The pieces of one kernel row: (bit in the segment, bits, bit in the patch row) for ky = 0.
+    let seg = k * c;
+    let pieces: Vec<(usize, usize)> = (0..seg).step_by(56).map(|b| (b, (seg - b).min(56))).collect();
+    const GT: usize = 16; // groups of 4 rows per parallel task
+    let gl = ka * words * 4;
+    out[..rows.div_ceil(4) * gl].par_chunks_mut(GT * gl).enumerate().for_each(|(t, chunk)| {
+        let mut patch = vec![0u64; words + 1];
+        let r0 = t * GT * 4;
+        let (mut oy, mut ox) = (r0 / ow, r0 % ow);
+        for r in r0..(r0 + GT * 4).min(rows) {
+            let (grp, lane) = (&mut chunk[(r - r0) / 4 * gl..][..gl], r % 4);
+            // Kernel rows inside the map: padded row oy·stride + ky is input row oy·stride + ky − pad.
+            let kys = pad.saturating_sub(oy * stride)..k.min((x.h + pad).saturating_sub(oy * stride));
+            for j in 0..ka {
+                if narrow && k == 3 && matches!(c, 8 | 16 | 32) {
+                    let s = |ky: usize| {
+                        let y = (oy * stride + ky).checked_sub(pad).filter(|&y| y < x.h)?;
+                        Some(&streams[(y * ka + j) * sb + ox * stride * c / 8..])
+                    };
+                    let dst = &mut grp[j * words * 4 + lane..];
+                    match c {
+                        8 => kernel_rows3::<1, 2>(s, dst),
+                        16 => kernel_rows3::<2, 3>(s, dst),
+                        _ => kernel_rows3::<4, 5>(s, dst),
+                    }
+                    continue;
+                }
+                if narrow {
+                    patch.fill(0);
+                    for ky in kys.clone() {
+                        let s = &streams[((oy * stride + ky - pad) * ka + j) * sb..][..sb];
+                        for &(b, n) in &pieces {
+                            let at = ox * stride * c + b;
+                            let v = u64::from_le_bytes(s[at / 8..][..8].try_into().unwrap()) >> (at % 8);
+                            let v = (v & ((1u64 << n) - 1)) as u128;
+                            let q = ky * seg + b;
+                            let x = v << (q % 64);
+                            patch[q / 64] |= x as u64;
+                            patch[q / 64 + 1] |= (x >> 64) as u64;
+                        }
+                    }
+                    (0..words).for_each(|wd| grp[(j * words + wd) * 4 + lane] = patch[wd]);
+                    continue;
+                }
+                for ky in kys.clone() {
+                    let iy = oy * stride + ky - pad;
+                    for kx in 0..k {
+                        let Some(ix) = (ox * stride + kx).checked_sub(pad).filter(|&ix| ix < x.w) else {
+                            continue;
+                        };
+                        let src = &x.data[((iy * x.w + ix) * ka + j) * cw..][..cw];
+                        let tap = ky * k + kx;
+                        src.iter().enumerate().for_each(|(ci, &v)| grp[(j * words + tap * cw + ci) * 4 + lane] = v);
+                    }
+                }
+            }
+            ox += 1;
+            if ox == ow {
+                (oy, ox) = (oy + 1, 0);
+            }
+        }
+    });
+}
+
+/// One 3×3 patch row of one plane over `CB` bytes of channels (8, 16 or 32 channels): kernel row `ky` is the
+/// `3·CB` stream bytes at `s(ky)` (`None` outside the map); the row's `W` words go to `dst[4·w]`.
+#[inline]
+fn kernel_rows3<'a, const CB: usize, const W: usize>(s: impl Fn(usize) -> Option<&'a [u8]>, dst: &mut [u64]) {
+    let mut patch = [0u8; 40];
+    for ky in 0..3 {
+        if let Some(s) = s(ky) {
+            patch[ky * 3 * CB..][..3 * CB].copy_from_slice(&s[..3 * CB]);
+        }
+    }
+    for w in 0..W {
+        dst[4 * w] = u64::from_le_bytes(patch[8 * w..][..8].try_into().unwrap());
+    }
 }

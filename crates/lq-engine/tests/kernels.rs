@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 /// The kernel paths this CPU runs; says which it skips.
 fn isas() -> Vec<Isa> {
-    let all = [Isa::Portable, Isa::Avx2, Isa::Avx2Lut];
+    let all = [Isa::Portable, Isa::Avx2, Isa::Avx2Lut, Isa::Avx512, Isa::Avx512Lut];
     for isa in all.iter().filter(|i| !i.is_available()) {
         eprintln!("kernel path {isa:?} is not available on this CPU: not tested here");
     }
@@ -103,6 +103,12 @@ fn edge_shapes() {
     check(32, 8, 4, 4, 3, 1, 2, 2, 6, 0.0); // all-zero activation planes
     check(32, 8, 4, 4, 3, 1, 2, 2, 7, 100.0); // all-one activation planes (top level everywhere)
     check(512, 4, 2, 2, 3, 1, 4, 4, 8, 1.5); // 4608-bit rows: several byte-accumulator flushes
+                                             // Maps past one bit-im2col task (64 patch rows), an odd number of 4-row groups (the AVX-512 kernel pairs
+                                             // them), for each stream layout: bit pieces (4 channels), whole bytes (8, 16, 32), words (64).
+    for c in [4, 8, 16, 32, 64] {
+        check(c, 24, 12, 11, 3, 1, 2, 2, 17, 1.5);
+        check(c, 8, 13, 9, 3, 2, 1, 3, 18, 1.5);
+    }
     for (kw, ka) in [(1, 1), (1, 2), (1, 4), (2, 2), (3, 3), (4, 3)] {
         check(512, 64, 3, 2, 3, 1, kw, ka, 9, 1.5); // LUT kernel: 1152 groups, 19 widenings
         check(16, 32, 5, 5, 3, 1, kw, ka, 10, 100.0); // LUT kernel, all-one planes

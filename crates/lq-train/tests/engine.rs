@@ -18,13 +18,11 @@ const CASES: [(&str, i64); 8] = [
 ];
 
 fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Portable];
-    if std::is_x86_feature_detected!("avx2") {
-        v.extend([Isa::Avx2, Isa::Avx2Lut]);
-    } else {
-        eprintln!("SKIP: no AVX2 on this CPU, only the portable kernel is compared");
+    let all = [Isa::Portable, Isa::Avx2, Isa::Avx2Lut, Isa::Avx512, Isa::Avx512Lut];
+    for isa in all.iter().filter(|i| !i.is_available()) {
+        eprintln!("SKIP: kernel path {isa:?} is not available on this CPU");
     }
-    v
+    all.into_iter().filter(|i| i.is_available()).collect()
 }
 
 /// Logits agree to 1e-4 of the largest logit with the same top-1 class. As in `engine_agrees_with_trainer`, an

@@ -5,9 +5,10 @@
 //! `            = 2·Σ_ij v^w_{o,i} v^a_j P_{o,i,p,j} − (Σ_i v^w_{o,i})·T_p`, with `T_p = Σ_j v^a_j popc(A_{p,j})`
 //! computed once per patch (spec §3). Operands of the popcount kernels: weights `[C_out][K_w][words]` (bit = +1),
 //! patches in groups of 4 rows interleaved per word, `[group][K_a][words][4]` (bit = 1); the table kernel
-//! ([`lut`]) has its own operand layout. [`Isa::best`] picks the table kernel where AVX2 is present (it falls back
-//! to the AVX2 popcount kernel per layer where its shape rules it out), else the portable kernel; [`Isa`] lets
-//! tests and benchmarks force a path.
+//! ([`lut`]) has its own operand layout. [`Isa::best`] picks, in order: AVX-512 VPOPCNTDQ (the popcount kernel
+//! [`avx512`] for layers with at least 32 input channels, the table kernel for narrower ones), the table kernel
+//! where AVX2 is present (it falls back to the AVX2 popcount kernel per layer where its shape rules it out), else
+//! the portable kernel; [`Isa`] lets tests and benchmarks force a path.
 //!
 //! Everything here is crate-private (the `internals` feature re-exports the pieces the benchmarks time): the one
 //! public door is [`crate::BitConv`], which owns the packed weights and checks its input before a kernel runs.
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 pub(crate) mod avx2;
+pub(crate) mod avx512;
 pub mod lut;
 pub(crate) mod portable;
 pub(crate) mod quant;
@@ -29,19 +31,27 @@ pub enum Isa {
     /// AVX2 table lookup over weight nibbles (module `lut`) for layers its `plan` accepts (output channels in
     /// whole 16-channel blocks, at most 4 bits a side), the AVX2 popcount kernel for the others.
     Avx2Lut,
+    /// AVX-512 VPOPCNTDQ popcount kernel (module `avx512`) for every layer.
+    Avx512,
+    /// The table kernel for layers under 32 input channels (the AVX-512 kernel's bit im2col costs more than
+    /// it saves there), the AVX-512 popcount kernel for the others.
+    Avx512Lut,
 }
 
 impl Isa {
     /// The best kernel available on this CPU, detected once.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| if avx2::is_available() { Isa::Avx2Lut } else { Isa::Portable })
+        *BEST.get_or_init(|| {
+            [Isa::Avx512Lut, Isa::Avx2Lut].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Portable)
+        })
     }
     /// Whether this kernel runs on this CPU.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
             Isa::Avx2 | Isa::Avx2Lut => avx2::is_available(),
+            Isa::Avx512 | Isa::Avx512Lut => avx512::is_available(),
         }
     }
 }
@@ -83,6 +93,8 @@ impl BitGemm<'_> {
             match isa {
                 // SAFETY: `Isa::Avx2` passed `is_available()` above.
                 Isa::Avx2 | Isa::Avx2Lut => unsafe { avx2::gemm(self, a, r, &sw, o) },
+                // SAFETY: `Isa::Avx512` passed `is_available()` above.
+                Isa::Avx512 | Isa::Avx512Lut => unsafe { avx512::gemm(self, a, r, &sw, o) },
                 Isa::Portable => portable::gemm(self, a, r, &sw, o),
             }
         });
