@@ -292,28 +292,32 @@ fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64])
     let rows = oh * ow;
     let narrow = crate::layout::narrow(c);
     // Narrow channels: each input row's plane as a zero-bordered little-endian byte stream, pixel `x` at bit
-    // `(x + pad)·C`, 8 slack bytes for the word reads. A patch's kernel row is `k·C` stream bits, read in
-    // pieces of at most 56 bits (any bit offset fits one unaligned 8-byte read) and ORed into place.
-    let sb = if narrow { ((x.w + 2 * pad) * c).div_ceil(8) + 8 } else { 0 };
+    // `(x + pad)·C`, 16 slack bytes for the reads. A patch's kernel row is `k·C` stream bits, read in pieces of at
+    // most 120 bits (any bit offset fits one unaligned 16-byte read; one piece for 3×3 over up to 32 channels) and
+    // ORed into place in registers.
+    let sb = if narrow { ((x.w + 2 * pad) * c).div_ceil(8) + 16 } else { 0 };
     let mut streams = vec![0u8; if narrow { x.h * ka * sb } else { 0 }];
     streams.par_chunks_mut((ka * sb).max(1)).enumerate().for_each(|(y, s)| {
         for xx in 0..x.w {
             let src = &x.data[(y * x.w + xx) * ka * cw..][..ka * cw];
             let bit = (xx + pad) * c;
             for j in 0..ka {
-                let v = src[j] << (bit % 8);
-                let n = (bit % 8 + c).div_ceil(8);
-                s[j * sb + bit / 8..][..n].iter_mut().zip(v.to_le_bytes()).for_each(|(d, v)| *d |= v);
+                // Left to right, so the 8 bytes from this pixel on hold only zeros (and earlier pixels' bits).
+                let d: &mut [u8; 8] = (&mut s[j * sb + bit / 8..][..8]).try_into().unwrap();
+                *d = (u64::from_le_bytes(*d) | src[j] << (bit % 8)).to_le_bytes();
             }
         }
     });
     // The pieces of one kernel row: (bit in the segment, bits, bit in the patch row) for ky = 0.
     let seg = k * c;
-    let pieces: Vec<(usize, usize)> = (0..seg).step_by(56).map(|b| (b, (seg - b).min(56))).collect();
+    let pieces: Vec<(usize, usize)> = (0..seg).step_by(120).map(|b| (b, (seg - b).min(120))).collect();
     const GT: usize = 16; // groups of 4 rows per parallel task
     let gl = ka * words * 4;
     out[..rows.div_ceil(4) * gl].par_chunks_mut(GT * gl).enumerate().for_each(|(t, chunk)| {
-        let mut patch = vec![0u64; words + 1];
+        let mut patch = vec![0u64; words + 3];
+        let fast3 = narrow && k == 3 && matches!(c, 8 | 16 | 32);
+        // Per plane, the stream rows of the current output row's three kernel rows.
+        let mut rows3: Vec<[Option<&[u8]>; 3]> = vec![[None; 3]; ka];
         let r0 = t * GT * 4;
         let (mut oy, mut ox) = (r0 / ow, r0 % ow);
         for r in r0..(r0 + GT * 4).min(rows) {
@@ -321,17 +325,22 @@ fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64])
             // Kernel rows inside the map: padded row oy·stride + ky is input row oy·stride + ky − pad.
             let kys = pad.saturating_sub(oy * stride)..k.min((x.h + pad).saturating_sub(oy * stride));
             for j in 0..ka {
-                if narrow && k == 3 && matches!(c, 8 | 16 | 32) {
-                    let s = |ky: usize| {
-                        let y = (oy * stride + ky).checked_sub(pad).filter(|&y| y < x.h)?;
-                        Some(&streams[(y * ka + j) * sb + ox * stride * c / 8..])
-                    };
-                    let dst = &mut grp[j * words * 4 + lane..];
-                    match c {
-                        8 => kernel_rows3::<1, 2>(s, dst),
-                        16 => kernel_rows3::<2, 3>(s, dst),
-                        _ => kernel_rows3::<4, 5>(s, dst),
+                if fast3 {
+                    // The common case with constant shifts: 3×3 over whole bytes of channels.
+                    if ox == 0 || r == r0 {
+                        let row = |ky: usize| {
+                            let y = (oy * stride + ky).checked_sub(pad).filter(|&y| y < x.h)?;
+                            Some(&streams[(y * ka + j) * sb..][..sb])
+                        };
+                        rows3[j] = [row(0), row(1), row(2)];
                     }
+                    let (rows3, byte) = (rows3[j], ox * stride * c / 8);
+                    let p = match c {
+                        8 => patch3::<8>(rows3, byte),
+                        16 => patch3::<16>(rows3, byte),
+                        _ => patch3::<32>(rows3, byte),
+                    };
+                    (0..words).for_each(|wd| grp[(j * words + wd) * 4 + lane] = p[wd]);
                     continue;
                 }
                 if narrow {
@@ -340,12 +349,14 @@ fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64])
                         let s = &streams[((oy * stride + ky - pad) * ka + j) * sb..][..sb];
                         for &(b, n) in &pieces {
                             let at = ox * stride * c + b;
-                            let v = u64::from_le_bytes(s[at / 8..][..8].try_into().unwrap()) >> (at % 8);
-                            let v = (v & ((1u64 << n) - 1)) as u128;
-                            let q = ky * seg + b;
-                            let x = v << (q % 64);
-                            patch[q / 64] |= x as u64;
-                            patch[q / 64 + 1] |= (x >> 64) as u64;
+                            let v = u128::from_le_bytes(s[at / 8..][..16].try_into().unwrap()) >> (at % 8);
+                            let v = v & ((1u128 << n) - 1);
+                            let (q, sh) = ((ky * seg + b) / 64, (ky * seg + b) % 64);
+                            patch[q] |= (v << sh) as u64;
+                            patch[q + 1] |= ((v << sh) >> 64) as u64;
+                            if sh > 0 {
+                                patch[q + 2] |= (v >> (128 - sh)) as u64;
+                            }
                         }
                     }
                     (0..words).for_each(|wd| grp[(j * words + wd) * 4 + lane] = patch[wd]);
@@ -371,17 +382,21 @@ fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64])
     });
 }
 
-/// One 3×3 patch row of one plane over `CB` bytes of channels (8, 16 or 32 channels): kernel row `ky` is the
-/// `3·CB` stream bytes at `s(ky)` (`None` outside the map); the row's `W` words go to `dst[4·w]`.
-#[inline]
-fn kernel_rows3<'a, const CB: usize, const W: usize>(s: impl Fn(usize) -> Option<&'a [u8]>, dst: &mut [u64]) {
-    let mut patch = [0u8; 40];
-    for ky in 0..3 {
-        if let Some(s) = s(ky) {
-            patch[ky * 3 * CB..][..3 * CB].copy_from_slice(&s[..3 * CB]);
+/// One 3×3 patch row of one plane over `C` channels (a multiple of 8, at most 32): kernel row `ky` is the `3·C`
+/// stream bits at byte `byte` of `rows[ky]` (`None` outside the map), concatenated (words past the row's zero).
+#[inline(always)]
+fn patch3<const C: usize>(rows: [Option<&[u8]>; 3], byte: usize) -> [u64; 6] {
+    let seg = 3 * C;
+    let mut p = [0u64; 6];
+    for (ky, r) in rows.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let v = u128::from_le_bytes(r[byte..][..16].try_into().unwrap()) & ((1u128 << seg) - 1);
+        let (q, sh) = (ky * seg / 64, ky * seg % 64);
+        p[q] |= (v << sh) as u64;
+        p[q + 1] |= ((v << sh) >> 64) as u64;
+        if sh > 0 {
+            p[q + 2] |= (v >> (128 - sh)) as u64;
         }
     }
-    for w in 0..W {
-        dst[4 * w] = u64::from_le_bytes(patch[8 * w..][..8].try_into().unwrap());
-    }
+    p
 }

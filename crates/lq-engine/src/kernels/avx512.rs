@@ -1,7 +1,9 @@
-//! AVX-512 popcount kernel (VPOPCNTDQ): the 8 u64 lanes of a register are 8 patch rows (two of the operand's
-//! 4-row groups side by side), the weight word is broadcast from memory, and each (row, plane, word) costs one
-//! `vpandq` + `vpopcntq` + `vpaddq` on 512 binary products, with no nibble split and no widening (the counts are
-//! u64 from the start). A tile is R weight rows (all K_w planes of R/K_w channels) × K_a planes × 8 rows.
+//! AVX-512 popcount kernel (VPOPCNTDQ): the 8 u64 lanes of a register are 8 output channels (weights repacked
+//! `[C_out/8][K_w][words][8]`), the patch row's word is broadcast from memory, and each (row, plane, word) costs one
+//! `vpandq` + `vpopcntq` + `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` patch rows ×
+//! 8 channels × K_w × K_a accumulators. With channels in the lanes the epilogue is vector work written straight
+//! into the NHWC row (8 channels per store), which matters where patches are short (a 3×3 conv over 16 channels
+//! has 3 words per row: with rows in the lanes the scattered epilogue cost 40 % of the kernel).
 use super::BitGemm;
 
 /// Whether AVX-512 F/DQ/VPOPCNTDQ (with AVX2 and FMA for the epilogue) is present.
@@ -19,57 +21,74 @@ pub(crate) fn is_available() -> bool {
     }
 }
 
+/// The kernel's weights: `g.w` (`[C_out][K_w][words]`) as `[⌈C_out/8⌉][K_w][words][8]`, channel `8·b + l` in
+/// lane `l`, lanes past `C_out` zero.
+pub(crate) fn pack(g: &BitGemm) -> Vec<u64> {
+    let (kw, words) = (g.kw, g.words);
+    let mut out = vec![0u64; g.c_out.div_ceil(8) * kw * words * 8];
+    for o in 0..g.c_out {
+        for i in 0..kw {
+            for k in 0..words {
+                out[(((o / 8) * kw + i) * words + k) * 8 + o % 8] = g.w[(o * kw + i) * words + k];
+            }
+        }
+    }
+    out
+}
+
 /// # Safety
-/// The CPU must support what [`is_available`] checks; `a` holds `⌈rows/4⌉·K_a·words·4` words, `g.w`
-/// `C_out·K_w·words`, `out` `rows·C_out` values (what [`BitGemm::run`] checks before it splits the rows).
+/// The CPU must support what [`is_available`] checks; `wp` is [`pack`]`(g)`, `a` holds `⌈rows/4⌉·K_a·words·4`
+/// words, `out` `rows·C_out` values, `sw` `C_out` (what [`BitGemm::run`] checks before it splits the rows).
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
+pub(crate) unsafe fn gemm(g: &BitGemm, wp: &[u64], a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
     macro_rules! go {
-        ($(($kw:literal, $ka:literal, $r:literal)),*) => {
+        ($(($kw:literal, $ka:literal, $p:literal)),*) => {
             match (g.kw, g.ka) {
                 // SAFETY (each arm): the CPU features are present per this function's contract.
-                $(($kw, $ka) => unsafe { run::<$kw, $ka, $r>(g, a, rows, sw, out) },)*
+                $(($kw, $ka) => unsafe { run::<$kw, $ka, $p>(g, wp, a, rows, sw, out) },)*
                 _ => super::portable::gemm(g, a, rows, sw, out),
             }
         };
     }
-    // R·K_a ≤ 24 accumulators; R/K_w channels per tile divide the usual channel counts.
+    // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two so tiles divide the 32-row tasks.
     go!(
         (1, 1, 16),
         (1, 2, 8),
         (1, 3, 8),
         (1, 4, 4),
-        (2, 1, 16),
-        (2, 2, 8),
-        (2, 3, 8),
-        (2, 4, 4),
-        (3, 1, 24),
-        (3, 2, 12),
-        (3, 3, 6),
-        (3, 4, 6),
-        (4, 1, 16),
-        (4, 2, 8),
-        (4, 3, 8),
-        (4, 4, 4)
+        (2, 1, 8),
+        (2, 2, 4),
+        (2, 3, 4),
+        (2, 4, 2),
+        (3, 1, 8),
+        (3, 2, 4),
+        (3, 3, 2),
+        (3, 4, 2),
+        (4, 1, 4),
+        (4, 2, 2),
+        (4, 3, 2),
+        (4, 4, 1)
     )
 }
 
 /// # Safety
 /// None beyond the x86-64 version's (this one is portable code).
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) unsafe fn gemm(g: &BitGemm, a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
+pub(crate) unsafe fn gemm(g: &BitGemm, _wp: &[u64], a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
     super::portable::gemm(g, a, rows, sw, out)
 }
 
-/// All output channels for `rows` patch rows, 8 at a time: tiles of R weight rows (R/KW channels), the channel
-/// tail one channel at a time; epilogue `Σ_ij c_{o,i,j}·P_ij − S_w·T` on 8 lanes.
+/// Tiles of `P` rows (the last tile's rows past `rows` recompute the last row and are not stored) × 8 channels;
+/// epilogue `Σ_ij c_{o,i,j}·P_ij − S_w·T` with `c_{o,i,j} = 2·v^w_{o,i}·v^a_j`, 8 channels at once.
 ///
 /// # Safety
 /// As [`gemm`], and `g.kw == KW`, `g.ka == KA`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")]
-unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
+#[allow(clippy::needless_range_loop)] // a register tile reads best as indices
+unsafe fn run<const KW: usize, const KA: usize, const P: usize>(
     g: &BitGemm,
+    wp: &[u64],
     a: &[u64],
     rows: usize,
     sw: &[f32],
@@ -77,89 +96,76 @@ unsafe fn run<const KW: usize, const KA: usize, const R: usize>(
 ) {
     use std::arch::x86_64::*;
     let (words, c_out) = (g.words, g.c_out);
-    let ga = KA * words * 4;
-    let ch = R / KW;
-    let coef: Vec<f32> = (0..c_out * KW * KA).map(|x| 2.0 * g.w_basis[x / KA] * g.a_basis[x % KA]).collect();
-    let groups = rows.div_ceil(4);
-    for g0 in (0..groups).step_by(2) {
-        let lanes = (rows - g0 * 4).min(8);
-        // A lone last group pairs with itself; its copy's lanes are not stored.
-        let g1 = (g0 + 1).min(groups - 1);
-        let (a0, a1) = (&a[g0 * ga..(g0 + 1) * ga], &a[g1 * ga..(g1 + 1) * ga]);
-        let t: [f32; 8] =
-            std::array::from_fn(|l| if l < lanes { g.t_of(if l < 4 { a0 } else { a1 }, l % 4) } else { 0.0 });
-        // SAFETY: `t` is 8 f32.
-        let tv = unsafe { _mm256_loadu_ps(t.as_ptr()) };
-        let mut o0 = 0;
-        while o0 < c_out {
-            let take = if c_out - o0 >= ch { ch } else { 1 };
-            let w = &g.w[o0 * KW * words..(o0 + take) * KW * words];
-            let mut counts = [[_mm512_setzero_si512(); KA]; R];
-            // SAFETY: `w` holds `take·KW` rows of `words` words, each group K_a rows of `words`×4 words, and the
-            // features are enabled on this function.
-            unsafe {
-                if take == ch {
-                    counts = tile::<R, KA>(w, a0, a1, words);
-                } else {
-                    counts[..KW].copy_from_slice(&tile::<KW, KA>(w, a0, a1, words));
-                }
+    let blocks = c_out.div_ceil(8);
+    // Per block: coefficients [i][j][8] and S_w [8], lanes past C_out zero.
+    let mut coef = vec![0.0f32; blocks * KW * KA * 8];
+    let mut swp = vec![0.0f32; blocks * 8];
+    for o in 0..c_out {
+        let (b, l) = (o / 8, o % 8);
+        swp[o] = sw[o];
+        for i in 0..KW {
+            for j in 0..KA {
+                coef[((b * KW + i) * KA + j) * 8 + l] = 2.0 * g.w_basis[o * KW + i] * g.a_basis[j];
             }
-            let mut res = [[0.0f32; 8]; R];
-            for c in 0..take {
-                let o = o0 + c;
-                let mut acc = _mm256_mul_ps(_mm256_set1_ps(-sw[o]), tv);
-                for i in 0..KW {
-                    for j in 0..KA {
-                        let p = _mm512_cvtepi64_ps(counts[c * KW + i][j]);
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(coef[(o * KW + i) * KA + j]), p, acc);
+        }
+    }
+    // Word k of plane j of row r in the operand's 4-row groups.
+    let at = |r: usize, j: usize, k: usize| ((r / 4) * KA * words + j * words + k) * 4 + r % 4;
+    assert!(rows > 0 && a.len() > at(rows - 1, KA - 1, words - 1) && wp.len() >= blocks * KW * words * 8);
+    let t: Vec<f32> = (0..rows).map(|r| g.t_of(&a[(r / 4) * KA * words * 4..], r % 4)).collect();
+    // Channel blocks outside, rows inside: a block's weights (K_w·words·64 bytes) stay in L1 while every row of the
+    // task reads them (rows outside re-streamed all of a wide layer's weights per tile: VGG-Small ran 1.5x slower).
+    for b in 0..blocks {
+        for r0 in (0..rows).step_by(P) {
+            // Each row's plane-0 word 0 (rows past the end read the last row); planes are `4·words` apart, words 4.
+            let row: [*const u64; P] = std::array::from_fn(|p| a[at((r0 + p).min(rows - 1), 0, 0)..].as_ptr());
+            let mut acc = [[[_mm512_setzero_si512(); KA]; KW]; P];
+            let w = &wp[b * KW * words * 8..][..KW * words * 8];
+            for k in 0..words {
+                // SAFETY: (i·words + k)·8 + 8 <= w.len(); word k of plane j of each row lies inside `a` (asserted
+                // above for the last row, and every row of the tile is at most it).
+                unsafe {
+                    let wv: [__m512i; KW] =
+                        std::array::from_fn(|i| _mm512_loadu_si512(w.as_ptr().add((i * words + k) * 8).cast()));
+                    for p in 0..P {
+                        for j in 0..KA {
+                            let av = _mm512_set1_epi64(*row[p].add((j * words + k) * 4) as i64);
+                            for i in 0..KW {
+                                let x = _mm512_popcnt_epi64(_mm512_and_si512(wv[i], av));
+                                acc[p][i][j] = _mm512_add_epi64(acc[p][i][j], x);
+                            }
+                        }
                     }
                 }
-                // SAFETY: res[c] is 8 f32.
-                unsafe { _mm256_storeu_ps(res[c].as_mut_ptr(), acc) };
             }
-            for l in 0..lanes {
-                let row = &mut out[(g0 * 4 + l) * c_out + o0..][..take];
-                row.iter_mut().zip(&res).for_each(|(o, r)| *o = r[l]);
-            }
-            o0 += take;
-        }
-    }
-}
-
-/// Popcounts of `RR` weight rows against the K_a planes of two groups of 4 patch rows, as u64 lanes.
-///
-/// # Safety
-/// The features of [`run`]; `w.len() >= RR·words`, `a0.len()` and `a1.len() >= KA·words·4`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vpopcntdq")]
-#[inline]
-unsafe fn tile<const RR: usize, const KA: usize>(
-    w: &[u64],
-    a0: &[u64],
-    a1: &[u64],
-    words: usize,
-) -> [[std::arch::x86_64::__m512i; KA]; RR] {
-    use std::arch::x86_64::*;
-    let zero = _mm512_setzero_si512();
-    let mut acc = [[zero; KA]; RR];
-    for kk in 0..words {
-        let mut av = [zero; KA];
-        for (j, v) in av.iter_mut().enumerate() {
-            let at = (j * words + kk) * 4;
-            // SAFETY: at + 4 <= KA·words·4 for both groups.
-            unsafe {
-                let lo = _mm256_loadu_si256(a0.as_ptr().add(at) as *const __m256i);
-                let hi = _mm256_loadu_si256(a1.as_ptr().add(at) as *const __m256i);
-                *v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-            }
-        }
-        for (r, ar) in acc.iter_mut().enumerate() {
-            // SAFETY: r·words + kk < RR·words <= w.len().
-            let wb = _mm512_set1_epi64(unsafe { *w.get_unchecked(r * words + kk) } as i64);
-            for (j, x) in ar.iter_mut().enumerate() {
-                *x = _mm512_add_epi64(*x, _mm512_popcnt_epi64(_mm512_and_si512(av[j], wb)));
+            let n = (c_out - b * 8).min(8);
+            // Constant bounds: a run-time index into `acc` would keep it in memory for the whole tile.
+            for p in 0..P {
+                if r0 + p >= rows {
+                    break;
+                }
+                // SAFETY: the block's 8 coefficients and S_w lie inside `coef` and `swp`.
+                let f = unsafe {
+                    let mut f = _mm256_mul_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[r0 + p]));
+                    for i in 0..KW {
+                        for j in 0..KA {
+                            let c = _mm256_loadu_ps(coef.as_ptr().add(((b * KW + i) * KA + j) * 8));
+                            f = _mm256_fmadd_ps(c, _mm512_cvtepi64_ps(acc[p][i][j]), f);
+                        }
+                    }
+                    f
+                };
+                let dst = &mut out[(r0 + p) * c_out + b * 8..][..n];
+                if n == 8 {
+                    // SAFETY: `dst` is 8 f32.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), f) };
+                } else {
+                    let mut v = [0.0f32; 8];
+                    // SAFETY: `v` is 8 f32.
+                    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
+                    dst.copy_from_slice(&v[..n]);
+                }
             }
         }
     }
-    acc
 }

@@ -84,6 +84,7 @@ impl BitGemm<'_> {
         assert!(self.a_basis.len() >= self.ka);
         let isa = if isa.is_available() { isa } else { Isa::Portable };
         let sw = self.weight_sums();
+        let wp = if matches!(isa, Isa::Avx512 | Isa::Avx512Lut) { avx512::pack(self) } else { Vec::new() };
         const GB: usize = 8; // groups per parallel task (32 patch rows)
         let ga = self.ka * self.words * 4;
         out[..rows * self.c_out].par_chunks_mut(GB * 4 * self.c_out).enumerate().for_each(|(t, o)| {
@@ -93,8 +94,8 @@ impl BitGemm<'_> {
             match isa {
                 // SAFETY: `Isa::Avx2` passed `is_available()` above.
                 Isa::Avx2 | Isa::Avx2Lut => unsafe { avx2::gemm(self, a, r, &sw, o) },
-                // SAFETY: `Isa::Avx512` passed `is_available()` above.
-                Isa::Avx512 | Isa::Avx512Lut => unsafe { avx512::gemm(self, a, r, &sw, o) },
+                // SAFETY: `Isa::Avx512` passed `is_available()` above; `wp` is its packed weights.
+                Isa::Avx512 | Isa::Avx512Lut => unsafe { avx512::gemm(self, &wp, a, r, &sw, o) },
                 Isa::Portable => portable::gemm(self, a, r, &sw, o),
             }
         });
