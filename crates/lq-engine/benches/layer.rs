@@ -3,7 +3,7 @@
 //! `RAYON_NUM_THREADS=1 cargo bench -p lq-engine --features internals --bench layer` (one thread; matrixmultiply also runs on one).
 //! Shapes: A = 3×3 conv 64→256 on 64×64 (GEMM 256×4096×576), B = 1024³ (1×1 conv 1024→1024 on 32×32);
 //! with `-- --resnet20` the three 3×3 layer shapes of ResNet-20 at batch 1 (16, 32, 64 channels).
-use lq_engine::internals::{im2col, lut, BitGemm};
+use lq_engine::internals::{avx512, im2col, lut, BitGemm};
 use lq_engine::{BitConv, ChannelQuant, Isa, Planes};
 use lq_quant::{CodeSet, Levels};
 use std::time::Instant;
@@ -109,7 +109,9 @@ fn run() {
             let popc = if isa == Isa::Portable { Isa::Portable } else { Isa::Avx2 };
             let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
             let (mut t5, mut l5) = (f64::INFINITY, f64::INFINITY);
-            let avx512 = Isa::Avx512.is_available();
+            let avx512 = avx512::takes(c_in, kw, ka);
+            let wp512 = if avx512 { avx512::pack_weights(conv.bits(), c_out, kw, c_in, k) } else { vec![] };
+            let rows512 = avx512.then(|| avx512::Rows::from_planes(&planes, &ab, k, 1, k / 2));
             for _ in 0..if resnet { 101 } else { 7 } {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
                 tk = tk.min(min_time(1, || g.run(popc, &patches, n, &mut out)));
@@ -121,7 +123,9 @@ fn run() {
                     drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, isa).unwrap()))
                 }));
                 if avx512 {
-                    t5 = t5.min(min_time(1, || g.run(Isa::Avx512, &patches, n, &mut out)));
+                    t5 = t5.min(min_time(1, || {
+                        avx512::run(rows512.as_ref().unwrap(), &wp512, c_out, kw, conv.basis(), &mut out)
+                    }));
                     l5 = l5.min(min_time(1, || {
                         drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, Isa::Avx512).unwrap()))
                     }));

@@ -2,7 +2,7 @@
 //! baselines): `cargo run --release -p lq-engine --example latency -- MODEL.lqm [reps] [batch] [--profile]`.
 //! Threads: `RAYON_NUM_THREADS` (the calling thread is worker 0, as in `lqnets bench infer`). With `--profile`,
 //! the time per image of every step (quantized convs split into input map and kernel; minimum over `reps`
-//! passes, at most 5) and the totals by category. `--isa avx2-lut,avx512-lut` times those kernel choices instead of
+//! passes, at most 5) and the totals by category. `--isa avx2-lut,avx512` times those kernel choices instead of
 //! the best one, interleaved rep by rep (each after one warm-up), with their ratios to the first.
 use lq_engine::{Isa, Model};
 use std::time::Instant;
@@ -88,7 +88,6 @@ fn parse_isa(s: &str) -> Result<Isa, String> {
         "avx2" => Isa::Avx2,
         "avx2-lut" => Isa::Avx2Lut,
         "avx512" => Isa::Avx512,
-        "avx512-lut" => Isa::Avx512Lut,
-        _ => return Err(format!("--isa: unknown kernel '{s}' (portable, avx2, avx2-lut, avx512, avx512-lut)")),
+        _ => return Err(format!("--isa: unknown kernel '{s}' (portable, avx2, avx2-lut, avx512)")),
     })
 }

@@ -2,7 +2,7 @@
 //! (immutable after construction, the table kernel's layout made once beside them), checks every input against
 //! its geometry, picks the kernel and runs it. Feature maps are NHWC (one image).
 use crate::error::{Error, Result};
-use crate::kernels::{lut, quant, BitGemm, Isa};
+use crate::kernels::{avx512, lut, quant, BitGemm, Isa};
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
 use crate::profile::{self, Phase};
 use crate::scratch::Buf;
@@ -25,6 +25,9 @@ pub struct BitConv {
     /// The weights in the table kernel's layout with its lane count, where the kernel can run this layer's
     /// output channels (whole 16-channel blocks, K_w ≤ 4, AVX2).
     lut: Option<(usize, Vec<u8>)>,
+    /// The weights in the AVX-512 kernel's layout, where it can run this layer (AVX-512 present, whole bytes of
+    /// input channels, K_w ≤ 4).
+    p512: Option<Vec<u64>>,
 }
 
 impl PartialEq for BitConv {
@@ -113,7 +116,8 @@ impl BitConv {
             return Err(invalid("conv weights", why));
         }
         let lut = lut::lanes(c_out, kw).map(|l| (l, lut::pack_weights(&bits, c_out, kw, words, l)));
-        Ok(BitConv { c_out, c_in, k, stride, pad, kw, bits, basis, lut })
+        let p512 = avx512::takes(c_in, kw, 1).then(|| avx512::pack_weights(&bits, c_out, kw, c_in, k));
+        Ok(BitConv { c_out, c_in, k, stride, pad, kw, bits, basis, lut, p512 })
     }
 
     /// Output channels.
@@ -227,11 +231,23 @@ impl BitConv {
             a_basis,
         };
         let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
-        let lut_here = isa == Isa::Avx2Lut || (isa == Isa::Avx512Lut && self.c_in < 32);
+        let (k, s, pad) = (self.k, self.stride, self.pad);
+        if let Some(wp) = self.p512.as_ref().filter(|_| isa == Isa::Avx512 && avx512::takes(self.c_in, self.kw, ka)) {
+            let r = profile::time(Phase::Input, || match x {
+                Input::Planes(p) => avx512::Rows::from_planes(p, a_basis, k, s, pad),
+                Input::F32 { x, h, w, q } => {
+                    avx512::Rows::from_f32(x, h, w, q, a_basis, k, s, pad).unwrap_or_else(|| {
+                        avx512::Rows::from_planes(&quant::quantize_checked(isa, x, h, w, q, ka), a_basis, k, s, pad)
+                    })
+                }
+            });
+            profile::time(Phase::Kernel, || avx512::run(&r, wp, self.c_out, self.kw, &self.basis, &mut out));
+            return out;
+        }
+        let lut_here = matches!(isa, Isa::Avx2Lut | Isa::Avx512);
         let plan = lut::plan(self.c_in, self.c_out, self.kw, ka).filter(|_| lut_here);
         match (plan, &self.lut) {
             (Some(plan), Some((lanes, lw))) if plan.lanes == *lanes => {
-                let (k, s, pad) = (self.k, self.stride, self.pad);
                 let a = profile::time(Phase::Input, || match x {
                     Input::Planes(p) => lut::input(p, k, s, pad, a_basis, plan),
                     Input::F32 { x, h, w, q } => lut::input_f32(x, h, w, q, k, s, pad, a_basis, plan),
@@ -281,122 +297,42 @@ fn im2col_len(x: &Planes, k: usize, stride: usize, pad: usize) -> usize {
     (oh * ow).div_ceil(4) * x.k * patch_words(x.c, k) * 4
 }
 
-/// [`im2col`] into a zeroed buffer of the right length. Narrow channels (dense taps) go through one bit stream per
-/// input row and plane, zero-bordered, so a patch's kernel row (`k` taps, `k·C` bits) is one bit-range copy (a
-/// byte copy for 3×3 over 8, 16 or 32 channels); wider ones are word copies.
+/// [`im2col`] into a zeroed buffer of the right length.
 fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64]) {
-    use rayon::prelude::*;
-    let (cw, ka, c) = (x.words(), x.k, x.c);
+    let cw = x.words();
     let (oh, ow) = (out_size(x.h, k, stride, pad), out_size(x.w, k, stride, pad));
-    let words = patch_words(c, k);
+    let words = patch_words(x.c, k);
+    // Channels narrower than a word are placed densely, shifted to their tap's bit offset (see `patch_bit`).
+    let narrow = crate::layout::narrow(x.c);
     let rows = oh * ow;
-    let narrow = crate::layout::narrow(c);
-    // Narrow channels: each input row's plane as a zero-bordered little-endian byte stream, pixel `x` at bit
-    // `(x + pad)·C`, 16 slack bytes for the reads. A patch's kernel row is `k·C` stream bits, read in pieces of at
-    // most 120 bits (any bit offset fits one unaligned 16-byte read; one piece for 3×3 over up to 32 channels) and
-    // ORed into place in registers.
-    let sb = if narrow { ((x.w + 2 * pad) * c).div_ceil(8) + 16 } else { 0 };
-    let mut streams = vec![0u8; if narrow { x.h * ka * sb } else { 0 }];
-    streams.par_chunks_mut((ka * sb).max(1)).enumerate().for_each(|(y, s)| {
-        for xx in 0..x.w {
-            let src = &x.data[(y * x.w + xx) * ka * cw..][..ka * cw];
-            let bit = (xx + pad) * c;
-            for j in 0..ka {
-                // Left to right, so the 8 bytes from this pixel on hold only zeros (and earlier pixels' bits).
-                let d: &mut [u8; 8] = (&mut s[j * sb + bit / 8..][..8]).try_into().unwrap();
-                *d = (u64::from_le_bytes(*d) | src[j] << (bit % 8)).to_le_bytes();
-            }
-        }
-    });
-    // The pieces of one kernel row: (bit in the segment, bits, bit in the patch row) for ky = 0.
-    let seg = k * c;
-    let pieces: Vec<(usize, usize)> = (0..seg).step_by(120).map(|b| (b, (seg - b).min(120))).collect();
-    const GT: usize = 16; // groups of 4 rows per parallel task
-    let gl = ka * words * 4;
-    out[..rows.div_ceil(4) * gl].par_chunks_mut(GT * gl).enumerate().for_each(|(t, chunk)| {
-        let mut patch = vec![0u64; words + 3];
-        let fast3 = narrow && k == 3 && matches!(c, 8 | 16 | 32);
-        // Per plane, the stream rows of the current output row's three kernel rows.
-        let mut rows3: Vec<[Option<&[u8]>; 3]> = vec![[None; 3]; ka];
-        let r0 = t * GT * 4;
-        let (mut oy, mut ox) = (r0 / ow, r0 % ow);
-        for r in r0..(r0 + GT * 4).min(rows) {
-            let (grp, lane) = (&mut chunk[(r - r0) / 4 * gl..][..gl], r % 4);
-            // Kernel rows inside the map: padded row oy·stride + ky is input row oy·stride + ky − pad.
-            let kys = pad.saturating_sub(oy * stride)..k.min((x.h + pad).saturating_sub(oy * stride));
-            for j in 0..ka {
-                if fast3 {
-                    // The common case with constant shifts: 3×3 over whole bytes of channels.
-                    if ox == 0 || r == r0 {
-                        let row = |ky: usize| {
-                            let y = (oy * stride + ky).checked_sub(pad).filter(|&y| y < x.h)?;
-                            Some(&streams[(y * ka + j) * sb..][..sb])
-                        };
-                        rows3[j] = [row(0), row(1), row(2)];
-                    }
-                    let (rows3, byte) = (rows3[j], ox * stride * c / 8);
-                    let p = match c {
-                        8 => patch3::<8>(rows3, byte),
-                        16 => patch3::<16>(rows3, byte),
-                        _ => patch3::<32>(rows3, byte),
-                    };
-                    (0..words).for_each(|wd| grp[(j * words + wd) * 4 + lane] = p[wd]);
+    use rayon::prelude::*;
+    out.par_chunks_mut(x.k * words * 4).enumerate().for_each(|(g, grp)| {
+        for lane in 0..4.min(rows - g * 4) {
+            let (oy, ox) = ((g * 4 + lane) / ow, (g * 4 + lane) % ow);
+            for ky in 0..k {
+                let iy = (oy * stride + ky) as isize - pad as isize;
+                if iy < 0 || iy >= x.h as isize {
                     continue;
                 }
-                if narrow {
-                    patch.fill(0);
-                    for ky in kys.clone() {
-                        let s = &streams[((oy * stride + ky - pad) * ka + j) * sb..][..sb];
-                        for &(b, n) in &pieces {
-                            let at = ox * stride * c + b;
-                            let v = u128::from_le_bytes(s[at / 8..][..16].try_into().unwrap()) >> (at % 8);
-                            let v = v & ((1u128 << n) - 1);
-                            let (q, sh) = ((ky * seg + b) / 64, (ky * seg + b) % 64);
-                            patch[q] |= (v << sh) as u64;
-                            patch[q + 1] |= ((v << sh) >> 64) as u64;
-                            if sh > 0 {
-                                patch[q + 2] |= (v >> (128 - sh)) as u64;
+                for kx in 0..k {
+                    let ix = (ox * stride + kx) as isize - pad as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        continue;
+                    }
+                    let src = &x.data[(iy as usize * x.w + ix as usize) * x.k * cw..][..x.k * cw];
+                    let tap = ky * k + kx;
+                    for j in 0..x.k {
+                        if narrow {
+                            let (wd, b) = patch_bit(x.c, tap, 0);
+                            grp[(j * words + wd) * 4 + lane] |= src[j] << b;
+                        } else {
+                            for c in 0..cw {
+                                grp[(j * words + tap * cw + c) * 4 + lane] = src[j * cw + c];
                             }
                         }
                     }
-                    (0..words).for_each(|wd| grp[(j * words + wd) * 4 + lane] = patch[wd]);
-                    continue;
                 }
-                for ky in kys.clone() {
-                    let iy = oy * stride + ky - pad;
-                    for kx in 0..k {
-                        let Some(ix) = (ox * stride + kx).checked_sub(pad).filter(|&ix| ix < x.w) else {
-                            continue;
-                        };
-                        let src = &x.data[((iy * x.w + ix) * ka + j) * cw..][..cw];
-                        let tap = ky * k + kx;
-                        src.iter().enumerate().for_each(|(ci, &v)| grp[(j * words + tap * cw + ci) * 4 + lane] = v);
-                    }
-                }
-            }
-            ox += 1;
-            if ox == ow {
-                (oy, ox) = (oy + 1, 0);
             }
         }
     });
-}
-
-/// One 3×3 patch row of one plane over `C` channels (a multiple of 8, at most 32): kernel row `ky` is the `3·C`
-/// stream bits at byte `byte` of `rows[ky]` (`None` outside the map), concatenated (words past the row's zero).
-#[inline(always)]
-fn patch3<const C: usize>(rows: [Option<&[u8]>; 3], byte: usize) -> [u64; 6] {
-    let seg = 3 * C;
-    let mut p = [0u64; 6];
-    for (ky, r) in rows.iter().enumerate() {
-        let Some(r) = r else { continue };
-        let v = u128::from_le_bytes(r[byte..][..16].try_into().unwrap()) & ((1u128 << seg) - 1);
-        let (q, sh) = (ky * seg / 64, ky * seg % 64);
-        p[q] |= (v << sh) as u64;
-        p[q + 1] |= ((v << sh) >> 64) as u64;
-        if sh > 0 {
-            p[q + 2] |= (v >> (128 - sh)) as u64;
-        }
-    }
-    p
 }

@@ -7,8 +7,8 @@
 //! - [`BitConv`]: a quantized conv with packed weights, immutable after construction, and the one safe door to
 //!   the kernels. `forward(&Planes)` = bit im2col + binary GEMM + LQ epilogue; `forward_f32` quantizes on the way
 //!   in, straight into the table kernel's operand where it runs. Both check their input and return errors.
-//! - The kernels (crate-private): an AVX-512 VPOPCNTDQ popcount kernel for layers with 32 or more input channels
-//!   where the CPU has it, an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an AVX2 popcount
+//! - The kernels (crate-private): an AVX-512 VPOPCNTDQ popcount kernel for layers whose input channels are a
+//!   multiple of 8 where the CPU has it, an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an AVX2 popcount
 //!   kernel for the rest, a portable one without AVX2, chosen once at run time; [`Isa`] forces one.
 //!   The `internals` feature re-exports them for the benchmarks (module `internals`).
 //! - [`naive`]: the dense reference the kernels are tested against.
@@ -44,5 +44,5 @@ mod scratch;
 #[cfg(feature = "internals")]
 pub mod internals {
     pub use crate::conv::im2col;
-    pub use crate::kernels::{lut, BitGemm};
+    pub use crate::kernels::{avx512, lut, BitGemm};
 }

@@ -6,7 +6,7 @@ use lq_engine::{Isa, Model, ModelFile, Op, Weights};
 
 /// The kernel paths this CPU runs; the others are reported as skipped.
 fn isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2, Isa::Avx2Lut, Isa::Avx512, Isa::Avx512Lut]
+    [Isa::Portable, Isa::Avx2, Isa::Avx2Lut, Isa::Avx512]
         .into_iter()
         .filter(|i| {
             let ok = i.is_available();

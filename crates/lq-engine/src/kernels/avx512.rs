@@ -1,13 +1,19 @@
-//! AVX-512 popcount kernel (VPOPCNTDQ): the 8 u64 lanes of a register are 8 output channels (weights repacked
-//! `[C_out/8][K_w][words][8]`), the patch row's word is broadcast from memory, and each (row, plane, word) costs one
-//! `vpandq` + `vpopcntq` + `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` patch rows ×
-//! 8 channels × K_w × K_a accumulators. With channels in the lanes the epilogue is vector work written straight
-//! into the NHWC row (8 channels per store), which matters where patches are short (a 3×3 conv over 16 channels
-//! has 3 words per row: with rows in the lanes the scattered epilogue cost 40 % of the kernel).
-use super::BitGemm;
+//! AVX-512 popcount kernel (VPOPCNTDQ) with an implicit im2col, for layers whose input channels fill whole bytes.
+//!
+//! - Operand ([`Rows`]): every zero-bordered input row's planes as bytes, pixel `x` at byte `(x + pad)·C/8`. The
+//!   `k` taps of a patch's kernel row are then `k·C` consecutive bits, read as `⌈k·C/64⌉` unaligned words straight
+//!   from the row: no im2col buffer. Bits past the kernel row in its last word belong to the next pixel; the
+//!   weights hold zeros there, so the AND drops them (and `T` masks them).
+//! - Weights ([`pack_weights`]): `[⌈C_out/8⌉][K_w][k][⌈k·C/64⌉][8]`, 8 output channels in the 8 u64 lanes.
+//! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
+//!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
+//!   K_w × K_a accumulators; the epilogue writes 8 channels per store into the NHWC row.
+use super::quant::Quant8;
+use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
+use crate::scratch::Buf;
 
-/// Whether AVX-512 F/DQ/VPOPCNTDQ (with AVX2 and FMA for the epilogue) is present.
-pub(crate) fn is_available() -> bool {
+/// Whether AVX-512 F/DQ/VPOPCNTDQ (with AVX2 and FMA for the epilogue and the quantizer) is present.
+pub fn is_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         super::avx2::is_available()
@@ -21,151 +27,343 @@ pub(crate) fn is_available() -> bool {
     }
 }
 
-/// The kernel's weights: `g.w` (`[C_out][K_w][words]`) as `[⌈C_out/8⌉][K_w][words][8]`, channel `8·b + l` in
-/// lane `l`, lanes past `C_out` zero.
-pub(crate) fn pack(g: &BitGemm) -> Vec<u64> {
-    let (kw, words) = (g.kw, g.words);
-    let mut out = vec![0u64; g.c_out.div_ceil(8) * kw * words * 8];
-    for o in 0..g.c_out {
+/// Whether the kernel can run a layer: the CPU has it, whole bytes of input channels, at most 4 bits a side.
+pub fn takes(c_in: usize, kw: usize, ka: usize) -> bool {
+    is_available() && c_in.is_multiple_of(8) && c_in > 0 && (1..=4).contains(&kw) && (1..=4).contains(&ka)
+}
+
+/// Words per kernel row (`k·C` bits).
+fn row_words(c_in: usize, k: usize) -> usize {
+    (k * c_in).div_ceil(64)
+}
+
+/// The kernel's weights from bits in the [`patch_bit`] layout (`[C_out][K_w][patch_words]`): tap `(ky, kx)`,
+/// channel `ci` at bit `kx·C + ci` of kernel row `ky`'s words.
+pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, c_in: usize, k: usize) -> Vec<u64> {
+    let (words, wr) = (patch_words(c_in, k), row_words(c_in, k));
+    let mut out = vec![0u64; c_out.div_ceil(8) * kw * k * wr * 8];
+    for o in 0..c_out {
         for i in 0..kw {
-            for k in 0..words {
-                out[(((o / 8) * kw + i) * words + k) * 8 + o % 8] = g.w[(o * kw + i) * words + k];
+            let src = &bits[(o * kw + i) * words..][..words];
+            for ky in 0..k {
+                for kx in 0..k {
+                    for ci in 0..c_in {
+                        let (wd, b) = patch_bit(c_in, ky * k + kx, ci);
+                        let d = kx * c_in + ci;
+                        out[((((o / 8) * kw + i) * k + ky) * wr + d / 64) * 8 + o % 8] |=
+                            ((src[wd] >> b) & 1) << (d % 64);
+                    }
+                }
             }
         }
     }
     out
 }
 
-/// # Safety
-/// The CPU must support what [`is_available`] checks; `wp` is [`pack`]`(g)`, `a` holds `⌈rows/4⌉·K_a·words·4`
-/// words, `out` `rows·C_out` values, `sw` `C_out` (what [`BitGemm::run`] checks before it splits the rows).
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn gemm(g: &BitGemm, wp: &[u64], a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
-    macro_rules! go {
-        ($(($kw:literal, $ka:literal, $p:literal)),*) => {
-            match (g.kw, g.ka) {
-                // SAFETY (each arm): the CPU features are present per this function's contract.
-                $(($kw, $ka) => unsafe { run::<$kw, $ka, $p>(g, wp, a, rows, sw, out) },)*
-                _ => super::portable::gemm(g, a, rows, sw, out),
-            }
-        };
+/// The kernel's activation operand (see the module docs): `[h + 2·pad][K_a][sb]` bytes, `sb` leaving room for the
+/// last kernel row's whole words.
+pub struct Rows {
+    data: Buf<u8>,
+    /// Set bits per padded pixel and plane, `[h + 2·pad][K_a][w + 2·pad]` (the `T` term's window sums).
+    cnt: Buf<u32>,
+    /// `T = Σ_j v^a_j popc(A_j)` per output pixel (`oh·ow`), from the k×k window sums of `cnt`.
+    t: Vec<f32>,
+    /// The activation basis `T` was made with.
+    a_basis: Vec<f32>,
+    /// Padded width.
+    wp: usize,
+    sb: usize,
+    c: usize,
+    ka: usize,
+    k: usize,
+    stride: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Rows {
+    fn zeroed(h: usize, w: usize, c: usize, ka: usize, k: usize, stride: usize, pad: usize) -> Rows {
+        let (wp, hp) = (w + 2 * pad, h + 2 * pad);
+        let sb = wp * c / 8 + 8 * row_words(c, k);
+        let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+        let (data, cnt) = (Buf::zeroed(hp * ka * sb), Buf::zeroed(hp * ka * wp));
+        Rows { data, cnt, t: Vec::new(), a_basis: Vec::new(), wp, sb, c, ka, k, stride, oh, ow }
     }
-    // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two so tiles divide the 32-row tasks.
-    go!(
-        (1, 1, 16),
-        (1, 2, 8),
-        (1, 3, 8),
-        (1, 4, 4),
-        (2, 1, 8),
-        (2, 2, 4),
-        (2, 3, 4),
-        (2, 4, 2),
-        (3, 1, 8),
-        (3, 2, 4),
-        (3, 3, 2),
-        (3, 4, 2),
-        (4, 1, 4),
-        (4, 2, 2),
-        (4, 3, 2),
-        (4, 4, 1)
-    )
+
+    /// `T` per output pixel: per output row, the column sums of its k kernel rows' counts, then k-wide windows.
+    fn with_t(mut self, a_basis: &[f32]) -> Rows {
+        use rayon::prelude::*;
+        let (cnt, (k, s, ka, wp)) = (&self.cnt, (self.k, self.stride, self.ka, self.wp));
+        let mut t = vec![0.0f32; self.oh * self.ow];
+        t.par_chunks_mut(self.ow).enumerate().for_each(|(oy, trow)| {
+            let mut col = vec![0u32; wp];
+            for (j, &a) in a_basis.iter().enumerate().take(ka) {
+                col.fill(0);
+                for ky in 0..k {
+                    let src = &cnt[((oy * s + ky) * ka + j) * wp..][..wp];
+                    col.iter_mut().zip(src).for_each(|(c, &v)| *c += v);
+                }
+                for (ox, tv) in trow.iter_mut().enumerate() {
+                    *tv += a * col[ox * s..][..k].iter().sum::<u32>() as f32;
+                }
+            }
+        });
+        (self.t, self.a_basis) = (t, a_basis.to_vec());
+        self
+    }
+
+    /// The operand from packed codes (`x.c` a multiple of 8) for activation basis `a_basis`.
+    pub fn from_planes(x: &Planes, a_basis: &[f32], k: usize, stride: usize, pad: usize) -> Rows {
+        use rayon::prelude::*;
+        let (c, ka, cw) = (x.c, x.k, x.words());
+        assert!(c.is_multiple_of(8) && x.is_consistent(), "{c} channels: the rows hold whole bytes of channels");
+        let mut r = Rows::zeroed(x.h, x.w, c, ka, k, stride, pad);
+        let (sb, wp) = (r.sb, r.wp);
+        let data = r.data[pad * ka * sb..][..x.h * ka * sb].par_chunks_mut(ka * sb);
+        let cnt = r.cnt[pad * ka * wp..][..x.h * ka * wp].par_chunks_mut(ka * wp);
+        data.zip(cnt).enumerate().for_each(|(y, (row, cnt))| {
+            for xx in 0..x.w {
+                for j in 0..ka {
+                    let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
+                    let dst = &mut row[j * sb + (xx + pad) * c / 8..][..c / 8];
+                    for (d, s) in dst.chunks_mut(8).zip(src) {
+                        d.copy_from_slice(&s.to_le_bytes()[..d.len()]);
+                    }
+                    cnt[j * wp + pad + xx] = src.iter().map(|w| w.count_ones()).sum();
+                }
+            }
+        });
+        r.with_t(a_basis)
+    }
+
+    /// The operand straight from the f32 conv input (NHWC, `h·w·C`) and its folded quantizer, for `a_basis`, where the AVX2
+    /// quantizer takes it (`None` otherwise: quantize to [`Planes`] and use [`Rows::from_planes`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_f32(
+        x: &[f32],
+        h: usize,
+        w: usize,
+        q: &ChannelQuant,
+        a_basis: &[f32],
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Option<Rows> {
+        use rayon::prelude::*;
+        let (c, ka) = (q.channels(), q.codes.len().trailing_zeros() as usize);
+        if !Quant8::takes(q) || !c.is_multiple_of(8) || x.len() != h * w * c {
+            return None;
+        }
+        let q8 = Quant8::new(q);
+        let mut r = Rows::zeroed(h, w, c, ka, k, stride, pad);
+        let (sb, wp) = (r.sb, r.wp);
+        let data = r.data[pad * ka * sb..][..h * ka * sb].par_chunks_mut(ka * sb);
+        let cnt = r.cnt[pad * ka * wp..][..h * ka * wp].par_chunks_mut(ka * wp);
+        data.zip(cnt).zip(x.par_chunks(w * c)).for_each(|((row, cnt), xs)| {
+            // SAFETY: `Quant8::takes` held; `xs` is one image row of whole pixels, `row` and `cnt` its K_a plane
+            // rows.
+            unsafe { fill_row(&q8, xs, row, sb, cnt, pad) }
+        });
+        Some(r.with_t(a_basis))
+    }
 }
 
-/// # Safety
-/// None beyond the x86-64 version's (this one is portable code).
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) unsafe fn gemm(g: &BitGemm, _wp: &[u64], a: &[u64], rows: usize, sw: &[f32], out: &mut [f32]) {
-    super::portable::gemm(g, a, rows, sw, out)
-}
-
-/// Tiles of `P` rows (the last tile's rows past `rows` recompute the last row and are not stored) × 8 channels;
-/// epilogue `Σ_ij c_{o,i,j}·P_ij − S_w·T` with `c_{o,i,j} = 2·v^w_{o,i}·v^a_j`, 8 channels at once.
+/// One image row's codes into its plane rows (`sb` bytes apart, pixel `x` at byte `(x + pad)·C/8`) and their
+/// set-bit counts (`cnt`, `K_a` rows of the padded width).
 ///
 /// # Safety
-/// As [`gemm`], and `g.kw == KW`, `g.ka == KA`.
+/// [`Quant8::takes`] held for `q8`; `row` holds `K_a` plane rows of `sb ≥ (pad + len(xs)/C)·C/8` bytes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")]
-#[allow(clippy::needless_range_loop)] // a register tile reads best as indices
-unsafe fn run<const KW: usize, const KA: usize, const P: usize>(
-    g: &BitGemm,
-    wp: &[u64],
-    a: &[u64],
-    rows: usize,
-    sw: &[f32],
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let (words, c_out) = (g.words, g.c_out);
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn fill_row(q8: &Quant8, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
+    let (c, ka) = (q8.channels(), row.len() / sb);
+    let wp = cnt.len() / ka;
+    for (xx, px) in xs.chunks_exact(c).enumerate() {
+        let mut ones = [0u32; 3];
+        for c8 in (0..c).step_by(8) {
+            // SAFETY: c8 + 8 <= C (C % 8 == 0), `px` one pixel.
+            let m = unsafe { q8.masks(px, c8) };
+            for j in 0..ka {
+                row[j * sb + ((pad + xx) * c + c8) / 8] = m[j] as u8;
+                ones[j] += m[j].count_ones();
+            }
+        }
+        (0..ka).for_each(|j| cnt[j * wp + pad + xx] = ones[j]);
+    }
+}
+
+/// # Safety
+/// Never called (no AVX-512 off x86-64: [`takes`] is false).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fill_row(_: &Quant8, _: &[f32], _: &mut [u8], _: usize, _: &mut [u32], _: usize) {
+    unreachable!()
+}
+
+/// The conv's output rows (`oh·ow·C_out`, NHWC) from the operand and the packed weights. Panics if they
+/// disagree (callers build both for the layer) or the CPU lacks the kernel.
+pub fn run(r: &Rows, wp: &[u64], c_out: usize, kw: usize, w_basis: &[f32], out: &mut [f32]) {
+    use rayon::prelude::*;
+    let (ka, wr, a_basis) = (r.ka, row_words(r.c, r.k), &r.a_basis[..]);
+    assert!(a_basis.len() == ka && r.t.len() == r.oh * r.ow, "the operand was made without its basis");
+    assert!(takes(r.c, kw, ka), "the AVX-512 kernel does not run W{kw}A{ka} over {} channels here", r.c);
+    assert!(wp.len() == c_out.div_ceil(8) * kw * r.k * wr * 8 && w_basis.len() == c_out * kw);
+    let rows = r.oh * r.ow;
+    assert!(rows > 0 && out.len() >= rows * c_out && r.data.len().is_multiple_of(ka * r.sb));
+    // The last padded row a patch reads, and the last byte of a row a kernel row reads.
+    assert!(((r.oh - 1) * r.stride + r.k) * ka * r.sb <= r.data.len());
+    assert!((r.ow - 1) * r.stride * r.c / 8 + 8 * wr <= r.sb);
+    // Per block of 8 channels: the coefficients `2·v^w_{o,i}·v^a_j` as [i][j][8] and S_w = Σ_i v^w_{o,i} as [8],
+    // lanes past C_out zero.
     let blocks = c_out.div_ceil(8);
-    // Per block: coefficients [i][j][8] and S_w [8], lanes past C_out zero.
-    let mut coef = vec![0.0f32; blocks * KW * KA * 8];
-    let mut swp = vec![0.0f32; blocks * 8];
+    let (mut coef, mut sw) = (vec![0.0f32; blocks * kw * ka * 8], vec![0.0f32; blocks * 8]);
     for o in 0..c_out {
-        let (b, l) = (o / 8, o % 8);
-        swp[o] = sw[o];
-        for i in 0..KW {
-            for j in 0..KA {
-                coef[((b * KW + i) * KA + j) * 8 + l] = 2.0 * g.w_basis[o * KW + i] * g.a_basis[j];
+        sw[o] = w_basis[o * kw..][..kw].iter().sum();
+        for i in 0..kw {
+            for j in 0..ka {
+                coef[(((o / 8) * kw + i) * ka + j) * 8 + o % 8] = 2.0 * w_basis[o * kw + i] * a_basis[j];
             }
         }
     }
-    // Word k of plane j of row r in the operand's 4-row groups.
-    let at = |r: usize, j: usize, k: usize| ((r / 4) * KA * words + j * words + k) * 4 + r % 4;
-    assert!(rows > 0 && a.len() > at(rows - 1, KA - 1, words - 1) && wp.len() >= blocks * KW * words * 8);
-    let t: Vec<f32> = (0..rows).map(|r| g.t_of(&a[(r / 4) * KA * words * 4..], r % 4)).collect();
-    // Channel blocks outside, rows inside: a block's weights (K_w·words·64 bytes) stay in L1 while every row of the
-    // task reads them (rows outside re-streamed all of a wide layer's weights per tile: VGG-Small ran 1.5x slower).
+    out[..rows * c_out].par_chunks_mut(TASK * c_out).enumerate().for_each(|(t, o)| {
+        let (r0, n) = (t * TASK, o.len() / c_out);
+        macro_rules! go {
+            ($(($kw:literal, $ka:literal, $p:literal)),*) => {
+                match (kw, ka) {
+                    // SAFETY (each arm): `takes` checked the CPU; the asserts above bound every read.
+                    $(($kw, $ka) => unsafe { tile_rows::<$kw, $ka, $p>(r, wp, &coef, &sw, c_out, r0, n, o) },)*
+                    _ => unreachable!("takes() allows 1..=4 bits a side"),
+                }
+            };
+        }
+        // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing the tasks.
+        go!(
+            (1, 1, 16),
+            (1, 2, 8),
+            (1, 3, 8),
+            (1, 4, 4),
+            (2, 1, 8),
+            (2, 2, 4),
+            (2, 3, 4),
+            (2, 4, 2),
+            (3, 1, 8),
+            (3, 2, 4),
+            (3, 3, 2),
+            (3, 4, 2),
+            (4, 1, 4),
+            (4, 2, 2),
+            (4, 3, 2),
+            (4, 4, 1)
+        )
+    });
+}
+
+/// Output pixels per parallel task.
+const TASK: usize = 32;
+
+/// Output pixels `r0..r0 + n` (`n ≤ TASK`) into `out` (`n·C_out`): tiles of `P` pixels (past `n`: the last one again, not
+/// stored) × 8 channels, channel blocks outside so a block's weights stay in L1. `coef` and `swp` as [`run`] makes
+/// them.
+///
+/// # Safety
+/// AVX-512 as [`is_available`]; `K_w == KW`, `K_a == KA` and the checks of [`run`] hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // a register tile reads best as indices
+unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
+    r: &Rows,
+    wp: &[u64],
+    coef: &[f32],
+    swp: &[f32],
+    c_out: usize,
+    r0: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (k, sb, c) = (r.k, r.sb, r.c);
+    let wr = row_words(c, k);
+    let blocks = c_out.div_ceil(8);
+    // Per pixel of the task, the byte offset of its patch: padded row oy·s, byte ox·s·C/8 (plane j adds j·sb, kernel
+    // row ky adds ky·K_a·sb). Walked incrementally: a division per pixel and channel block cost as much as a tile.
+    let mut base = [0usize; TASK];
+    let (mut oy, mut ox) = (r0 / r.ow, r0 % r.ow);
+    for b in base.iter_mut().take(n) {
+        *b = oy * r.stride * KA * sb + ox * r.stride * c / 8;
+        ox += 1;
+        if ox == r.ow {
+            (oy, ox) = (oy + 1, 0);
+        }
+    }
+    let t = &r.t[r0..r0 + n];
+    let data = r.data.as_ptr();
     for b in 0..blocks {
-        for r0 in (0..rows).step_by(P) {
-            // Each row's plane-0 word 0 (rows past the end read the last row); planes are `4·words` apart, words 4.
-            let row: [*const u64; P] = std::array::from_fn(|p| a[at((r0 + p).min(rows - 1), 0, 0)..].as_ptr());
+        let w = &wp[b * KW * k * wr * 8..][..KW * k * wr * 8];
+        for p0 in (0..n).step_by(P) {
+            // SAFETY: every pixel's patch lies inside the operand (checked by `run`).
+            let px: [*const u8; P] = std::array::from_fn(|p| unsafe { data.add(base[(p0 + p).min(n - 1)]) });
             let mut acc = [[[_mm512_setzero_si512(); KA]; KW]; P];
-            let w = &wp[b * KW * words * 8..][..KW * words * 8];
-            for k in 0..words {
-                // SAFETY: (i·words + k)·8 + 8 <= w.len(); word k of plane j of each row lies inside `a` (asserted
-                // above for the last row, and every row of the tile is at most it).
-                unsafe {
-                    let wv: [__m512i; KW] =
-                        std::array::from_fn(|i| _mm512_loadu_si512(w.as_ptr().add((i * words + k) * 8).cast()));
-                    for p in 0..P {
-                        for j in 0..KA {
-                            let av = _mm512_set1_epi64(*row[p].add((j * words + k) * 4) as i64);
-                            for i in 0..KW {
-                                let x = _mm512_popcnt_epi64(_mm512_and_si512(wv[i], av));
-                                acc[p][i][j] = _mm512_add_epi64(acc[p][i][j], x);
+            for ky in 0..k {
+                let row = ky * KA * sb;
+                for m in 0..wr {
+                    let x = ky * wr + m;
+                    // SAFETY: weight word x of plane i of this block lies inside `w`; the activation word is inside
+                    // its plane row (checked by `run`: `sb` covers the last kernel row's whole words).
+                    unsafe {
+                        let wv: [__m512i; KW] =
+                            std::array::from_fn(|i| _mm512_loadu_si512(w.as_ptr().add((i * k * wr + x) * 8).cast()));
+                        for p in 0..P {
+                            for j in 0..KA {
+                                let v = px[p].add(row + j * sb + 8 * m).cast::<u64>().read_unaligned();
+                                let av = _mm512_set1_epi64(v as i64);
+                                for i in 0..KW {
+                                    let x = _mm512_popcnt_epi64(_mm512_and_si512(wv[i], av));
+                                    acc[p][i][j] = _mm512_add_epi64(acc[p][i][j], x);
+                                }
                             }
                         }
                     }
                 }
             }
-            let n = (c_out - b * 8).min(8);
+            let nc = (c_out - b * 8).min(8);
             // Constant bounds: a run-time index into `acc` would keep it in memory for the whole tile.
             for p in 0..P {
-                if r0 + p >= rows {
+                if p0 + p >= n {
                     break;
                 }
                 // SAFETY: the block's 8 coefficients and S_w lie inside `coef` and `swp`.
                 let f = unsafe {
-                    let mut f = _mm256_mul_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[r0 + p]));
+                    let mut f = _mm256_mul_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[p0 + p]));
                     for i in 0..KW {
                         for j in 0..KA {
-                            let c = _mm256_loadu_ps(coef.as_ptr().add(((b * KW + i) * KA + j) * 8));
-                            f = _mm256_fmadd_ps(c, _mm512_cvtepi64_ps(acc[p][i][j]), f);
+                            let cf = _mm256_loadu_ps(coef.as_ptr().add(((b * KW + i) * KA + j) * 8));
+                            f = _mm256_fmadd_ps(cf, _mm512_cvtepi64_ps(acc[p][i][j]), f);
                         }
                     }
                     f
                 };
-                let dst = &mut out[(r0 + p) * c_out + b * 8..][..n];
-                if n == 8 {
-                    // SAFETY: `dst` is 8 f32.
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), f) };
-                } else {
-                    let mut v = [0.0f32; 8];
-                    // SAFETY: `v` is 8 f32.
-                    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
-                    dst.copy_from_slice(&v[..n]);
-                }
+                let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
+                let mut v = [0.0f32; 8];
+                // SAFETY: `v` is 8 f32.
+                unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
+                dst.copy_from_slice(&v[..nc]);
             }
         }
     }
+}
+
+/// # Safety
+/// Never called (no AVX-512 off x86-64: [`takes`] is false).
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
+    _: &Rows,
+    _: &[u64],
+    _: &[f32],
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!()
 }

@@ -5,8 +5,8 @@
 //! `            = 2·Σ_ij v^w_{o,i} v^a_j P_{o,i,p,j} − (Σ_i v^w_{o,i})·T_p`, with `T_p = Σ_j v^a_j popc(A_{p,j})`
 //! computed once per patch (spec §3). Operands of the popcount kernels: weights `[C_out][K_w][words]` (bit = +1),
 //! patches in groups of 4 rows interleaved per word, `[group][K_a][words][4]` (bit = 1); the table kernel
-//! ([`lut`]) has its own operand layout. [`Isa::best`] picks, in order: AVX-512 VPOPCNTDQ (the popcount kernel
-//! [`avx512`] for layers with at least 32 input channels, the table kernel for narrower ones), the table kernel
+//! ([`lut`]) and the AVX-512 kernel ([`avx512`], implicit im2col) have their own. [`Isa::best`] picks, in order:
+//! AVX-512 VPOPCNTDQ (the [`avx512`] kernel for layers whose input channels are a multiple of 8), the table kernel
 //! where AVX2 is present (it falls back to the AVX2 popcount kernel per layer where its shape rules it out), else
 //! the portable kernel; [`Isa`] lets tests and benchmarks force a path.
 //!
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 pub(crate) mod avx2;
-pub(crate) mod avx512;
+pub mod avx512;
 pub mod lut;
 pub(crate) mod portable;
 pub(crate) mod quant;
@@ -31,27 +31,24 @@ pub enum Isa {
     /// AVX2 table lookup over weight nibbles (module `lut`) for layers its `plan` accepts (output channels in
     /// whole 16-channel blocks, at most 4 bits a side), the AVX2 popcount kernel for the others.
     Avx2Lut,
-    /// AVX-512 VPOPCNTDQ popcount kernel (module `avx512`) for every layer.
+    /// The AVX-512 VPOPCNTDQ kernel (module `avx512`) for layers whose input channels fill whole bytes (a
+    /// multiple of 8), [`Isa::Avx2Lut`]'s choice for the others.
     Avx512,
-    /// The table kernel for layers under 32 input channels (the AVX-512 kernel's bit im2col costs more than
-    /// it saves there), the AVX-512 popcount kernel for the others.
-    Avx512Lut,
 }
 
 impl Isa {
     /// The best kernel available on this CPU, detected once.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            [Isa::Avx512Lut, Isa::Avx2Lut].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Portable)
-        })
+        *BEST
+            .get_or_init(|| [Isa::Avx512, Isa::Avx2Lut].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Portable))
     }
     /// Whether this kernel runs on this CPU.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
             Isa::Avx2 | Isa::Avx2Lut => avx2::is_available(),
-            Isa::Avx512 | Isa::Avx512Lut => avx512::is_available(),
+            Isa::Avx512 => avx512::is_available(),
         }
     }
 }
@@ -84,7 +81,6 @@ impl BitGemm<'_> {
         assert!(self.a_basis.len() >= self.ka);
         let isa = if isa.is_available() { isa } else { Isa::Portable };
         let sw = self.weight_sums();
-        let wp = if matches!(isa, Isa::Avx512 | Isa::Avx512Lut) { avx512::pack(self) } else { Vec::new() };
         const GB: usize = 8; // groups per parallel task (32 patch rows)
         let ga = self.ka * self.words * 4;
         out[..rows * self.c_out].par_chunks_mut(GB * 4 * self.c_out).enumerate().for_each(|(t, o)| {
@@ -92,10 +88,8 @@ impl BitGemm<'_> {
             let r = (rows - g0 * 4).min(GB * 4);
             let a = &a[g0 * ga..(g0 + r.div_ceil(4)) * ga];
             match isa {
-                // SAFETY: `Isa::Avx2` passed `is_available()` above.
-                Isa::Avx2 | Isa::Avx2Lut => unsafe { avx2::gemm(self, a, r, &sw, o) },
-                // SAFETY: `Isa::Avx512` passed `is_available()` above; `wp` is its packed weights.
-                Isa::Avx512 | Isa::Avx512Lut => unsafe { avx512::gemm(self, &wp, a, r, &sw, o) },
+                // SAFETY: `is_available()` passed above, and the AVX-512 paths include AVX2.
+                Isa::Avx2 | Isa::Avx2Lut | Isa::Avx512 => unsafe { avx2::gemm(self, a, r, &sw, o) },
                 Isa::Portable => portable::gemm(self, a, r, &sw, o),
             }
         });

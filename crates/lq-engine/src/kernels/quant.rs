@@ -32,7 +32,7 @@ pub(crate) fn quantize_checked(isa: Isa, x: &[f32], h: usize, w: usize, q: &Chan
     let (cw, t) = (c.div_ceil(64), q.codes.len() - 1);
     let mut data = vec![0u64; h * w * k * cw];
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx2Lut | Isa::Avx512 | Isa::Avx512Lut) && Quant8::takes(q) {
+    if matches!(isa, Isa::Avx2 | Isa::Avx2Lut | Isa::Avx512) && Quant8::takes(q) {
         let q8 = Quant8::new(q);
         data.par_chunks_mut(k * cw * 64).zip(x.par_chunks(c * 64)).for_each(|(out, xs)| {
             // SAFETY: `Quant8::takes` checked AVX2, C % 8 == 0 and K_a ≤ 3; `xs` holds whole pixels and `out`
@@ -81,6 +81,11 @@ impl<'a> Quant8<'a> {
     /// Whether the AVX2 path takes `q`: AVX2 present, channels in whole groups of 8, K_a ≤ 3.
     pub(crate) fn takes(q: &ChannelQuant) -> bool {
         super::avx2::is_available() && q.sign.len().is_multiple_of(8) && q.codes.len() <= 8
+    }
+
+    /// Channels.
+    pub(crate) fn channels(&self) -> usize {
+        self.sign.len()
     }
 
     pub(crate) fn new(q: &'a ChannelQuant) -> Self {
