@@ -8,7 +8,6 @@
 //! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
 //!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
 //!   K_w × K_a accumulators; the epilogue writes 8 channels per store into the NHWC row.
-use super::quant::Quant8;
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
 use crate::scratch::Buf;
 
@@ -136,8 +135,8 @@ impl Rows {
         r.with_t(a_basis)
     }
 
-    /// The operand straight from the f32 conv input (NHWC, `h·w·C`) and its folded quantizer, for `a_basis`, where the AVX2
-    /// quantizer takes it (`None` otherwise: quantize to [`Planes`] and use [`Rows::from_planes`]).
+    /// The operand straight from the f32 conv input (NHWC, `h·w·C`) and its folded quantizer, for `a_basis`
+    /// (`None` where [`Quant16`] does not take the quantizer: quantize to [`Planes`] and use [`Rows::from_planes`]).
     #[allow(clippy::too_many_arguments)]
     pub fn from_f32(
         x: &[f32],
@@ -150,53 +149,116 @@ impl Rows {
         pad: usize,
     ) -> Option<Rows> {
         use rayon::prelude::*;
-        let (c, ka) = (q.channels(), q.codes.len().trailing_zeros() as usize);
-        if !Quant8::takes(q) || !c.is_multiple_of(8) || x.len() != h * w * c {
+        let q16 = Quant16::new(q)?;
+        let (c, ka) = (q.channels(), q16.ka);
+        if x.len() != h * w * c {
             return None;
         }
-        let q8 = Quant8::new(q);
         let mut r = Rows::zeroed(h, w, c, ka, k, stride, pad);
         let (sb, wp) = (r.sb, r.wp);
         let data = r.data[pad * ka * sb..][..h * ka * sb].par_chunks_mut(ka * sb);
         let cnt = r.cnt[pad * ka * wp..][..h * ka * wp].par_chunks_mut(ka * wp);
-        data.zip(cnt).zip(x.par_chunks(w * c)).for_each(|((row, cnt), xs)| {
-            // SAFETY: `Quant8::takes` held; `xs` is one image row of whole pixels, `row` and `cnt` its K_a plane
-            // rows.
-            unsafe { fill_row(&q8, xs, row, sb, cnt, pad) }
-        });
+        data.zip(cnt).zip(x.par_chunks(w * c)).for_each(|((row, cnt), xs)| q16.fill_row(xs, row, sb, cnt, pad));
         Some(r.with_t(a_basis))
     }
 }
 
-/// One image row's codes into its plane rows (`sb` bytes apart, pixel `x` at byte `(x + pad)·C/8`) and their
-/// set-bit counts (`cnt`, `K_a` rows of the padded width).
-///
-/// # Safety
-/// [`Quant8::takes`] held for `q8`; `row` holds `K_a` plane rows of `sb ≥ (pad + len(xs)/C)·C/8` bytes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt")]
-unsafe fn fill_row(q8: &Quant8, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
-    let (c, ka) = (q8.channels(), row.len() / sb);
-    let wp = cnt.len() / ka;
-    for (xx, px) in xs.chunks_exact(c).enumerate() {
-        let mut ones = [0u32; 3];
-        for c8 in (0..c).step_by(8) {
-            // SAFETY: c8 + 8 <= C (C % 8 == 0), `px` one pixel.
-            let m = unsafe { q8.masks(px, c8) };
-            for j in 0..ka {
-                row[j * sb + ((pad + xx) * c + c8) / 8] = m[j] as u8;
-                ones[j] += m[j].count_ones();
-            }
-        }
-        (0..ka).for_each(|j| cnt[j * wp + pad + xx] = ones[j]);
-    }
+/// The activation quantizer of this path, 16 channels per instruction (8 in a last half block), as
+/// [`Planes::quantize`] defines it: the sorted level index is the count of signed thresholds passed (masked adds),
+/// the code comes from a 16-entry lane permute, and each plane's bits are one test-into-mask.
+struct Quant16<'a> {
+    sign: &'a [f32],
+    /// Signed thresholds `[t][C]`.
+    stt: Vec<f32>,
+    /// Code per sorted level index.
+    codes: [i32; 16],
+    ka: usize,
 }
 
-/// # Safety
-/// Never called (no AVX-512 off x86-64: [`takes`] is false).
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn fill_row(_: &Quant8, _: &[f32], _: &mut [u8], _: usize, _: &mut [u32], _: usize) {
-    unreachable!()
+impl<'a> Quant16<'a> {
+    /// `None` unless AVX-512 is present, channels come in whole bytes and K_a ≤ 4.
+    fn new(q: &'a ChannelQuant) -> Option<Self> {
+        let (c, ka) = (q.channels(), q.bits()?);
+        let t = q.codes.len() - 1;
+        if !is_available() || !c.is_multiple_of(8) || ka > 4 {
+            return None;
+        }
+        let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
+        let mut codes = [0i32; 16];
+        codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
+        Some(Quant16 { sign: &q.sign, stt, codes, ka })
+    }
+
+    /// One image row's codes into its plane rows (`sb` bytes apart, pixel `x` at byte `(x + pad)·C/8`) and their
+    /// set-bit counts (`cnt`, `K_a` rows of the padded width). Panics if the rows are too short.
+    fn fill_row(&self, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
+        let (c, ka) = (self.sign.len(), self.ka);
+        let npx = xs.len() / c;
+        // The one check that keeps the unchecked writes inside `row` and `cnt`.
+        assert!(row.len() >= ka * sb && (pad + npx) * c / 8 <= sb && cnt.len() >= ka * (pad + npx));
+        // SAFETY (each arm): `new` checked AVX-512; K_a == KA.
+        unsafe {
+            match ka {
+                1 => self.fill::<1>(xs, row, sb, cnt, pad),
+                2 => self.fill::<2>(xs, row, sb, cnt, pad),
+                3 => self.fill::<3>(xs, row, sb, cnt, pad),
+                _ => self.fill::<4>(xs, row, sb, cnt, pad),
+            }
+        }
+    }
+
+    /// [`Quant16::fill_row`] for `KA` planes.
+    ///
+    /// # Safety
+    /// AVX-512F; `KA == self.ka`; the rows as `fill_row` checks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,popcnt")]
+    unsafe fn fill<const KA: usize>(&self, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
+        use std::arch::x86_64::*;
+        let c = self.sign.len();
+        let wp = cnt.len() / KA;
+        // SAFETY: `codes` is 16 i32.
+        let codes = unsafe { _mm512_loadu_si512(self.codes.as_ptr().cast()) };
+        for (xx, px) in xs.chunks_exact(c).enumerate() {
+            let mut ones = [0u32; KA];
+            for c16 in (0..c).step_by(16) {
+                let lanes: __mmask16 = if c - c16 >= 16 { !0 } else { 0xff };
+                let mut p = [0u16; KA];
+                // SAFETY: the masked loads read only channels c16.. below C, of `px`, `sign` and a row of `stt`.
+                unsafe {
+                    let x = _mm512_maskz_loadu_ps(lanes, px.as_ptr().add(c16));
+                    let sv = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(lanes, self.sign.as_ptr().add(c16)));
+                    let mut idx = _mm512_setzero_si512();
+                    for l in 0..(1 << KA) - 1 {
+                        let th = _mm512_maskz_loadu_ps(lanes, self.stt.as_ptr().add(l * c + c16));
+                        let m = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, sv, th);
+                        idx = _mm512_mask_add_epi32(idx, m, idx, _mm512_set1_epi32(1));
+                    }
+                    let code = _mm512_permutexvar_epi32(idx, codes);
+                    for (j, v) in p.iter_mut().enumerate() {
+                        *v = _mm512_mask_test_epi32_mask(lanes, code, _mm512_set1_epi32(1 << j));
+                    }
+                }
+                let at = ((pad + xx) * c + c16) / 8;
+                for (j, &v) in p.iter().enumerate() {
+                    if lanes == !0 {
+                        row[j * sb + at..][..2].copy_from_slice(&v.to_le_bytes());
+                    } else {
+                        row[j * sb + at] = v as u8;
+                    }
+                    ones[j] += v.count_ones();
+                }
+            }
+            (0..KA).for_each(|j| cnt[j * wp + pad + xx] = ones[j]);
+        }
+    }
+
+    /// # Safety
+    /// Never called (no AVX-512 off x86-64: `new` returns `None`).
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn fill<const KA: usize>(&self, _: &[f32], _: &mut [u8], _: usize, _: &mut [u32], _: usize) {
+        unreachable!()
+    }
 }
 
 /// The conv's output rows (`oh·ow·C_out`, NHWC) from the operand and the packed weights. Panics if they

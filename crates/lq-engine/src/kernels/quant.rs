@@ -83,11 +83,6 @@ impl<'a> Quant8<'a> {
         super::avx2::is_available() && q.sign.len().is_multiple_of(8) && q.codes.len() <= 8
     }
 
-    /// Channels.
-    pub(crate) fn channels(&self) -> usize {
-        self.sign.len()
-    }
-
     pub(crate) fn new(q: &'a ChannelQuant) -> Self {
         let (c, t) = (q.sign.len(), q.codes.len() - 1);
         let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
