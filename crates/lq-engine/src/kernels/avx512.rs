@@ -404,10 +404,15 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                     f
                 };
                 let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
-                let mut v = [0.0f32; 8];
-                // SAFETY: `v` is 8 f32.
-                unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
-                dst.copy_from_slice(&v[..nc]);
+                if nc == 8 {
+                    // SAFETY: `dst` is 8 f32.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), f) };
+                } else {
+                    let mut v = [0.0f32; 8];
+                    // SAFETY: `v` is 8 f32.
+                    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
+                    dst.copy_from_slice(&v[..nc]);
+                }
             }
         }
     }
