@@ -3,7 +3,8 @@
 //! - Operand ([`Rows`]): every zero-bordered input row's planes as bytes, pixel `x` at byte `(x + pad)·C/8`. The
 //!   `k` taps of a patch's kernel row are then `k·C` consecutive bits, read as `⌈k·C/64⌉` unaligned words straight
 //!   from the row: no im2col buffer. Bits past the kernel row in its last word belong to the next pixel; the
-//!   weights hold zeros there, so the AND drops them (and `T` masks them).
+//!   weights hold zeros there, so the AND drops them. `T` comes from per-pixel counts the quantizer writes on the
+//!   same pass ([`Quant16`]), summed over k×k windows.
 //! - Weights ([`pack_weights`]): `[⌈C_out/8⌉][K_w][k][⌈k·C/64⌉][8]`, 8 output channels in the 8 u64 lanes.
 //! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
 //!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
@@ -348,12 +349,13 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     // Per pixel of the task, the byte offset of its patch: padded row oy·s, byte ox·s·C/8 (plane j adds j·sb, kernel
     // row ky adds ky·K_a·sb). Walked incrementally: a division per pixel and channel block cost as much as a tile.
     let mut base = [0usize; TASK];
-    let (mut oy, mut ox) = (r0 / r.ow, r0 % r.ow);
+    let (step, row_step) = (r.stride * c / 8, r.stride * KA * sb);
+    let (mut ox, mut at) = (r0 % r.ow, (r0 / r.ow) * row_step + (r0 % r.ow) * step);
     for b in base.iter_mut().take(n) {
-        *b = oy * r.stride * KA * sb + ox * r.stride * c / 8;
-        ox += 1;
+        *b = at;
+        (ox, at) = (ox + 1, at + step);
         if ox == r.ow {
-            (oy, ox) = (oy + 1, 0);
+            (ox, at) = (0, at - r.ow * step + row_step);
         }
     }
     let t = &r.t[r0..r0 + n];
