@@ -153,11 +153,18 @@ fn run() {
                 let tr = plan.map_or(0.0, |p| {
                     min_time(25, || drop(std::hint::black_box(lut::input(&planes, k, 1, k / 2, &ab, p))))
                 });
+                let t5 = if avx512 {
+                    let f = || avx512::Rows::from_f32(&x, hw, hw, &cq, &ab, k, 1, k / 2);
+                    min_time(25, || drop(std::hint::black_box(f())))
+                } else {
+                    0.0
+                };
                 println!(
-                    "       glue: quantize {:.2} ms, im2col {:.2} ms, lut input {:.2} ms",
-                    tq * 1e3,
-                    ti * 1e3,
-                    tr * 1e3
+                    "       glue: quantize {:.2} us, im2col {:.2} us, lut input {:.2} us, avx512 rows {:.2} us",
+                    tq * 1e6,
+                    ti * 1e6,
+                    tr * 1e6,
+                    t5 * 1e6
                 );
             }
         }

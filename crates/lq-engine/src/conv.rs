@@ -1,6 +1,6 @@
 //! Bit-serial convolution, the crate's one safe door to the kernels: [`BitConv`] owns its packed weights
-//! (immutable after construction, the table kernel's layout made once beside them), checks every input against
-//! its geometry, picks the kernel and runs it. Feature maps are NHWC (one image).
+//! (immutable after construction, the table and AVX-512 kernels' layouts made once beside them), checks every
+//! input against its geometry, picks the kernel and runs it. Feature maps are NHWC (one image).
 use crate::error::{Error, Result};
 use crate::kernels::{avx512, lut, quant, BitGemm, Isa};
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
@@ -9,7 +9,7 @@ use crate::scratch::Buf;
 use lq_quant::{CodeSet, Levels};
 
 /// A convolution with bit-packed quantized weights (square kernel, no bias). The fields are private so the
-/// packed weights and the table-kernel copy made from them cannot diverge.
+/// packed weights and the kernel-layout copies made from them cannot diverge.
 #[derive(Clone, Debug)]
 pub struct BitConv {
     c_out: usize,
@@ -31,7 +31,7 @@ pub struct BitConv {
 }
 
 impl PartialEq for BitConv {
-    /// Equal geometry, bits and bases (the table-kernel copy is derived from them).
+    /// Equal geometry, bits and bases (the kernel-layout copies are derived from them).
     fn eq(&self, o: &Self) -> bool {
         (self.c_out, self.c_in, self.k, self.stride, self.pad, self.kw) == (o.c_out, o.c_in, o.k, o.stride, o.pad, o.kw)
             && self.bits == o.bits
@@ -179,7 +179,7 @@ impl BitConv {
     }
 
     /// Convolution of the quantized `x` (NHWC f32, `h × w × C`, quantized by `q` as [`Planes::quantize`] does),
-    /// NHWC f32 out. Where the table kernel runs, codes go straight into its operand (no bit-planes in between);
+    /// NHWC f32 out. Where the table or AVX-512 kernel runs, codes go straight into its operand (no bit-planes);
     /// the result equals `forward(&Planes::quantize(x, h, w, q)?, ..)`. Errors as [`BitConv::forward`] does.
     pub fn forward_f32(
         &self,

@@ -6,10 +6,11 @@
 //!   patch geometry [`patch_bit`] / [`patch_words`] / [`out_size`]).
 //! - [`BitConv`]: a quantized conv with packed weights, immutable after construction, and the one safe door to
 //!   the kernels. `forward(&Planes)` = bit im2col + binary GEMM + LQ epilogue; `forward_f32` quantizes on the way
-//!   in, straight into the table kernel's operand where it runs. Both check their input and return errors.
+//!   in, straight into the table or AVX-512 kernel's operand where one runs. Both check their input and return
+//!   errors.
 //! - The kernels (crate-private): an AVX-512 VPOPCNTDQ popcount kernel for layers whose input channels are a
-//!   multiple of 8 where the CPU has it, an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an AVX2 popcount
-//!   kernel for the rest, a portable one without AVX2, chosen once at run time; [`Isa`] forces one.
+//!   multiple of 8 where the CPU has it, an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an
+//!   AVX2 popcount kernel for the rest, a portable one without AVX2, chosen once at run time; [`Isa`] forces one.
 //!   The `internals` feature re-exports them for the benchmarks (module `internals`).
 //! - [`naive`]: the dense reference the kernels are tested against.
 //! - [`ModelFile`] (the deployable safetensors file) and [`Model`]: the file's network, a list of [`graph::Op`]s,

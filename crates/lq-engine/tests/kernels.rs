@@ -78,7 +78,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn bit_conv_matches_dense(c_in in 1usize..150, c_out in 1usize..12, h in 1usize..9, w in 1usize..9,
-                              k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
+                              k in prop::sample::select(vec![1usize, 3, 5]), stride in 1usize..3,
                               kw in 1usize..5, ka in 1usize..5, seed in any::<u64>()) {
         check(c_in, c_out, h, w, k, stride, kw, ka, seed, 1.5);
     }
@@ -103,8 +103,8 @@ fn edge_shapes() {
     check(32, 8, 4, 4, 3, 1, 2, 2, 6, 0.0); // all-zero activation planes
     check(32, 8, 4, 4, 3, 1, 2, 2, 7, 100.0); // all-one activation planes (top level everywhere)
     check(512, 4, 2, 2, 3, 1, 4, 4, 8, 1.5); // 4608-bit rows: several byte-accumulator flushes
-                                             // Maps past one bit-im2col task (64 patch rows), an odd number of 4-row groups (the AVX-512 kernel pairs
-                                             // them), for each stream layout: bit pieces (4 channels), whole bytes (8, 16, 32), words (64).
+                                             // Maps past one parallel task (32 output pixels for the AVX-512 kernel, 32 patch rows for the popcount ones)
+                                             // and odd pixel counts, for narrow channels (4, 8, 16, 32: several taps per word) and whole words (64).
     for c in [4, 8, 16, 32, 64] {
         check(c, 24, 12, 11, 3, 1, 2, 2, 17, 1.5);
         check(c, 8, 13, 9, 3, 2, 1, 3, 18, 1.5);
@@ -118,6 +118,22 @@ fn edge_shapes() {
         check(8, 32, 3, 4, 3, 1, kw, ka, 15, 1.5); // 2-group taps (run-time length)
         check(3, 16, 5, 4, 3, 1, kw, ka, 16, 1.5); // 3 channels: one word per tap (the image-like input)
         check(512, 48, 2, 3, 3, 2, kw, ka, 12, 1.5); // 16 lanes, several widenings and K chunks
+    }
+}
+
+/// NaN activations take the level of no threshold passed, the same as 0 below the first threshold, on every path.
+#[test]
+fn nan_activations_quantize_like_zero() {
+    let (c, h, w) = (24, 5, 6);
+    let wt: Vec<f32> = (0..16 * c * 9).map(|i| ((i * 7919 % 997) as f32 / 500.0) - 1.0).collect();
+    let conv = BitConv::pack(16, c, 3, 1, &wt, &[1.0, 2.0].repeat(16)).unwrap();
+    let lv = Levels::from_basis(&[0.5, 1.0], CodeSet::Binary).unwrap();
+    let cq = ChannelQuant::fold(&lv, &vec![1.0; c], &vec![0.0; c]);
+    let x: Vec<f32> = (0..h * w * c).map(|i| if i % 3 == 0 { f32::NAN } else { (i % 7) as f32 * 0.3 }).collect();
+    let zeros: Vec<f32> = x.iter().map(|&v| if v.is_nan() { 0.0 } else { v }).collect();
+    for isa in isas() {
+        let got = conv.forward_f32(&x, h, w, &cq, &[0.5, 1.0], isa).unwrap();
+        assert_eq!(got, conv.forward_f32(&zeros, h, w, &cq, &[0.5, 1.0], isa).unwrap(), "{isa:?}");
     }
 }
 
