@@ -116,11 +116,14 @@ impl Rows {
                     let src = &cnt[((oy * s + ky) * ka + j) * wp..][..wp];
                     col.iter_mut().zip(src).for_each(|(c, &v)| *c += v);
                 }
-                for (i, &c) in col.iter().enumerate() {
-                    pre[i + 1] = pre[i] + c;
+                let mut acc = 0;
+                for (p, &c) in pre[1..].iter_mut().zip(col.iter()) {
+                    acc += c;
+                    *p = acc;
                 }
-                for (ox, tv) in trow.iter_mut().enumerate() {
-                    *tv += a * (pre[ox * s + k] - pre[ox * s]) as f32;
+                let windows = pre[k..].iter().step_by(s).zip(pre.iter().step_by(s));
+                for (tv, (&hi, &lo)) in trow.iter_mut().zip(windows) {
+                    *tv += a * (hi - lo) as f32;
                 }
             }
         });
@@ -212,6 +215,7 @@ impl<'a> Quant16<'a> {
     fn fill_row(&self, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
         let (c, ka) = (self.sign.len(), self.ka);
         let npx = xs.len() / c;
+        // Keeps `fill`'s unchecked plane writes inside `row`.
         assert!(row.len() >= ka * sb && (pad + npx) * c / 8 <= sb && cnt.len() >= ka * (pad + npx));
         // SAFETY (each arm): `new` checked AVX-512; K_a == KA.
         unsafe {
@@ -227,7 +231,7 @@ impl<'a> Quant16<'a> {
     /// [`Quant16::fill_row`] for `KA` planes.
     ///
     /// # Safety
-    /// AVX-512F; `KA == self.ka`; the rows as `fill_row` checks.
+    /// AVX-512F; `KA == self.ka`; `row` as `fill_row` checks (the plane bytes are written unchecked).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,popcnt")]
     unsafe fn fill<const KA: usize>(&self, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
@@ -258,10 +262,15 @@ impl<'a> Quant16<'a> {
                 }
                 let at = ((pad + xx) * c + c16) / 8;
                 for (j, &v) in p.iter().enumerate() {
-                    if lanes == !0 {
-                        row[j * sb + at..][..2].copy_from_slice(&v.to_le_bytes());
-                    } else {
-                        row[j * sb + at] = v as u8;
+                    // SAFETY: byte at + 1 (or at, for 8 lanes) < (pad + npx)·C/8 <= sb, plane j < K_a: inside `row`
+                    // (checked by `fill_row`).
+                    unsafe {
+                        let dst = row.as_mut_ptr().add(j * sb + at);
+                        if lanes == !0 {
+                            dst.cast::<u16>().write_unaligned(v.to_le());
+                        } else {
+                            *dst = v as u8;
+                        }
                     }
                     ones[j] += v.count_ones();
                 }
