@@ -4,7 +4,7 @@
 use crate::conv::BitConv;
 use crate::error::{Error, Result};
 use crate::graph::{Op, Weights};
-use crate::kernels::Isa;
+use crate::kernels::{avx512, Isa};
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant};
 use crate::model::{Data, Meta, ModelFile};
 use crate::profile::{self, StepTime};
@@ -42,10 +42,13 @@ fn elems(dims: &[usize]) -> Option<usize> {
 }
 
 /// A full-precision conv: weights `[C_out][ky][kx][C_in]` (so an NHWC patch is contiguous per tap), f32 im2col +
-/// GEMM, bias added through the GEMM's accumulator.
+/// GEMM, bias added through the GEMM's accumulator; on a CHW image with AVX-512 and 16, 32 or 64 output channels, a
+/// direct conv instead ([`avx512::conv_f32_chw`]).
 #[derive(Clone, Debug)]
 struct FpConv {
     w: Vec<f32>,
+    /// The weights as `[ky][kx][C_in][C_out]` for the direct conv, where it can run.
+    wt: Option<Vec<f32>>,
     bias: Option<Vec<f32>>,
     c_out: usize,
     c_in: usize,
@@ -59,6 +62,12 @@ impl FpConv {
     /// transposed copy) or NHWC.
     fn forward(&self, x: &[f32], h: usize, w: usize, chw: bool) -> Vec<f32> {
         let (k, c, s, pad) = (self.k, self.c_in, self.stride, self.pad);
+        if let Some(wt) = self.wt.as_ref().filter(|_| chw) {
+            let bias = self.bias.as_deref().unwrap_or(&[]);
+            if let Some(out) = avx512::conv_f32_chw(x, (c, h, w), wt, bias, self.c_out, (k, s, pad)) {
+                return out;
+            }
+        }
         let (oh, ow) = (out_size(h, k, s, pad), out_size(w, k, s, pad));
         let kk = k * k * c;
         // Input column range of output column `ox` hitting tap `kx`: ox·s + kx − pad in 0..w.
@@ -517,7 +526,11 @@ impl Builder<'_> {
                     }
                 };
                 let bias = self.bias(name, co, *bias, &mut need)?;
-                (Exec::Conv(FpConv { w, bias, c_out: co, c_in: ci, k, stride: *stride, pad: *pad }), out)
+                let wt = (avx512::is_available() && matches!(co, 16 | 32 | 64)).then(|| {
+                    let kk = k * k * ci;
+                    (0..kk * co).map(|i| w[(i % co) * kk + i / co]).collect()
+                });
+                (Exec::Conv(FpConv { w, wt, bias, c_out: co, c_in: ci, k, stride: *stride, pad: *pad }), out)
             }
             Op::QConv { name, act, c_out, k, stride, pad, bias, .. } => {
                 let out = conv_shape(s, *c_out, *k, *stride, *pad)?;
@@ -666,4 +679,41 @@ fn expand(conv: &BitConv) -> Vec<f32> {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct conv of a CHW image (where this CPU runs it) equals im2col + GEMM: 16, 32 and 64 channels, with
+    /// and without bias, strides 1 and 2, kernels 1, 3, 5 and 7, maps narrower than four pixels.
+    #[test]
+    fn direct_image_conv_equals_gemm() {
+        if !avx512::is_available() {
+            eprintln!("SKIP: no AVX-512 here, the direct conv does not run");
+            return;
+        }
+        let cases = [
+            (3, 1, 1, 16, 9, 11),
+            (3, 2, 1, 32, 9, 7),
+            (5, 2, 2, 64, 8, 13),
+            (1, 1, 0, 16, 3, 3),
+            (7, 2, 3, 64, 12, 12),
+            (3, 1, 1, 32, 2, 3),
+        ];
+        for (i, &(k, stride, pad, co, h, w)) in cases.iter().enumerate() {
+            let c = 3;
+            let kk = k * k * c;
+            let wv: Vec<f32> = (0..co * kk).map(|i| ((i * 7919 % 613) as f32 / 300.0) - 1.0).collect();
+            let x: Vec<f32> = (0..c * h * w).map(|i| ((i * 104729 % 409) as f32 / 200.0) - 1.0).collect();
+            let bias = (i % 2 == 1).then(|| (0..co).map(|o| o as f32 * 0.1 - 1.0).collect::<Vec<f32>>());
+            let wt: Vec<f32> = (0..kk * co).map(|i| wv[(i % co) * kk + i / co]).collect();
+            let gemm = FpConv { w: wv, wt: None, bias, c_out: co, c_in: c, k, stride, pad };
+            let direct = FpConv { wt: Some(wt), ..gemm.clone() };
+            let (a, b) = (gemm.forward(&x, h, w, true), direct.forward(&x, h, w, true));
+            assert_eq!(a.len(), b.len());
+            let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "case {i}: {worst}");
+        }
+    }
 }
