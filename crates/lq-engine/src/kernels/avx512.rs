@@ -4,7 +4,7 @@
 //!   `k` taps of a patch's kernel row are then `k·C` consecutive bits, read as `⌈k·C/64⌉` unaligned words straight
 //!   from the row: no im2col buffer. Bits past the kernel row in its last word belong to the next pixel; the
 //!   weights hold zeros there, so the AND drops them. `T` comes from per-pixel counts the quantizer writes on the
-//!   same pass ([`Quant16`]), summed over k×k windows.
+//!   same pass (`Quant16`), summed over k×k windows.
 //! - Weights ([`pack_weights`]): `[⌈C_out/8⌉][K_w][k][⌈k·C/64⌉][8]`, 8 output channels in the 8 u64 lanes.
 //! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
 //!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
@@ -157,7 +157,7 @@ impl Rows {
     }
 
     /// The operand straight from the f32 conv input (NHWC, `h·w·C`) and its folded quantizer, for `a_basis`
-    /// (`None` where [`Quant16`] does not take the quantizer: quantize to [`Planes`] and use [`Rows::from_planes`]).
+    /// (`None` where `Quant16` does not take the quantizer: quantize to [`Planes`] and use [`Rows::from_planes`]).
     #[allow(clippy::too_many_arguments)]
     pub fn from_f32(
         x: &[f32],
