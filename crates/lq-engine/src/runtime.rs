@@ -58,6 +58,20 @@ struct FpConv {
 }
 
 impl FpConv {
+    /// A conv from `[C_out][ky][kx][C_in]` weights, with the direct conv's transposed copy where it can run.
+    fn new(
+        w: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        c_out: usize,
+        c_in: usize,
+        (k, stride, pad): (usize, usize, usize),
+    ) -> Self {
+        let kk = k * k * c_in;
+        let wt = (avx512::is_available() && matches!(c_out, 16 | 32 | 64) && w.len() == kk * c_out)
+            .then(|| (0..kk * c_out).map(|i| w[(i % c_out) * kk + i / c_out]).collect());
+        FpConv { w, wt, bias, c_out, c_in, k, stride, pad }
+    }
+
     /// NHWC out from `x` of `h × w`, which is CHW (the normalised image: im2col reads its planes directly, no
     /// transposed copy) or NHWC.
     fn forward(&self, x: &[f32], h: usize, w: usize, chw: bool) -> Vec<f32> {
@@ -526,11 +540,7 @@ impl Builder<'_> {
                     }
                 };
                 let bias = self.bias(name, co, *bias, &mut need)?;
-                let wt = (avx512::is_available() && matches!(co, 16 | 32 | 64)).then(|| {
-                    let kk = k * k * ci;
-                    (0..kk * co).map(|i| w[(i % co) * kk + i / co]).collect()
-                });
-                (Exec::Conv(FpConv { w, wt, bias, c_out: co, c_in: ci, k, stride: *stride, pad: *pad }), out)
+                (Exec::Conv(FpConv::new(w, bias, co, ci, (k, *stride, *pad))), out)
             }
             Op::QConv { name, act, c_out, k, stride, pad, bias, .. } => {
                 let out = conv_shape(s, *c_out, *k, *stride, *pad)?;
@@ -707,9 +717,9 @@ mod tests {
             let wv: Vec<f32> = (0..co * kk).map(|i| ((i * 7919 % 613) as f32 / 300.0) - 1.0).collect();
             let x: Vec<f32> = (0..c * h * w).map(|i| ((i * 104729 % 409) as f32 / 200.0) - 1.0).collect();
             let bias = (i % 2 == 1).then(|| (0..co).map(|o| o as f32 * 0.1 - 1.0).collect::<Vec<f32>>());
-            let wt: Vec<f32> = (0..kk * co).map(|i| wv[(i % co) * kk + i / co]).collect();
-            let gemm = FpConv { w: wv, wt: None, bias, c_out: co, c_in: c, k, stride, pad };
-            let direct = FpConv { wt: Some(wt), ..gemm.clone() };
+            let direct = FpConv::new(wv, bias, co, c, (k, stride, pad));
+            assert!(direct.wt.is_some());
+            let gemm = FpConv { wt: None, ..direct.clone() };
             let (a, b) = (gemm.forward(&x, h, w, true), direct.forward(&x, h, w, true));
             assert_eq!(a.len(), b.len());
             let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);

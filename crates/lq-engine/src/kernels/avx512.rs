@@ -172,7 +172,7 @@ impl Rows {
         use rayon::prelude::*;
         let q16 = Quant16::new(q)?;
         let (c, ka) = (q.channels(), q16.ka);
-        if x.len() != h * w * c {
+        if [h, w, c].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(x.len()) {
             return None;
         }
         let mut r = Rows::zeroed(h, w, c, ka, k, stride, pad);
@@ -200,11 +200,10 @@ impl<'a> Quant16<'a> {
     /// `None` unless AVX-512 is present, channels come in whole bytes and K_a ≤ 4.
     fn new(q: &'a ChannelQuant) -> Option<Self> {
         let (c, ka) = (q.channels(), q.bits()?);
-        let t = q.codes.len() - 1;
         if !is_available() || c == 0 || !c.is_multiple_of(8) || ka > 4 {
             return None;
         }
-        let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
+        let stt = super::quant::signed_thresholds(q);
         let mut codes = [0i32; 16];
         codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
         Some(Quant16 { sign: &q.sign, stt, codes, ka })

@@ -66,6 +66,13 @@ pub(crate) fn quantize_checked(isa: Isa, x: &[f32], h: usize, w: usize, q: &Chan
     Planes { h, w, c, k, data }
 }
 
+/// A quantizer's signed thresholds `sign·τ` transposed to `[t][C]`, so consecutive channels load at once (the
+/// vector quantizers' layout).
+pub(crate) fn signed_thresholds(q: &ChannelQuant) -> Vec<f32> {
+    let (c, t) = (q.sign.len(), q.codes.len() - 1);
+    (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect()
+}
+
 /// The AVX2 quantizer of 8 channels at a time, shared by the bit-plane packer and the table kernel's input:
 /// threshold compares counted into the sorted level index, the code looked up with a lane permute, each plane's 8
 /// bits taken with `movemask`.
@@ -84,8 +91,7 @@ impl<'a> Quant8<'a> {
     }
 
     pub(crate) fn new(q: &'a ChannelQuant) -> Self {
-        let (c, t) = (q.sign.len(), q.codes.len() - 1);
-        let stt = (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect();
+        let stt = signed_thresholds(q);
         let mut codes = [0i32; 8];
         codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
         Quant8 { sign: &q.sign, stt, codes, k: q.codes.len().trailing_zeros() as usize }
