@@ -104,27 +104,27 @@ impl Rows {
     fn with_t(mut self, a_basis: &[f32]) -> Rows {
         assert_eq!(a_basis.len(), self.ka, "an activation basis per plane");
         use rayon::prelude::*;
-        let (cnt, (k, s, ka, wp)) = (&self.cnt, (self.k, self.stride, self.ka, self.wp));
-        let mut t = vec![0.0f32; self.oh * self.ow];
-        // Per output row and plane: column sums over the k kernel rows, their prefix sums, then each window as a
-        // difference of two prefixes.
-        let bufs = || (vec![0u32; wp], vec![0u32; wp + 1]);
-        t.par_chunks_mut(self.ow).enumerate().for_each_init(bufs, |(col, pre), (oy, trow)| {
+        let (cnt, (k, s, ka, wp, ow)) = (&self.cnt, (self.k, self.stride, self.ka, self.wp, self.ow));
+        let mut t = vec![0.0f32; self.oh * ow];
+        // Per output row and plane: column sums over the k kernel rows, then each window as k shifted adds of
+        // them (straight loops the compiler vectorises; a running prefix had been a serial chain).
+        let bufs = || (vec![0u32; wp], vec![0u32; ow]);
+        t.par_chunks_mut(ow).enumerate().for_each_init(bufs, |(col, win), (oy, trow)| {
             for (j, &a) in a_basis.iter().enumerate() {
                 col.copy_from_slice(&cnt[(oy * s * ka + j) * wp..][..wp]);
                 for ky in 1..k {
                     let src = &cnt[((oy * s + ky) * ka + j) * wp..][..wp];
                     col.iter_mut().zip(src).for_each(|(c, &v)| *c += v);
                 }
-                let mut acc = 0;
-                for (p, &c) in pre[1..].iter_mut().zip(col.iter()) {
-                    acc += c;
-                    *p = acc;
+                win.fill(0);
+                for kx in 0..k {
+                    if s == 1 {
+                        win.iter_mut().zip(&col[kx..]).for_each(|(w, &c)| *w += c);
+                    } else {
+                        win.iter_mut().zip(col[kx..].iter().step_by(s)).for_each(|(w, &c)| *w += c);
+                    }
                 }
-                let windows = pre[k..].iter().step_by(s).zip(pre.iter().step_by(s));
-                for (tv, (&hi, &lo)) in trow.iter_mut().zip(windows) {
-                    *tv += a * (hi - lo) as f32;
-                }
+                trow.iter_mut().zip(win.iter()).for_each(|(tv, &n)| *tv += a * n as f32);
             }
         });
         (self.t, self.a_basis) = (t, a_basis.to_vec());
