@@ -190,6 +190,59 @@ impl BitConv {
         a_basis: &[f32],
         isa: Isa,
     ) -> Result<Vec<f32>> {
+        let ka = self.check_f32(x, h, w, q, a_basis)?;
+        Ok(rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, ka, a_basis, isa)))
+    }
+
+    /// [`BitConv::forward_f32`] with its output plus `bias` quantized by `next`'s activation quantizer (`nq`,
+    /// basis `n_basis`) straight into `next`'s operand in the kernel's epilogue, for [`BitConv::forward_operand`]:
+    /// no f32 map between the two convs. `Ok(None)` where this does not run (not the AVX-512 kernel on both
+    /// layers, or `next` does not take this conv's output): run the two apart then. Errors as `forward_f32`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_f32_fused(
+        &self,
+        (x, h, w): (&[f32], usize, usize),
+        q: &ChannelQuant,
+        a_basis: &[f32],
+        bias: Option<&[f32]>,
+        (next, nq, n_basis): (&BitConv, &ChannelQuant, &[f32]),
+        isa: Isa,
+    ) -> Result<Option<avx512::Rows>> {
+        let ka = self.check_f32(x, h, w, q, a_basis)?;
+        let (oh, ow) = self.out_hw(h, w);
+        let nka = nq.bits().filter(|&k| k == n_basis.len());
+        let runs = |c: &BitConv, ka| isa == Isa::Avx512 && c.p512.is_some() && avx512::takes(c.c_in, c.kw, ka);
+        let (Some(wp), Some(nka)) = (self.p512.as_ref(), nka) else { return Ok(None) };
+        if !runs(self, ka) || !runs(next, nka) || next.c_in != self.c_out || next.check_hw(oh, ow).is_err() {
+            return Ok(None);
+        }
+        Ok(rayon::scope(|_| {
+            let r = profile::time(Phase::Input, || self.operand(Input::F32 { x, h, w, q }, ka, a_basis, isa));
+            let geometry = (next.k, next.stride, next.pad);
+            profile::time(Phase::Kernel, || {
+                avx512::run_quantized(&r, wp, self.c_out, self.kw, &self.basis, bias, nq, n_basis, geometry)
+            })
+        }))
+    }
+
+    /// The layer on an operand made for it by another conv's [`BitConv::forward_f32_fused`] from an `h × w` map;
+    /// `None` if `r` was made for another conv.
+    pub(crate) fn forward_operand(&self, r: &avx512::Rows, h: usize, w: usize) -> Option<Vec<f32>> {
+        let ka = r.a_basis().len();
+        let wp = self.p512.as_ref().filter(|_| avx512::takes(self.c_in, self.kw, ka))?;
+        if !r.fits(h, w, self.c_in, ka, self.k, self.stride, self.pad) {
+            return None;
+        }
+        let (oh, ow) = self.out_hw(h, w);
+        let mut out = vec![0.0f32; oh * ow * self.c_out];
+        rayon::scope(|_| {
+            profile::time(Phase::Kernel, || avx512::run(r, wp, self.c_out, self.kw, &self.basis, &mut out))
+        });
+        Some(out)
+    }
+
+    /// Checks [`BitConv::forward_f32`]'s input; its planes K_a.
+    fn check_f32(&self, x: &[f32], h: usize, w: usize, q: &ChannelQuant, a_basis: &[f32]) -> Result<usize> {
         let ka = q.bits().filter(|&k| k == a_basis.len());
         let n = [h, w, self.c_in].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let (Some(ka), true, true) = (ka, q.channels() == self.c_in, n == Some(x.len())) else {
@@ -203,7 +256,7 @@ impl BitConv {
             )));
         };
         self.check_hw(h, w)?;
-        Ok(rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, ka, a_basis, isa)))
+        Ok(ka)
     }
 
     fn check_hw(&self, h: usize, w: usize) -> Result<()> {
@@ -233,14 +286,7 @@ impl BitConv {
         let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
         let (k, s, pad) = (self.k, self.stride, self.pad);
         if let Some(wp) = self.p512.as_ref().filter(|_| isa == Isa::Avx512 && avx512::takes(self.c_in, self.kw, ka)) {
-            let r = profile::time(Phase::Input, || match x {
-                Input::Planes(p) => avx512::Rows::from_planes(p, a_basis, k, s, pad),
-                Input::F32 { x, h, w, q } => {
-                    avx512::Rows::from_f32(x, h, w, q, a_basis, k, s, pad).unwrap_or_else(|| {
-                        avx512::Rows::from_planes(&quant::quantize_checked(isa, x, h, w, q, ka), a_basis, k, s, pad)
-                    })
-                }
-            });
+            let r = profile::time(Phase::Input, || self.operand(x, ka, a_basis, isa));
             profile::time(Phase::Kernel, || avx512::run(&r, wp, self.c_out, self.kw, &self.basis, &mut out));
             return out;
         }
@@ -272,6 +318,19 @@ impl BitConv {
             }
         }
         out
+    }
+}
+
+impl BitConv {
+    /// The AVX-512 kernel's operand of checked input `x` (`ka` planes, basis `a_basis`).
+    fn operand(&self, x: Input, ka: usize, a_basis: &[f32], isa: Isa) -> avx512::Rows {
+        let (k, s, pad) = (self.k, self.stride, self.pad);
+        match x {
+            Input::Planes(p) => avx512::Rows::from_planes(p, a_basis, k, s, pad),
+            Input::F32 { x, h, w, q } => avx512::Rows::from_f32(x, h, w, q, a_basis, k, s, pad).unwrap_or_else(|| {
+                avx512::Rows::from_planes(&quant::quantize_checked(isa, x, h, w, q, ka), a_basis, k, s, pad)
+            }),
+        }
     }
 }
 
@@ -335,4 +394,78 @@ fn im2col_into(x: &Planes, k: usize, stride: usize, pad: usize, out: &mut [u64])
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lq_quant::{CodeSet, Levels};
+
+    /// A small LCG in [-0.5, 0.5).
+    fn rng(mut s: u64) -> impl FnMut() -> f32 {
+        move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+    }
+
+    /// A conv's output quantized for the next conv in the kernel's epilogue (`forward_f32_fused`, then
+    /// `forward_operand`) equals the two layers run apart, through the f32 map, bit for bit: channels 8 to 64,
+    /// strides 1 and 2 on either side, 1×1 and 3×3 kernels, W1–W4 and A1–A4, with and without bias, negative BN
+    /// scales. An operand made for another conv is refused.
+    #[test]
+    fn fused_epilogue_equals_the_layers_apart() {
+        if !avx512::is_available() {
+            eprintln!("SKIP: no AVX-512 here, the fused epilogue does not run");
+            return;
+        }
+        // (c_in, c_mid, c_out, h, w, (k, stride) of each conv, (K_w, K_a) of each, bias)
+        let cases = [
+            (16, 16, 16, 9, 11, (3, 1), (3, 1), (2, 2), (2, 2), false),
+            (8, 24, 8, 8, 7, (3, 2), (3, 1), (1, 3), (3, 1), true),
+            (16, 64, 32, 6, 6, (1, 1), (3, 2), (4, 4), (1, 4), true),
+            (32, 8, 16, 5, 9, (3, 1), (1, 2), (3, 1), (2, 3), false),
+        ];
+        let mut r = rng(7);
+        for (n, &(ci, cm, co, h, w, (k1, s1), (k2, s2), (kw1, ka1), (kw2, ka2), has_bias)) in cases.iter().enumerate() {
+            let mut v = |len: usize| (0..len).map(|_| r()).collect::<Vec<f32>>();
+            // Bases of `len / bits` quantizers, each `(0.5 + |x|)·2^i` for its plane i.
+            let basis = |len: usize, bits: usize, v: &mut dyn FnMut(usize) -> Vec<f32>| {
+                v(len).iter().enumerate().map(|(i, x)| (1 << (i % bits)) as f32 * (0.5 + x.abs())).collect::<Vec<_>>()
+            };
+            let a = BitConv::pack(cm, ci, k1, s1, &v(cm * ci * k1 * k1), &basis(cm * kw1, kw1, &mut v)).unwrap();
+            let b = BitConv::pack(co, cm, k2, s2, &v(co * cm * k2 * k2), &basis(co * kw2, kw2, &mut v)).unwrap();
+            let (ab1, ab2) = (basis(ka1, ka1, &mut v), basis(ka2, ka2, &mut v));
+            let act = |ab: &[f32], c: usize, spread: f32, v: &mut dyn FnMut(usize) -> Vec<f32>| {
+                let lv = Levels::from_basis(ab, CodeSet::Binary).unwrap();
+                let top = ab.iter().sum::<f32>();
+                // BN scales of either sign, so the thresholds land inside the values' range.
+                let scale: Vec<f32> = v(c).iter().map(|x| top * 2.0 * x / spread).collect();
+                ChannelQuant::fold(&lv, &scale, &v(c).iter().map(|x| top * x).collect::<Vec<f32>>())
+            };
+            let q1 = act(&ab1, ci, 0.5, &mut v);
+            let x = v(h * w * ci);
+            let mut y = a.forward_f32(&x, h, w, &q1, &ab1, Isa::Avx512).unwrap();
+            let spread = y.iter().fold(0.0f32, |m, y| m.max(y.abs()));
+            // A bias on the scale of the values, so it moves codes.
+            let bias = has_bias.then(|| v(cm).iter().map(|b| b * spread).collect::<Vec<f32>>());
+            if let Some(bias) = &bias {
+                y.chunks_exact_mut(cm).for_each(|px| px.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+            }
+            let q2 = act(&ab2, cm, spread, &mut v);
+            let (oh, ow) = a.out_hw(h, w);
+            let apart = b.forward_f32(&y, oh, ow, &q2, &ab2, Isa::Avx512).unwrap();
+            let levels = apart.iter().map(|v| v.to_bits()).collect::<std::collections::BTreeSet<_>>().len();
+            assert!(levels > 4 * co, "case {n}: the codes hardly vary ({levels} distinct outputs)");
+            let op = a
+                .forward_f32_fused((&x, h, w), &q1, &ab1, bias.as_deref(), (&b, &q2, &ab2), Isa::Avx512)
+                .unwrap()
+                .unwrap_or_else(|| panic!("case {n}: the fused epilogue does not run"));
+            let fused = b.forward_operand(&op, oh, ow).unwrap();
+            let same = apart.iter().zip(&fused).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same && apart.len() == fused.len(), "case {n}: fused and apart differ");
+            assert!(a.forward_operand(&op, oh, ow).is_none() || (ci, k1, s1) == (cm, k2, s2), "case {n}");
+            assert!(b.forward_operand(&op, oh + 1, ow).is_none(), "case {n}: an operand for another map size");
+        }
+    }
 }

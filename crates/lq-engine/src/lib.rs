@@ -7,7 +7,8 @@
 //! - [`BitConv`]: a quantized conv with packed weights, immutable after construction, and the one safe door to
 //!   the kernels. `forward(&Planes)` = bit im2col + binary GEMM + LQ epilogue; `forward_f32` quantizes on the way
 //!   in, straight into the table or AVX-512 kernel's operand where one runs. Both check their input and return
-//!   errors.
+//!   errors. On the AVX-512 kernel a conv feeding only another quantized conv quantizes its output for it in the
+//!   epilogue (no f32 map between them).
 //! - The kernels (crate-private): an AVX-512 VPOPCNTDQ popcount kernel for layers whose input channels are a
 //!   multiple of 8 where the CPU has it, an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an
 //!   AVX2 popcount kernel for the rest, a portable one without AVX2, chosen once at run time; [`Isa`] forces one.

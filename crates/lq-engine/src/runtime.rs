@@ -1,6 +1,8 @@
 //! End-to-end inference: the model file's op list ([`Op`]) checked once by shape inference and turned into a
 //! program of steps over numbered values. Values are NHWC f32 maps; quantized convs quantize their f32 input on
-//! the way in ([`BitConv::forward_f32`]).
+//! the way in ([`BitConv::forward_f32`]), except where a quantized conv's output feeds only another quantized conv:
+//! on the AVX-512 kernel the first then quantizes its output for the second in its epilogue
+//! ([`BitConv::forward_f32_fused`]) and the value is carried as the second's operand.
 use crate::conv::BitConv;
 use crate::error::{Error, Result};
 use crate::graph::{Op, Weights};
@@ -165,6 +167,9 @@ enum Exec {
 struct Step {
     exec: Exec,
     srcs: Vec<usize>,
+    /// For a quantized conv whose output only the quantized conv at this step reads: that step, whose operand
+    /// this conv's epilogue then makes ([`BitConv::forward_f32_fused`], where the AVX-512 kernel runs both).
+    fuse: Option<usize>,
     /// Values to drop after this step (their last use, or this step's own output when nothing reads it).
     free: Vec<usize>,
 }
@@ -224,7 +229,7 @@ impl Model {
         for (i, op) in meta.graph.iter().enumerate() {
             let (exec, out) = b.op(i, op, &mut used).map_err(|why| format!("op {i} ({}): {why}", op.label()))?;
             b.shapes.push(out);
-            steps.push(Step { exec, srcs: op.inputs(), free: Vec::new() });
+            steps.push(Step { exec, srcs: op.inputs(), fuse: None, free: Vec::new() });
         }
         let last = *b.shapes.last().expect("input shape");
         if last != (Shape { h: 1, w: 1, c: meta.classes }) {
@@ -247,6 +252,14 @@ impl Model {
         last_use[n - 1] = usize::MAX;
         for v in 0..n - 1 {
             steps[last_use[v]].free.push(v);
+        }
+        let mut readers = vec![0usize; n];
+        steps.iter().flat_map(|s| &s.srcs).for_each(|&v| readers[v] += 1);
+        for i in 0..steps.len() - 1 {
+            let (j, quantized) = (last_use[i + 1], |e: &Exec| matches!(e, Exec::QConv { .. }));
+            if quantized(&steps[i].exec) && j < steps.len() && quantized(&steps[j].exec) && readers[i + 1] == 1 {
+                steps[i].fuse = Some(j);
+            }
         }
         let nhwc_input = steps.iter().any(|s| s.srcs.contains(&0) && !matches!(s.exec, Exec::Conv(_)));
         Ok(Model { meta, shapes: b.shapes, steps, acts: b.acts, last_use, nhwc_input })
@@ -292,13 +305,15 @@ impl Model {
             *t = now;
         };
         let mut vals: Vec<Option<Vec<f32>>> = vec![None; self.shapes.len()];
+        // A fused conv's output value, kept as its reader's operand (the value itself is then left empty).
+        let mut operands: Vec<Option<avx512::Rows>> = (0..self.shapes.len()).map(|_| None).collect();
         if self.nhwc_input {
             let Shape { h, w, c } = self.shapes[0];
             vals[0] = Some((0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect());
         }
         lap(usize::MAX, &mut t);
         for (i, step) in self.steps.iter().enumerate() {
-            let out = self.run(i, step, &mut vals, chw, isa);
+            let out = self.run(i, step, &mut vals, &mut operands, chw, isa);
             vals[i + 1] = Some(out);
             step.free.iter().for_each(|&v| vals[v] = None);
             lap(i, &mut t);
@@ -356,7 +371,15 @@ impl Model {
         .expect("validated: sources are computed before use")
     }
 
-    fn run(&self, i: usize, step: &Step, vals: &mut [Option<Vec<f32>>], chw: &[f32], isa: Isa) -> Vec<f32> {
+    fn run(
+        &self,
+        i: usize,
+        step: &Step,
+        vals: &mut [Option<Vec<f32>>],
+        operands: &mut [Option<avx512::Rows>],
+        chw: &[f32],
+        isa: Isa,
+    ) -> Vec<f32> {
         let s = &step.srcs;
         let sh = self.shapes[s[0]];
         let Shape { h, w, c } = sh;
@@ -365,9 +388,23 @@ impl Model {
             Exec::Conv(conv) => conv.forward(val(vals, s[0]), h, w, false),
             Exec::QConv { conv, act, bias } => {
                 let a = &self.acts[*act];
-                let mut y = conv
-                    .forward_f32(val(vals, s[0]), h, w, &a.q, &a.basis, isa)
-                    .expect("validated at load: the act unit and the conv agree with the input shape");
+                const VALID: &str = "validated at load: the act unit and the conv agree with the input shape";
+                let mut y = match operands[s[0]].take() {
+                    Some(r) => conv.forward_operand(&r, h, w).expect("the producer made the operand for this conv"),
+                    None => {
+                        let x = val(vals, s[0]);
+                        if let Some(Exec::QConv { conv: next, act: na, .. }) = step.fuse.map(|j| &self.steps[j].exec) {
+                            let na = &self.acts[*na];
+                            let next = (next, &na.q, &na.basis[..]);
+                            let fused = conv.forward_f32_fused((x, h, w), &a.q, &a.basis, bias.as_deref(), next, isa);
+                            if let Some(r) = fused.expect(VALID) {
+                                operands[i + 1] = Some(r);
+                                return Vec::new();
+                            }
+                        }
+                        conv.forward_f32(x, h, w, &a.q, &a.basis, isa).expect(VALID)
+                    }
+                };
                 if let Some(b) = bias {
                     y.chunks_exact_mut(b.len()).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
                 }

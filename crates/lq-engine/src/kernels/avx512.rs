@@ -9,6 +9,9 @@
 //! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
 //!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
 //!   K_w × K_a accumulators; the epilogue writes 8 channels per store into the NHWC row.
+//! - Fused ([`run_quantized`]): where the next conv's only input is this conv's output, each task's output rows go
+//!   from an L1-resident buffer straight through the next conv's quantizer into its operand; the f32 map between
+//!   the two convs is never written.
 use crate::layout::{patch_bit, patch_words, ChannelQuant, Planes};
 use crate::scratch::Buf;
 
@@ -70,6 +73,10 @@ pub struct Rows {
     t: Vec<f32>,
     /// The activation basis `T` was made with.
     a_basis: Vec<f32>,
+    /// The input map's height and width, and the conv's zero padding.
+    h: usize,
+    w: usize,
+    pad: usize,
     /// Padded width.
     wp: usize,
     sb: usize,
@@ -97,7 +104,19 @@ impl Rows {
         let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
         assert!(oh.checked_mul(ow).is_some());
         let (data, cnt) = (Buf::zeroed(nd), Buf::zeroed(nc));
-        Rows { data, cnt, t: Vec::new(), a_basis: Vec::new(), wp, sb, c, ka, k, stride, oh, ow }
+        Rows { data, cnt, t: Vec::new(), a_basis: Vec::new(), h, w, pad, wp, sb, c, ka, k, stride, oh, ow }
+    }
+
+    /// Whether this is the operand of a `k×k` conv with `stride` and `pad` over an `h×w×c` map quantized to `ka`
+    /// planes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fits(&self, h: usize, w: usize, c: usize, ka: usize, k: usize, stride: usize, pad: usize) -> bool {
+        (self.h, self.w, self.c, self.ka, self.k, self.stride, self.pad) == (h, w, c, ka, k, stride, pad)
+    }
+
+    /// The activation basis the operand was made with (its `T` term's).
+    pub fn a_basis(&self) -> &[f32] {
+        &self.a_basis
     }
 
     /// `T` per output pixel from the per-pixel counts (k×k window sums).
@@ -290,84 +309,153 @@ impl<'a> Quant16<'a> {
 /// disagree (callers build both for the layer) or the CPU lacks the kernel.
 pub fn run(r: &Rows, wp: &[u64], c_out: usize, kw: usize, w_basis: &[f32], out: &mut [f32]) {
     use rayon::prelude::*;
-    let (ka, wr, a_basis) = (r.ka, row_words(r.c, r.k), &r.a_basis[..]);
-    assert!(a_basis.len() == ka && r.t.len() == r.oh * r.ow, "the operand was made without its basis");
-    assert!(takes(r.c, kw, ka), "the AVX-512 kernel does not run W{kw}A{ka} over {} channels here", r.c);
-    let wlen = [c_out.div_ceil(8), kw, r.k, wr, 8].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-    assert!(wlen == Some(wp.len()) && Some(w_basis.len()) == c_out.checked_mul(kw), "weights for another layer");
-    let rows = r.oh * r.ow;
-    assert!(rows > 0 && out.len() >= rows * c_out && r.data.len().is_multiple_of(ka * r.sb));
-    // The last padded row a patch reads, and the last byte of a row a kernel row reads.
-    assert!(((r.oh - 1) * r.stride + r.k) * ka * r.sb <= r.data.len());
-    assert!((r.ow - 1) * r.stride * r.c / 8 + 8 * wr <= r.sb);
-    // Per block of 8 channels: the coefficients `2·v^w_{o,i}·v^a_j` as [i][j][8] and S_w = Σ_i v^w_{o,i} as [8],
-    // lanes past C_out zero.
-    let blocks = c_out.div_ceil(8);
-    let (mut coef, mut sw) = (vec![0.0f32; blocks * kw * ka * 8], vec![0.0f32; blocks * 8]);
-    for o in 0..c_out {
-        sw[o] = w_basis[o * kw..][..kw].iter().sum();
-        for i in 0..kw {
-            for j in 0..ka {
-                coef[(((o / 8) * kw + i) * ka + j) * 8 + o % 8] = 2.0 * w_basis[o * kw + i] * a_basis[j];
+    let g = Gemm::new(r, wp, c_out, kw, w_basis);
+    let (rows, per) = (r.oh * r.ow, task_rows(r.ow) * r.ow);
+    assert!(out.len() >= rows * c_out);
+    out[..rows * c_out].par_chunks_mut(per * c_out).enumerate().for_each(|(t, o)| {
+        g.task(t * per, o);
+    });
+}
+
+/// The conv's output, plus `bias` where given, quantized by the next conv's activation quantizer `q` (a `k×k`
+/// conv with `stride` and `pad`, basis `a_basis`) straight into that conv's operand: the f32 map between the two
+/// is never written. Equals [`Rows::from_f32`] of [`run`]'s output plus the bias, bit for bit. `None` where
+/// `Quant16` does not take `q`, `q` is not over `C_out` channels or the next conv does not fit the output map;
+/// panics as [`run`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn run_quantized(
+    r: &Rows,
+    wp: &[u64],
+    c_out: usize,
+    kw: usize,
+    w_basis: &[f32],
+    bias: Option<&[f32]>,
+    q: &ChannelQuant,
+    a_basis: &[f32],
+    (k, stride, pad): (usize, usize, usize),
+) -> Option<Rows> {
+    use rayon::prelude::*;
+    let q16 = Quant16::new(q)?;
+    let fits = q.channels() == c_out && a_basis.len() == q16.ka && bias.is_none_or(|b| b.len() == c_out);
+    if !fits || k == 0 || stride == 0 || pad >= k || r.oh + 2 * pad < k || r.ow + 2 * pad < k {
+        return None;
+    }
+    let g = Gemm::new(r, wp, c_out, kw, w_basis);
+    let mut next = Rows::zeroed(r.oh, r.ow, c_out, q16.ka, k, stride, pad);
+    let (ka, sb, wpn, per) = (q16.ka, next.sb, next.wp, task_rows(r.ow));
+    let data = next.data[pad * ka * sb..][..r.oh * ka * sb].par_chunks_mut(per * ka * sb);
+    let cnt = next.cnt[pad * ka * wpn..][..r.oh * ka * wpn].par_chunks_mut(per * ka * wpn);
+    // Each task's rows go through an L1-sized f32 buffer, then the 16-channel quantizer, while still in cache.
+    data.zip(cnt).enumerate().for_each_init(Vec::new, |buf, (t, (data, cnt))| {
+        buf.resize(data.len() / (ka * sb) * r.ow * c_out, 0.0);
+        g.task(t * per * r.ow, buf);
+        if let Some(b) = bias {
+            buf.chunks_exact_mut(c_out).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+        }
+        let rows =
+            buf.chunks_exact(r.ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(cnt.chunks_exact_mut(ka * wpn)));
+        rows.for_each(|(xs, (row, cnt))| q16.fill_row(xs, row, sb, cnt, pad));
+    });
+    Some(next.with_t(a_basis))
+}
+
+/// Output rows per parallel task: whole rows (so a task owns its rows of a next conv's operand), about [`TASK`]
+/// pixels.
+fn task_rows(ow: usize) -> usize {
+    (TASK / ow).max(1)
+}
+
+/// A checked (operand, weights) pair with the epilogue's per-channel constants.
+struct Gemm<'a> {
+    r: &'a Rows,
+    wp: &'a [u64],
+    c_out: usize,
+    kw: usize,
+    /// The coefficients `2·v^w_{o,i}·v^a_j` per block of 8 channels as `[i][j][8]`, lanes past C_out zero.
+    coef: Vec<f32>,
+    /// `S_w = Σ_i v^w_{o,i}` per block as `[8]`.
+    sw: Vec<f32>,
+}
+
+impl<'a> Gemm<'a> {
+    /// Panics if the operand and the weights disagree or the CPU lacks the kernel.
+    fn new(r: &'a Rows, wp: &'a [u64], c_out: usize, kw: usize, w_basis: &[f32]) -> Self {
+        let (ka, wr, a_basis) = (r.ka, row_words(r.c, r.k), &r.a_basis[..]);
+        assert!(a_basis.len() == ka && r.t.len() == r.oh * r.ow, "the operand was made without its basis");
+        assert!(takes(r.c, kw, ka), "the AVX-512 kernel does not run W{kw}A{ka} over {} channels here", r.c);
+        let wlen = [c_out.div_ceil(8), kw, r.k, wr, 8].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        assert!(wlen == Some(wp.len()) && Some(w_basis.len()) == c_out.checked_mul(kw), "weights for another layer");
+        assert!(r.oh * r.ow > 0 && r.data.len().is_multiple_of(ka * r.sb));
+        // The last padded row a patch reads, and the last byte of a row a kernel row reads.
+        assert!(((r.oh - 1) * r.stride + r.k) * ka * r.sb <= r.data.len());
+        assert!((r.ow - 1) * r.stride * r.c / 8 + 8 * wr <= r.sb);
+        let blocks = c_out.div_ceil(8);
+        let (mut coef, mut sw) = (vec![0.0f32; blocks * kw * ka * 8], vec![0.0f32; blocks * 8]);
+        for o in 0..c_out {
+            sw[o] = w_basis[o * kw..][..kw].iter().sum();
+            for i in 0..kw {
+                for j in 0..ka {
+                    coef[(((o / 8) * kw + i) * ka + j) * 8 + o % 8] = 2.0 * w_basis[o * kw + i] * a_basis[j];
+                }
             }
         }
+        Gemm { r, wp, c_out, kw, coef, sw }
     }
-    out[..rows * c_out].par_chunks_mut(TASK * c_out).enumerate().for_each(|(t, o)| {
-        let (r0, n) = (t * TASK, o.len() / c_out);
-        macro_rules! go {
-            ($(($kw:literal, $ka:literal, $p:literal)),*) => {
-                match (kw, ka) {
-                    // SAFETY (each arm): `takes` checked the CPU; the asserts above bound every read.
-                    $(($kw, $ka) => unsafe { tile_rows::<$kw, $ka, $p>(r, wp, &coef, &sw, c_out, r0, n, o) },)*
-                    _ => unreachable!("takes() allows 1..=4 bits a side"),
-                }
-            };
+
+    /// Output pixels from `p0` into `out` (NHWC, as many pixels as it holds), [`TASK`] at a time.
+    fn task(&self, p0: usize, out: &mut [f32]) {
+        let n = out.len() / self.c_out;
+        assert!(p0 + n <= self.r.oh * self.r.ow);
+        for (r0, out) in (p0..p0 + n).step_by(TASK).zip(out.chunks_mut(TASK * self.c_out)) {
+            let n = out.len() / self.c_out;
+            macro_rules! go {
+                ($(($kw:literal, $ka:literal, $p:literal)),*) => {
+                    match (self.kw, self.r.ka) {
+                        // SAFETY (each arm): `new` checked the CPU and bounded every read of the operand and
+                        // weights; the pixels lie inside the map (asserted above).
+                        $(($kw, $ka) => unsafe { tile_rows::<$kw, $ka, $p>(self, r0, n, out) },)*
+                        _ => unreachable!("takes() allows 1..=4 bits a side"),
+                    }
+                };
+            }
+            // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing the tasks.
+            go!(
+                (1, 1, 16),
+                (1, 2, 8),
+                (1, 3, 8),
+                (1, 4, 4),
+                (2, 1, 8),
+                (2, 2, 4),
+                (2, 3, 4),
+                (2, 4, 2),
+                (3, 1, 8),
+                (3, 2, 4),
+                (3, 3, 2),
+                (3, 4, 2),
+                (4, 1, 4),
+                (4, 2, 2),
+                (4, 3, 2),
+                (4, 4, 1)
+            )
         }
-        // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing the tasks.
-        go!(
-            (1, 1, 16),
-            (1, 2, 8),
-            (1, 3, 8),
-            (1, 4, 4),
-            (2, 1, 8),
-            (2, 2, 4),
-            (2, 3, 4),
-            (2, 4, 2),
-            (3, 1, 8),
-            (3, 2, 4),
-            (3, 3, 2),
-            (3, 4, 2),
-            (4, 1, 4),
-            (4, 2, 2),
-            (4, 3, 2),
-            (4, 4, 1)
-        )
-    });
+    }
 }
 
 /// Output pixels per parallel task.
 const TASK: usize = 32;
 
 /// Output pixels `r0..r0 + n` (`n ≤ TASK`) into `out` (`n·C_out`): tiles of `P` pixels (past `n`: the last one
-/// again, not stored) × 8 channels, channel blocks outside so a block's weights stay in L1. `coef` and `swp` as
-/// [`run`] makes them.
+/// again, not stored) × 8 channels, channel blocks outside so a block's weights stay in L1.
 ///
 /// # Safety
-/// AVX-512 as [`is_available`]; `K_w == KW`, `K_a == KA` and the checks of [`run`] hold.
+/// AVX-512 as [`is_available`]; `K_w == KW`, `K_a == KA`, the checks of [`Gemm::new`] hold and the pixels lie
+/// inside the map.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // a register tile reads best as indices
-unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
-    r: &Rows,
-    wp: &[u64],
-    coef: &[f32],
-    swp: &[f32],
-    c_out: usize,
-    r0: usize,
-    n: usize,
-    out: &mut [f32],
-) {
+#[allow(clippy::needless_range_loop)] // a register tile reads best as indices
+unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(g: &Gemm, r0: usize, n: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
+    let (r, wp, coef, swp, c_out) = (g.r, g.wp, &g.coef[..], &g.sw[..], g.c_out);
     let (k, sb, c) = (r.k, r.sb, r.c);
     let wr = row_words(c, k);
     let blocks = c_out.div_ceil(8);
@@ -448,17 +536,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
 /// # Safety
 /// Never called (no AVX-512 off x86-64: [`takes`] is false).
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
-    _: &Rows,
-    _: &[u64],
-    _: &[f32],
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
+unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(_: &Gemm, _: usize, _: usize, _: &mut [f32]) {
     unreachable!()
 }
 
