@@ -69,9 +69,7 @@ pub struct Rows {
     data: Buf<u8>,
     /// Set bits per padded pixel and plane, `[h + 2·pad][K_a][w + 2·pad]` (the `T` term's window sums).
     cnt: Buf<u32>,
-    /// `T = Σ_j v^a_j popc(A_j)` per output pixel (`oh·ow`), from the k×k window sums of `cnt`.
-    t: Vec<f32>,
-    /// The activation basis `T` was made with.
+    /// The activation basis (the `T` term's, computed per task from `cnt` by the kernel).
     a_basis: Vec<f32>,
     /// The input map's height and width, and the conv's zero padding.
     h: usize,
@@ -104,7 +102,7 @@ impl Rows {
         let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
         assert!(oh.checked_mul(ow).is_some());
         let (data, cnt) = (Buf::zeroed(nd), Buf::zeroed(nc));
-        Rows { data, cnt, t: Vec::new(), a_basis: Vec::new(), h, w, pad, wp, sb, c, ka, k, stride, oh, ow }
+        Rows { data, cnt, a_basis: Vec::new(), h, w, pad, wp, sb, c, ka, k, stride, oh, ow }
     }
 
     /// Whether this is the operand of a `k×k` conv with `stride` and `pad` over an `h×w×c` map quantized to `ka`
@@ -119,35 +117,38 @@ impl Rows {
         &self.a_basis
     }
 
-    /// `T` per output pixel from the per-pixel counts (k×k window sums).
-    fn with_t(mut self, a_basis: &[f32]) -> Rows {
+    fn with_basis(mut self, a_basis: &[f32]) -> Rows {
         assert_eq!(a_basis.len(), self.ka, "an activation basis per plane");
-        use rayon::prelude::*;
-        let (cnt, (k, s, ka, wp, ow)) = (&self.cnt, (self.k, self.stride, self.ka, self.wp, self.ow));
-        let mut t = vec![0.0f32; self.oh * ow];
-        // Per output row and plane: column sums over the k kernel rows, then each window as k shifted adds of
-        // them (straight loops the compiler vectorises; a running prefix had been a serial chain).
-        let bufs = || (vec![0u32; wp], vec![0u32; ow]);
-        t.par_chunks_mut(ow).enumerate().for_each_init(bufs, |(col, win), (oy, trow)| {
-            for (j, &a) in a_basis.iter().enumerate() {
-                col.copy_from_slice(&cnt[(oy * s * ka + j) * wp..][..wp]);
-                for ky in 1..k {
-                    let src = &cnt[((oy * s + ky) * ka + j) * wp..][..wp];
-                    col.iter_mut().zip(src).for_each(|(c, &v)| *c += v);
-                }
-                win.fill(0);
-                for kx in 0..k {
-                    if s == 1 {
-                        win.iter_mut().zip(&col[kx..]).for_each(|(w, &c)| *w += c);
-                    } else {
-                        win.iter_mut().zip(col[kx..].iter().step_by(s)).for_each(|(w, &c)| *w += c);
-                    }
-                }
-                trow.iter_mut().zip(win.iter()).for_each(|(tv, &n)| *tv += a * n as f32);
-            }
-        });
-        (self.t, self.a_basis) = (t, a_basis.to_vec());
+        self.a_basis = a_basis.to_vec();
         self
+    }
+
+    /// `T = Σ_j v^a_j popc(A_j)` of output row `oy`'s pixels (`trow`, `ow` values) from the per-pixel counts:
+    /// per plane, column sums over the k kernel rows, then each window as k shifted adds of them (straight loops
+    /// the compiler vectorises, here for AVX-512). `col` and `win` are scratch of `wp` and `ow` values.
+    ///
+    /// # Safety
+    /// AVX-512F (with AVX2).
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2"))]
+    unsafe fn t_row(&self, oy: usize, col: &mut [u32], win: &mut [u32], trow: &mut [f32]) {
+        let (cnt, (k, s, ka, wp)) = (&self.cnt, (self.k, self.stride, self.ka, self.wp));
+        trow.fill(0.0);
+        for (j, &a) in self.a_basis.iter().enumerate() {
+            col.copy_from_slice(&cnt[(oy * s * ka + j) * wp..][..wp]);
+            for ky in 1..k {
+                let src = &cnt[((oy * s + ky) * ka + j) * wp..][..wp];
+                col.iter_mut().zip(src).for_each(|(c, &v)| *c += v);
+            }
+            win.fill(0);
+            for kx in 0..k {
+                if s == 1 {
+                    win.iter_mut().zip(&col[kx..]).for_each(|(w, &c)| *w += c);
+                } else {
+                    win.iter_mut().zip(col[kx..].iter().step_by(s)).for_each(|(w, &c)| *w += c);
+                }
+            }
+            trow.iter_mut().zip(win.iter()).for_each(|(tv, &n)| *tv += a * n as f32);
+        }
     }
 
     /// The operand from packed codes (`x.c` a multiple of 8) for activation basis `a_basis`.
@@ -159,7 +160,7 @@ impl Rows {
         let (sb, wp) = (r.sb, r.wp);
         let data = r.data[pad * ka * sb..][..x.h * ka * sb].par_chunks_mut(ka * sb);
         let cnt = r.cnt[pad * ka * wp..][..x.h * ka * wp].par_chunks_mut(ka * wp);
-        data.zip(cnt).enumerate().for_each(|(y, (row, cnt))| {
+        data.zip(cnt).with_min_len(min_rows(x.w * c)).enumerate().for_each(|(y, (row, cnt))| {
             for xx in 0..x.w {
                 for j in 0..ka {
                     let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
@@ -172,7 +173,7 @@ impl Rows {
                 }
             }
         });
-        r.with_t(a_basis)
+        r.with_basis(a_basis)
     }
 
     /// The operand straight from the f32 conv input (NHWC, `h·w·C`) and its folded quantizer, for `a_basis`
@@ -198,9 +199,16 @@ impl Rows {
         let (sb, wp) = (r.sb, r.wp);
         let data = r.data[pad * ka * sb..][..h * ka * sb].par_chunks_mut(ka * sb);
         let cnt = r.cnt[pad * ka * wp..][..h * ka * wp].par_chunks_mut(ka * wp);
-        data.zip(cnt).zip(x.par_chunks(w * c)).for_each(|((row, cnt), xs)| q16.fill_row(xs, row, sb, cnt, pad));
-        Some(r.with_t(a_basis))
+        let rows = data.zip(cnt).zip(x.par_chunks(w * c)).with_min_len(min_rows(w * c));
+        rows.for_each(|((row, cnt), xs)| q16.fill_row(xs, row, sb, cnt, pad));
+        Some(r.with_basis(a_basis))
     }
+}
+
+/// Input rows of `row` values per parallel piece of an operand build: at least 2^15 values (several µs of work),
+/// so a small map is one piece on the calling thread (splitting it had cost more in wake-ups than it saved).
+fn min_rows(row: usize) -> usize {
+    (1usize << 15).div_ceil(row.max(1))
 }
 
 /// The activation quantizer of this path, 16 channels per instruction (8 in a last half block), as
@@ -356,13 +364,26 @@ pub fn run_quantized(
             buf.chunks_exact(r.ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(cnt.chunks_exact_mut(ka * wpn)));
         rows.for_each(|(xs, (row, cnt))| q16.fill_row(xs, row, sb, cnt, pad));
     });
-    Some(next.with_t(a_basis))
+    Some(next.with_basis(a_basis))
 }
 
 /// Output rows per parallel task: whole rows (so a task owns its rows of a next conv's operand), about [`TASK`]
 /// pixels.
 fn task_rows(ow: usize) -> usize {
     (TASK / ow).max(1)
+}
+
+/// Values of a task's scratch kept on the stack.
+const STACK: usize = 256;
+
+/// `n` values of scratch: the front of `stack` where they fit, else `heap` grown to `n`.
+fn scratch<'a, T: Copy + Default>(stack: &'a mut [T; STACK], heap: &'a mut Vec<T>, n: usize) -> &'a mut [T] {
+    if n <= STACK {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, T::default());
+        heap
+    }
 }
 
 /// A checked (operand, weights) pair with the epilogue's per-channel constants.
@@ -381,7 +402,7 @@ impl<'a> Gemm<'a> {
     /// Panics if the operand and the weights disagree or the CPU lacks the kernel.
     fn new(r: &'a Rows, wp: &'a [u64], c_out: usize, kw: usize, w_basis: &[f32]) -> Self {
         let (ka, wr, a_basis) = (r.ka, row_words(r.c, r.k), &r.a_basis[..]);
-        assert!(a_basis.len() == ka && r.t.len() == r.oh * r.ow, "the operand was made without its basis");
+        assert!(a_basis.len() == ka, "the operand was made without its basis");
         assert!(takes(r.c, kw, ka), "the AVX-512 kernel does not run W{kw}A{ka} over {} channels here", r.c);
         let wlen = [c_out.div_ceil(8), kw, r.k, wr, 8].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         assert!(wlen == Some(wp.len()) && Some(w_basis.len()) == c_out.checked_mul(kw), "weights for another layer");
@@ -402,18 +423,29 @@ impl<'a> Gemm<'a> {
         Gemm { r, wp, c_out, kw, coef, sw }
     }
 
-    /// Output pixels from `p0` into `out` (NHWC, as many pixels as it holds), [`TASK`] at a time.
+    /// Output rows from pixel `p0` into `out` (NHWC, as many whole rows as it holds), [`TASK`] pixels at a time,
+    /// with their `T` terms.
     fn task(&self, p0: usize, out: &mut [f32]) {
-        let n = out.len() / self.c_out;
-        assert!(p0 + n <= self.r.oh * self.r.ow);
-        for (r0, out) in (p0..p0 + n).step_by(TASK).zip(out.chunks_mut(TASK * self.c_out)) {
+        let (r, n) = (self.r, out.len() / self.c_out);
+        assert!(p0.is_multiple_of(r.ow) && n.is_multiple_of(r.ow) && p0 + n <= r.oh * r.ow, "whole output rows");
+        // Scratch on the stack where a task's rows fit (any CIFAR layer, most ImageNet ones): an allocation per
+        // task had cost a few percent of a batch-1 image.
+        let (mut ts, mut cs, mut ws) = ([0.0f32; STACK], [0u32; STACK], [0u32; STACK]);
+        let (mut th, mut ch, mut wh) = (Vec::new(), Vec::new(), Vec::new());
+        let t = scratch(&mut ts, &mut th, n);
+        let (col, win) = (scratch(&mut cs, &mut ch, r.wp), scratch(&mut ws, &mut wh, r.ow));
+        for (i, trow) in t.chunks_exact_mut(r.ow).enumerate() {
+            // SAFETY: `new` checked AVX-512 (`takes`).
+            unsafe { r.t_row(p0 / r.ow + i, col, win, trow) };
+        }
+        for ((r0, out), t) in (p0..p0 + n).step_by(TASK).zip(out.chunks_mut(TASK * self.c_out)).zip(t.chunks(TASK)) {
             let n = out.len() / self.c_out;
             macro_rules! go {
                 ($(($kw:literal, $ka:literal, $p:literal)),*) => {
                     match (self.kw, self.r.ka) {
                         // SAFETY (each arm): `new` checked the CPU and bounded every read of the operand and
                         // weights; the pixels lie inside the map (asserted above).
-                        $(($kw, $ka) => unsafe { tile_rows::<$kw, $ka, $p>(self, r0, n, out) },)*
+                        $(($kw, $ka) => unsafe { tile_rows::<$kw, $ka, $p>(self, r0, n, t, out) },)*
                         _ => unreachable!("takes() allows 1..=4 bits a side"),
                     }
                 };
@@ -444,8 +476,8 @@ impl<'a> Gemm<'a> {
 /// Output pixels per parallel task.
 const TASK: usize = 32;
 
-/// Output pixels `r0..r0 + n` (`n ≤ TASK`) into `out` (`n·C_out`): tiles of `P` pixels (past `n`: the last one
-/// again, not stored) × 8 channels, channel blocks outside so a block's weights stay in L1.
+/// Output pixels `r0..r0 + n` (`n ≤ TASK`, their `T` terms in `t`) into `out` (`n·C_out`): tiles of `P` pixels (past
+/// `n`: the last one again, not stored) × 8 channels, channel blocks outside so a block's weights stay in L1.
 ///
 /// # Safety
 /// AVX-512 as [`is_available`]; `K_w == KW`, `K_a == KA`, the checks of [`Gemm::new`] hold and the pixels lie
@@ -453,7 +485,13 @@ const TASK: usize = 32;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")]
 #[allow(clippy::needless_range_loop)] // a register tile reads best as indices
-unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(g: &Gemm, r0: usize, n: usize, out: &mut [f32]) {
+unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
+    g: &Gemm,
+    r0: usize,
+    n: usize,
+    t: &[f32],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let (r, wp, coef, swp, c_out) = (g.r, g.wp, &g.coef[..], &g.sw[..], g.c_out);
     let (k, sb, c) = (r.k, r.sb, r.c);
@@ -471,7 +509,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(g: &Gemm, 
             (ox, at) = (0, at - r.ow * step + row_step);
         }
     }
-    let t = &r.t[r0..r0 + n];
+    let t = &t[..n];
     let data = r.data.as_ptr();
     for b in 0..blocks {
         let w = &wp[b * KW * k * wr * 8..][..KW * k * wr * 8];
@@ -536,7 +574,13 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(g: &Gemm, 
 /// # Safety
 /// Never called (no AVX-512 off x86-64: [`takes`] is false).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(_: &Gemm, _: usize, _: usize, _: &mut [f32]) {
+unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
+    _: &Gemm,
+    _: usize,
+    _: usize,
+    _: &[f32],
+    _: &mut [f32],
+) {
     unreachable!()
 }
 
