@@ -1,8 +1,9 @@
 //! Latency of an exported model on the engine alone (for profiling; `lqnets bench infer` compares with the
 //! baselines): `cargo run --release -p lq-engine --example latency -- MODEL.lqm [reps] [batch] [--profile]`.
 //! Threads: `RAYON_NUM_THREADS` (the calling thread is worker 0, as in `lqnets bench infer`). With `--profile`,
-//! the time per image of every step (quantized convs split into input map and kernel; minimum over `reps`
-//! passes, at most 5) and the totals by category. `--isa avx2-lut,avx512` times those kernel choices instead of
+//! the time per image of every step (quantized convs split into input map and kernel, where a conv that quantizes
+//! its output for the next one counts that in its kernel; minimum over `reps` passes, at most 5) and the totals by
+//! category. `--isa avx2-lut,avx512` times those kernel choices instead of
 //! the best one, interleaved rep by rep (each after one warm-up), with their ratios to the first.
 use lq_engine::{Isa, Model};
 use std::time::Instant;

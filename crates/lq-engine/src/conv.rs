@@ -213,7 +213,8 @@ impl BitConv {
         let nka = nq.bits().filter(|&k| k == n_basis.len());
         let runs = |c: &BitConv, ka| isa == Isa::Avx512 && c.p512.is_some() && avx512::takes(c.c_in, c.kw, ka);
         let (Some(wp), Some(nka)) = (self.p512.as_ref(), nka) else { return Ok(None) };
-        if !runs(self, ka) || !runs(next, nka) || next.c_in != self.c_out || next.check_hw(oh, ow).is_err() {
+        let fits = next.c_in == self.c_out && nq.channels() == next.c_in && next.check_hw(oh, ow).is_ok();
+        if !runs(self, ka) || !runs(next, nka) || !fits || !avx512::fuses(self.c_out, bias, nq, n_basis) {
             return Ok(None);
         }
         Ok(rayon::scope(|_| {
@@ -412,7 +413,7 @@ mod tests {
     /// A conv's output quantized for the next conv in the kernel's epilogue (`forward_f32_fused`, then
     /// `forward_operand`) equals the two layers run apart, through the f32 map, bit for bit: channels 8 to 64,
     /// strides 1 and 2 on either side, 1×1 and 3×3 kernels, W1–W4 and A1–A4, with and without bias, negative BN
-    /// scales. An operand made for another conv is refused.
+    /// scales, rows wider than one tile call. An operand made for another conv is refused.
     #[test]
     fn fused_epilogue_equals_the_layers_apart() {
         if !avx512::is_available() {
@@ -425,6 +426,8 @@ mod tests {
             (8, 24, 8, 8, 7, (3, 2), (3, 1), (1, 3), (3, 1), true),
             (16, 64, 32, 6, 6, (1, 1), (3, 2), (4, 4), (1, 4), true),
             (32, 8, 16, 5, 9, (3, 1), (1, 2), (3, 1), (2, 3), false),
+            // Rows wider than one tile call (70 pixels: calls of 32, 32 and 6), P = 16 and 8 on the two sides.
+            (8, 16, 8, 3, 70, (3, 1), (3, 1), (1, 1), (1, 2), true),
         ];
         let mut r = rng(7);
         for (n, &(ci, cm, co, h, w, (k1, s1), (k2, s2), (kw1, ka1), (kw2, ka2), has_bias)) in cases.iter().enumerate() {

@@ -21,6 +21,13 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// The unit tests share the integration tests' model builders (which name the crate).
+#[cfg(test)]
+extern crate self as lq_engine;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_nets;
+
 pub use conv::BitConv;
 pub use error::{Error, Result};
 pub use graph::{Op, Weights};

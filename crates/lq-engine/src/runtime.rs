@@ -765,6 +765,57 @@ fn expand(conv: &BitConv) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_nets as common;
+
+    /// The runtime fuses exactly the quantized conv → quantized conv edges whose value nothing else reads (ResNet's
+    /// `conv1 → conv2`, not the block input that `conv1` and the projection both read; VGG-Small's unpooled pairs),
+    /// and on the AVX-512 kernel the fused network's logits equal the unfused one's bit for bit.
+    #[test]
+    fn fused_steps_give_the_unfused_logits() {
+        // A value two quantized convs read (not fused), a conv with bias into another, and a chain of three (the
+        // middle one runs from its operand and so gives f32 to the third, its `fuse` unused).
+        let mut n = common::Net::new([3, 8, 8], 2, 2, 5);
+        let x = n.conv("conv0", 0, 16, 3, 1, 1, Weights::Fp, false);
+        let a = n.qconv("a", x, "pa", 16, 3, 1, 1, false);
+        let b = n.qconv("b", a, "pb", 16, 3, 1, 1, false);
+        let c = n.qconv("c", a, "pc", 16, 3, 2, 1, true);
+        let d = n.qconv("d", c, "pd", 16, 3, 1, 1, false);
+        let e = n.qconv("e", d, "pe", 16, 1, 1, 0, false);
+        let b = n.avg_pool(b, 2, 2);
+        let y = n.add(b, e);
+        let y = n.bn("head", y, true);
+        let y = n.global_avg_pool(y);
+        n.linear("fc", y, 10);
+        let nets = [
+            (common::resnet_cifar(20, 'B', 2, 2, 16, 3), 9),
+            (common::vgg_small([16, 16, 32, 32, 64, 64], 1, 2, 4), 2),
+            (n.finish(), 2),
+        ];
+        for (f, pairs) in nets {
+            let m = Model::from_file(&f).unwrap();
+            let label = |i: usize| m.meta.graph[i].label();
+            let fused: Vec<(String, String)> =
+                m.steps.iter().enumerate().filter_map(|(i, s)| s.fuse.map(|j| (label(i), label(j)))).collect();
+            assert_eq!(fused.len(), pairs, "{fused:?}");
+            for (a, b) in &fused {
+                let resnet = a.contains("conv1`") && b.contains("conv2`") && a[..a.len() - 7] == b[..b.len() - 7];
+                let pairs = [("conv2", "conv3"), ("conv4", "conv5"), ("c", "d"), ("d", "e")];
+                let other = pairs.iter().any(|(p, q)| *a == format!("qconv `{p}`") && *b == format!("qconv `{q}`"));
+                assert!(resnet || other, "{a} -> {b}");
+            }
+            if !avx512::is_available() {
+                eprintln!("SKIP the logits: no AVX-512 here, nothing fuses");
+                continue;
+            }
+            let mut plain = m.clone();
+            plain.steps.iter_mut().for_each(|s| s.fuse = None);
+            for seed in [1, 2] {
+                let x = common::image(&f, seed);
+                let (a, b) = (m.forward(&x, Isa::Avx512).unwrap(), plain.forward(&x, Isa::Avx512).unwrap());
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{a:?} vs {b:?}");
+            }
+        }
+    }
 
     /// The direct conv of a CHW image (where this CPU runs it) equals im2col + GEMM: 16, 32 and 64 channels, with
     /// and without bias, strides 1 and 2, kernels 1, 3, 5 and 7, maps narrower than four pixels.

@@ -103,12 +103,18 @@ fn edge_shapes() {
     check(32, 8, 4, 4, 3, 1, 2, 2, 6, 0.0); // all-zero activation planes
     check(32, 8, 4, 4, 3, 1, 2, 2, 7, 100.0); // all-one activation planes (top level everywhere)
     check(512, 4, 2, 2, 3, 1, 4, 4, 8, 1.5); // 4608-bit rows: several byte-accumulator flushes
-                                             // Maps past one parallel task (32 output pixels for the AVX-512 kernel, 32 patch rows for the popcount ones)
-                                             // and odd pixel counts, for narrow channels (4, 8, 16, 32: several taps per word) and whole words (64).
+                                             // Maps past one parallel task (whole rows of at least 32 output pixels for the AVX-512 kernel, 32 patch
+                                             // rows for the popcount ones) and odd pixel counts, for narrow channels (4, 8, 16, 32: several taps per
+                                             // word) and whole words (64).
     for c in [4, 8, 16, 32, 64] {
         check(c, 24, 12, 11, 3, 1, 2, 2, 17, 1.5);
         check(c, 8, 13, 9, 3, 2, 1, 3, 18, 1.5);
     }
+    // Rows wider than one AVX-512 tile call (70: calls of 32, 32 and 6 pixels, the last partly one at a time), and
+    // wider than its stack scratch (300 pixels: heap scratch), with P = 16 and P = 4.
+    check(16, 8, 3, 70, 3, 1, 1, 1, 19, 1.5);
+    check(8, 16, 3, 70, 3, 1, 2, 2, 20, 1.5);
+    check(8, 8, 2, 300, 3, 1, 1, 2, 21, 1.5);
     for (kw, ka) in [(1, 1), (1, 2), (1, 4), (2, 2), (3, 3), (4, 3)] {
         check(512, 64, 3, 2, 3, 1, kw, ka, 9, 1.5); // LUT kernel: 1152 groups, 19 widenings
         check(16, 32, 5, 5, 3, 1, kw, ka, 10, 100.0); // LUT kernel, all-one planes

@@ -226,14 +226,17 @@ struct Quant16<'a> {
 impl<'a> Quant16<'a> {
     /// `None` unless AVX-512 is present, channels come in whole bytes and K_a ≤ 4.
     fn new(q: &'a ChannelQuant) -> Option<Self> {
-        let (c, ka) = (q.channels(), q.bits()?);
-        if !is_available() || c == 0 || !c.is_multiple_of(8) || ka > 4 {
-            return None;
-        }
+        let ka = Self::takes(q)?;
         let stt = super::quant::signed_thresholds(q);
         let mut codes = [0i32; 16];
         codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
         Some(Quant16 { sign: &q.sign, stt, codes, ka })
+    }
+
+    /// `q`'s planes K_a where [`Quant16::new`] takes it.
+    fn takes(q: &ChannelQuant) -> Option<usize> {
+        let (c, ka) = (q.channels(), q.bits()?);
+        (is_available() && c > 0 && c.is_multiple_of(8) && ka <= 4).then_some(ka)
     }
 
     /// One image row's codes into its plane rows (`sb` bytes apart, pixel `x` at byte `(x + pad)·C/8`) and their
@@ -325,10 +328,17 @@ pub fn run(r: &Rows, wp: &[u64], c_out: usize, kw: usize, w_basis: &[f32], out: 
     });
 }
 
+/// Whether [`run_quantized`] takes a conv of `c_out` channels with `bias` into a next conv whose quantizer is
+/// `q` (basis `a_basis`): `Quant16` takes `q`, over `C_out` channels, a basis value per plane, a bias per channel.
+pub fn fuses(c_out: usize, bias: Option<&[f32]>, q: &ChannelQuant, a_basis: &[f32]) -> bool {
+    let ka = Quant16::takes(q);
+    ka.is_some_and(|ka| a_basis.len() == ka) && q.channels() == c_out && bias.is_none_or(|b| b.len() == c_out)
+}
+
 /// The conv's output, plus `bias` where given, quantized by the next conv's activation quantizer `q` (a `k×k`
 /// conv with `stride` and `pad`, basis `a_basis`) straight into that conv's operand: the f32 map between the two
-/// is never written. Equals [`Rows::from_f32`] of [`run`]'s output plus the bias, bit for bit. `None` where
-/// `Quant16` does not take `q`, `q` is not over `C_out` channels or the next conv does not fit the output map;
+/// is never written (each task's rows pass through a small f32 buffer). Equals [`Rows::from_f32`] of [`run`]'s
+/// output plus the bias, bit for bit. `None` unless [`fuses`] holds and the next conv fits the output map;
 /// panics as [`run`] does.
 #[allow(clippy::too_many_arguments)]
 pub fn run_quantized(
@@ -343,9 +353,8 @@ pub fn run_quantized(
     (k, stride, pad): (usize, usize, usize),
 ) -> Option<Rows> {
     use rayon::prelude::*;
-    let q16 = Quant16::new(q)?;
-    let fits = q.channels() == c_out && a_basis.len() == q16.ka && bias.is_none_or(|b| b.len() == c_out);
-    if !fits || k == 0 || stride == 0 || pad >= k || r.oh + 2 * pad < k || r.ow + 2 * pad < k {
+    let q16 = Quant16::new(q).filter(|_| fuses(c_out, bias, q, a_basis))?;
+    if k == 0 || stride == 0 || r.oh + 2 * pad < k || r.ow + 2 * pad < k {
         return None;
     }
     let g = Gemm::new(r, wp, c_out, kw, w_basis);
@@ -353,7 +362,7 @@ pub fn run_quantized(
     let (ka, sb, wpn, per) = (q16.ka, next.sb, next.wp, task_rows(r.ow));
     let data = next.data[pad * ka * sb..][..r.oh * ka * sb].par_chunks_mut(per * ka * sb);
     let cnt = next.cnt[pad * ka * wpn..][..r.oh * ka * wpn].par_chunks_mut(per * ka * wpn);
-    // Each task's rows go through an L1-sized f32 buffer, then the 16-channel quantizer, while still in cache.
+    // Each task's rows go through a small f32 buffer, then the 16-channel quantizer, while still in cache.
     data.zip(cnt).enumerate().for_each_init(Vec::new, |buf, (t, (data, cnt))| {
         buf.resize(data.len() / (ka * sb) * r.ow * c_out, 0.0);
         g.task(t * per * r.ow, buf);
@@ -425,11 +434,12 @@ impl<'a> Gemm<'a> {
 
     /// Output rows from pixel `p0` into `out` (NHWC, as many whole rows as it holds), [`TASK`] pixels at a time,
     /// with their `T` terms.
+    #[allow(clippy::modulo_one)] // the P = 1 arm
     fn task(&self, p0: usize, out: &mut [f32]) {
         let (r, n) = (self.r, out.len() / self.c_out);
         assert!(p0.is_multiple_of(r.ow) && n.is_multiple_of(r.ow) && p0 + n <= r.oh * r.ow, "whole output rows");
-        // Scratch on the stack where a task's rows fit (any CIFAR layer, most ImageNet ones): an allocation per
-        // task had cost a few percent of a batch-1 image.
+        // Scratch on the stack where a task's rows fit (a padded width and a task of at most 256 pixels: every
+        // CIFAR layer, most ImageNet ones): an allocation per task had cost a few percent of a batch-1 image.
         let (mut ts, mut cs, mut ws) = ([0.0f32; STACK], [0u32; STACK], [0u32; STACK]);
         let (mut th, mut ch, mut wh) = (Vec::new(), Vec::new(), Vec::new());
         let t = scratch(&mut ts, &mut th, n);
@@ -444,13 +454,23 @@ impl<'a> Gemm<'a> {
                 ($(($kw:literal, $ka:literal, $p:literal)),*) => {
                     match (self.kw, self.r.ka) {
                         // SAFETY (each arm): `new` checked the CPU and bounded every read of the operand and
-                        // weights; the pixels lie inside the map (asserted above).
-                        $(($kw, $ka) => unsafe { tile_rows::<$kw, $ka, $p>(self, r0, n, t, out) },)*
+                        // weights; the pixels lie inside the map (asserted above). Whole tiles of P pixels, then
+                        // the few left one at a time (a part tile would compute P pixels for them).
+                        $(($kw, $ka) => unsafe {
+                            let bulk = n - n % $p;
+                            if bulk > 0 {
+                                tile_rows::<$kw, $ka, $p>(self, r0, bulk, t, out);
+                            }
+                            if bulk < n {
+                                let rest = &mut out[bulk * self.c_out..];
+                                tile_rows::<$kw, $ka, 1>(self, r0 + bulk, n - bulk, &t[bulk..], rest);
+                            }
+                        },)*
                         _ => unreachable!("takes() allows 1..=4 bits a side"),
                     }
                 };
             }
-            // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing the tasks.
+            // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing TASK.
             go!(
                 (1, 1, 16),
                 (1, 2, 8),
@@ -473,11 +493,13 @@ impl<'a> Gemm<'a> {
     }
 }
 
-/// Output pixels per parallel task.
+/// Output pixels per `tile_rows` call (its pixel offsets live in a stack array of this size), and the least a
+/// parallel task takes ([`task_rows`]).
 const TASK: usize = 32;
 
 /// Output pixels `r0..r0 + n` (`n ≤ TASK`, their `T` terms in `t`) into `out` (`n·C_out`): tiles of `P` pixels (past
-/// `n`: the last one again, not stored) × 8 channels, channel blocks outside so a block's weights stay in L1.
+/// `n`: the last one again, not stored; callers pass whole tiles where they can) × 8 channels, channel blocks
+/// outside so a block's weights stay in L1.
 ///
 /// # Safety
 /// AVX-512 as [`is_available`]; `K_w == KW`, `K_a == KA`, the checks of [`Gemm::new`] hold and the pixels lie
@@ -514,7 +536,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     for b in 0..blocks {
         let w = &wp[b * KW * k * wr * 8..][..KW * k * wr * 8];
         for p0 in (0..n).step_by(P) {
-            // SAFETY: every pixel's patch lies inside the operand (checked by `run`).
+            // SAFETY: every pixel's patch lies inside the operand (checked by `Gemm::new`).
             let px: [*const u8; P] = std::array::from_fn(|p| unsafe { data.add(base[(p0 + p).min(n - 1)]) });
             let mut acc = [[[_mm512_setzero_si512(); KA]; KW]; P];
             for ky in 0..k {
@@ -522,7 +544,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                 for m in 0..wr {
                     let x = ky * wr + m;
                     // SAFETY: weight word x of plane i of this block lies inside `w`; the activation word is inside
-                    // its plane row (checked by `run`: `sb` covers the last kernel row's whole words).
+                    // its plane row (checked by `Gemm::new`: `sb` covers the last kernel row's whole words).
                     unsafe {
                         let wv: [__m512i; KW] =
                             std::array::from_fn(|i| _mm512_loadu_si512(w.as_ptr().add((i * k * wr + x) * 8).cast()));
