@@ -299,6 +299,9 @@ pub fn bench_infer(a: &BenchInferArgs) -> Result<()> {
             // Each side in its own block of reps after one warm-up, as the anchors script times its sides: a
             // libtorch forward between two engine forwards evicts the engine's weights and maps from the caches.
             let mut tt = timed(a.reps, || fp.logits(&batch).map(drop).map_err(Into::into))?;
+            // libtorch's OpenMP workers spin for a while after its last parallel region: on two cores that took a
+            // core from the engine's first milliseconds (2 threads, batch 1: 0.22 ms instead of 0.16).
+            std::thread::sleep(std::time::Duration::from_millis(50));
             let mut te = timed(a.reps, || model.forward_batch(&x, n, Isa::best()).map(drop).map_err(Into::into))?;
             let stat = |v: &mut Vec<f64>| [median(v), v[0]];
             row.push([stat(&mut tt), stat(&mut te), [f64::NAN; 2], [f64::NAN; 2], [f64::NAN; 2]]);
