@@ -44,7 +44,7 @@ fn elems(dims: &[usize]) -> Option<usize> {
 }
 
 /// A full-precision conv: weights `[C_out][ky][kx][C_in]` (so an NHWC patch is contiguous per tap), f32 im2col +
-/// GEMM, bias added through the GEMM's accumulator; on a CHW image with AVX-512 and 16, 32 or 64 output channels, a
+/// GEMM, bias added through the GEMM's accumulator; on a CHW image with AVX-512 and 16, 32, 64 or 128 output channels, a
 /// direct conv instead ([`avx512::conv_f32_chw`]).
 #[derive(Clone, Debug)]
 struct FpConv {
@@ -69,7 +69,7 @@ impl FpConv {
         (k, stride, pad): (usize, usize, usize),
     ) -> Self {
         let kk = k * k * c_in;
-        let wt = (avx512::is_available() && matches!(c_out, 16 | 32 | 64) && w.len() == kk * c_out)
+        let wt = (avx512::is_available() && avx512::direct_conv_takes(c_out) && w.len() == kk * c_out)
             .then(|| (0..kk * c_out).map(|i| w[(i % c_out) * kk + i / c_out]).collect());
         FpConv { w, wt, bias, c_out, c_in, k, stride, pad }
     }
@@ -817,8 +817,9 @@ mod tests {
         }
     }
 
-    /// The direct conv of a CHW image (where this CPU runs it) equals im2col + GEMM: 16, 32 and 64 channels, with
-    /// and without bias, strides 1 and 2, kernels 1, 3, 5 and 7, maps narrower than four pixels.
+    /// The direct conv of a CHW image (where this CPU runs it) equals im2col + GEMM: 16, 32, 64 and 128 channels,
+    /// with and without bias, strides 1 and 2, kernels 1, 3, 5 and 7, rows that are not whole pixel groups, maps
+    /// narrower than one group.
     #[test]
     fn direct_image_conv_equals_gemm() {
         if !avx512::is_available() {
@@ -832,6 +833,9 @@ mod tests {
             (1, 1, 0, 16, 3, 3),
             (7, 2, 3, 64, 12, 12),
             (3, 1, 1, 32, 2, 3),
+            (3, 1, 1, 128, 5, 9),
+            (5, 2, 2, 128, 7, 10),
+            (3, 1, 1, 16, 4, 21),
         ];
         for (i, &(k, stride, pad, co, h, w)) in cases.iter().enumerate() {
             let c = 3;

@@ -606,11 +606,18 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     unreachable!()
 }
 
+/// Output channels the direct first conv ([`conv_f32_chw`]) takes.
+pub(crate) fn direct_conv_takes(c_out: usize) -> bool {
+    matches!(c_out, 16 | 32 | 64 | 128)
+}
+
 /// A full-precision conv over a CHW image (`c_in·h·w`, the network's input) computed directly, NHWC out, `None`
-/// where it does not run (no AVX-512, `C_out` not 16, 32 or 64, sizes that disagree). Per 4 output pixels, `4·C_out/16`
-/// register accumulators and one broadcast-FMA per pixel, tap and input channel: no im2col, no GEMM packing, and
-/// four independent FMA chains per weight load (for a 3-channel image im2col and packing cost more than the FMAs).
-/// `wt` is the weights as `[ky][kx][C_in][C_out]`, `bias` `C_out` values or empty.
+/// where it does not run (no AVX-512, `C_out` not 16, 32, 64 or 128, sizes that disagree). The image is first
+/// copied into a zero-bordered one, so every output pixel is interior; then per group of `NP` output pixels
+/// (8 at 16 or 32 channels, 4 at 64, 2 at 128), `NP·C_out/16` register accumulators (8 to 16 independent FMA
+/// chains, enough to cover the FMA latency) and one broadcast-FMA per pixel, tap and input channel: no im2col, no
+/// GEMM packing (for a 3-channel image they cost more than the FMAs). `wt` is the weights as
+/// `[ky][kx][C_in][C_out]`, `bias` `C_out` values or empty.
 pub(crate) fn conv_f32_chw(
     x: &[f32],
     (c_in, h, w): (usize, usize, usize),
@@ -620,30 +627,38 @@ pub(crate) fn conv_f32_chw(
     (k, stride, pad): (usize, usize, usize),
 ) -> Option<Vec<f32>> {
     use rayon::prelude::*;
-    let ok = is_available() && matches!(c_out, 16 | 32 | 64) && k > 0 && stride > 0 && c_in > 0;
+    let ok = is_available() && direct_conv_takes(c_out) && k > 0 && stride > 0 && c_in > 0;
     let sizes = [c_in, h, w].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) == Some(x.len())
         && [k, k, c_in, c_out].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) == Some(wt.len())
         && (bias.is_empty() || bias.len() == c_out);
-    if !ok || !sizes || h + 2 * pad < k || w + 2 * pad < k {
+    let (hp, wp) = (h.checked_add(pad.checked_mul(2)?)?, w.checked_add(pad.checked_mul(2)?)?);
+    if !ok || !sizes || hp < k || wp < k {
         return None;
     }
-    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
     let mut out = vec![0.0f32; oh.checked_mul(ow)?.checked_mul(c_out)?];
-    let img = Image { x, c_in, h, w, wt, bias, k, stride, pad };
+    let mut xp = Buf::<f32>::zeroed(c_in.checked_mul(hp)?.checked_mul(wp)?);
+    for (plane, src) in xp.chunks_exact_mut(hp * wp).zip(x.chunks_exact(h * w)) {
+        for (row, s) in plane[pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
+            row[pad..pad + w].copy_from_slice(s);
+        }
+    }
+    let img = Image { x: &xp, c_in, h: hp, w: wp, wt, bias, k, stride };
     out.par_chunks_mut(ow * c_out).enumerate().for_each(|(oy, orow)| {
         // SAFETY: AVX-512F checked above; every slice index in `conv_row` is checked.
         unsafe {
             match c_out {
-                16 => conv_row::<1>(&img, oy, orow),
-                32 => conv_row::<2>(&img, oy, orow),
-                _ => conv_row::<4>(&img, oy, orow),
+                16 => conv_row::<1, 8>(&img, oy, orow),
+                32 => conv_row::<2, 8>(&img, oy, orow),
+                64 => conv_row::<4, 4>(&img, oy, orow),
+                _ => conv_row::<8, 2>(&img, oy, orow),
             }
         }
     });
     Some(out)
 }
 
-/// The operands of [`conv_f32_chw`].
+/// The operands of [`conv_f32_chw`]: the zero-bordered image (`h × w` with the border).
 struct Image<'a> {
     x: &'a [f32],
     c_in: usize,
@@ -653,29 +668,27 @@ struct Image<'a> {
     bias: &'a [f32],
     k: usize,
     stride: usize,
-    pad: usize,
 }
 
-/// One output row of [`conv_f32_chw`], `NB` blocks of 16 output channels: 4 pixels at a time where all their taps
-/// lie inside the row, one at a time (with per-tap checks) at the borders.
+/// One output row of [`conv_f32_chw`], `NB` blocks of 16 output channels: `NP` pixels at a time, the last few one
+/// at a time.
 ///
 /// # Safety
 /// AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // a register tile reads best as indices
-unsafe fn conv_row<const NB: usize>(g: &Image, oy: usize, orow: &mut [f32]) {
+unsafe fn conv_row<const NB: usize, const NP: usize>(g: &Image, oy: usize, orow: &mut [f32]) {
     use std::arch::x86_64::*;
-    let (k, s, pad, c_in, h, w) = (g.k, g.stride, g.pad, g.c_in, g.h, g.w);
+    let (k, s, c_in, h, w) = (g.k, g.stride, g.c_in, g.h, g.w);
     let c_out = 16 * NB;
     let ow = orow.len() / c_out;
     let mut ox = 0;
     while ox < ow {
-        // Four pixels whose taps all lie inside the row (columns ox·s − pad .. (ox + 3)·s + k − 1 − pad), else one.
-        let np = if ox + 4 <= ow && ox * s >= pad && (ox + 3) * s + k <= w + pad { 4 } else { 1 };
-        let mut acc = [[_mm512_setzero_ps(); NB]; 4];
+        let np = if ox + NP <= ow { NP } else { 1 };
+        let mut acc = [[_mm512_setzero_ps(); NB]; NP];
         if !g.bias.is_empty() {
-            for p in 0..4 {
+            for p in 0..NP {
                 for b in 0..NB {
                     // SAFETY: a checked 16-value slice.
                     acc[p][b] = unsafe { _mm512_loadu_ps(g.bias[b * 16..][..16].as_ptr()) };
@@ -683,28 +696,26 @@ unsafe fn conv_row<const NB: usize>(g: &Image, oy: usize, orow: &mut [f32]) {
             }
         }
         for ky in 0..k {
-            let Some(iy) = (oy * s + ky).checked_sub(pad).filter(|&iy| iy < h) else { continue };
+            let iy = oy * s + ky;
             for kx in 0..k {
-                // The first pixel's column; with np = 4 every pixel's column is inside (checked above).
-                let Some(ix0) = (ox * s + kx).checked_sub(pad).filter(|&ix| ix < w) else { continue };
                 for ci in 0..c_in {
                     let wrow = &g.wt[((ky * k + kx) * c_in + ci) * c_out..][..c_out];
-                    let plane = &g.x[(ci * h + iy) * w..][..w];
+                    // The pixels' input columns ox·s + kx, .., (ox + np − 1)·s + kx of this plane row.
+                    let px = &g.x[(ci * h + iy) * w..][..w][ox * s + kx..][..(np - 1) * s + 1];
                     let mut wv = [_mm512_setzero_ps(); NB];
                     for b in 0..NB {
                         // SAFETY: a checked 16-value slice.
                         wv[b] = unsafe { _mm512_loadu_ps(wrow[b * 16..][..16].as_ptr()) };
                     }
-                    if np == 4 {
-                        let px = &plane[ix0..=ix0 + 3 * s];
-                        for p in 0..4 {
+                    if np == NP {
+                        for p in 0..NP {
                             let v = _mm512_set1_ps(px[p * s]);
                             for b in 0..NB {
                                 acc[p][b] = _mm512_fmadd_ps(v, wv[b], acc[p][b]);
                             }
                         }
                     } else {
-                        let v = _mm512_set1_ps(plane[ix0]);
+                        let v = _mm512_set1_ps(px[0]);
                         for b in 0..NB {
                             acc[0][b] = _mm512_fmadd_ps(v, wv[b], acc[0][b]);
                         }
@@ -726,6 +737,6 @@ unsafe fn conv_row<const NB: usize>(g: &Image, oy: usize, orow: &mut [f32]) {
 /// # Safety
 /// Never called (no AVX-512 off x86-64: `is_available` is false).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn conv_row<const NB: usize>(_: &Image, _: usize, _: &mut [f32]) {
+unsafe fn conv_row<const NB: usize, const NP: usize>(_: &Image, _: usize, _: &mut [f32]) {
     unreachable!()
 }
