@@ -67,9 +67,10 @@ pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, c_in: usize, k: usize
 /// last kernel row's whole words.
 pub struct Rows {
     data: Buf<u8>,
-    /// Set bits per padded pixel and plane, `[h + 2·pad][K_a][w + 2·pad]` (the `T` term's window sums).
-    cnt: Buf<u32>,
-    /// The activation basis (the `T` term's, computed per task from `cnt` by the kernel).
+    /// `Σ_j v^a_j·(set bits of plane j)` per padded pixel, `[h + 2·pad][w + 2·pad]`: `T` is its k×k window sums
+    /// (computed per task by the kernel).
+    tw: Buf<f32>,
+    /// The activation basis (`tw`'s, and the epilogue's).
     a_basis: Vec<f32>,
     /// The input map's height and width, and the conv's zero padding.
     h: usize,
@@ -94,15 +95,15 @@ impl Rows {
         let sizes = (|| {
             let (hp, wp) = (h.checked_add(pad.checked_mul(2)?)?, w.checked_add(pad.checked_mul(2)?)?);
             let sb = (wp.checked_mul(c)? / 8).checked_add(8 * k.checked_mul(c)?.div_ceil(64))?;
-            Some((hp, wp, sb, hp.checked_mul(ka)?.checked_mul(sb)?, hp.checked_mul(ka)?.checked_mul(wp)?))
+            Some((hp, wp, sb, hp.checked_mul(ka)?.checked_mul(sb)?, hp.checked_mul(wp)?))
         })();
         let Some((hp, wp, sb, nd, nc)) = sizes.filter(|&(hp, wp, ..)| geometry && hp >= k && wp >= k) else {
             panic!("no conv operand for a {h}x{w}x{c} map, {ka} planes, k={k}, stride={stride}, pad={pad}");
         };
         let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
         assert!(oh.checked_mul(ow).is_some());
-        let (data, cnt) = (Buf::zeroed(nd), Buf::zeroed(nc));
-        Rows { data, cnt, a_basis: Vec::new(), h, w, pad, wp, sb, c, ka, k, stride, oh, ow }
+        let (data, tw) = (Buf::zeroed(nd), Buf::zeroed(nc));
+        Rows { data, tw, a_basis: Vec::new(), h, w, pad, wp, sb, c, ka, k, stride, oh, ow }
     }
 
     /// Whether this is the operand of a `k×k` conv with `stride` and `pad` over an `h×w×c` map quantized to `ka`
@@ -123,31 +124,25 @@ impl Rows {
         self
     }
 
-    /// `T = Σ_j v^a_j popc(A_j)` of output row `oy`'s pixels (`trow`, `ow` values) from the per-pixel counts:
-    /// per plane, column sums over the k kernel rows, then each window as k shifted adds of them (straight loops
-    /// the compiler vectorises, here for AVX-512). `col` and `win` are scratch of `wp` and `ow` values.
+    /// `T = Σ_j v^a_j popc(A_j)` of output row `oy`'s pixels (`trow`, `ow` values): the k×k window sums of the
+    /// weighted per-pixel counts, as k² shifted adds of padded rows (straight loops the compiler vectorises, here
+    /// for AVX-512).
     ///
     /// # Safety
     /// AVX-512F (with AVX2).
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2"))]
-    unsafe fn t_row(&self, oy: usize, col: &mut [u32], win: &mut [u32], trow: &mut [f32]) {
-        let (cnt, (k, s, ka, wp)) = (&self.cnt, (self.k, self.stride, self.ka, self.wp));
+    unsafe fn t_row(&self, oy: usize, trow: &mut [f32]) {
+        let (k, s, wp) = (self.k, self.stride, self.wp);
         trow.fill(0.0);
-        for (j, &a) in self.a_basis.iter().enumerate() {
-            col.copy_from_slice(&cnt[(oy * s * ka + j) * wp..][..wp]);
-            for ky in 1..k {
-                let src = &cnt[((oy * s + ky) * ka + j) * wp..][..wp];
-                col.iter_mut().zip(src).for_each(|(c, &v)| *c += v);
-            }
-            win.fill(0);
+        for ky in 0..k {
+            let src = &self.tw[(oy * s + ky) * wp..][..wp];
             for kx in 0..k {
                 if s == 1 {
-                    win.iter_mut().zip(&col[kx..]).for_each(|(w, &c)| *w += c);
+                    trow.iter_mut().zip(&src[kx..]).for_each(|(t, &v)| *t += v);
                 } else {
-                    win.iter_mut().zip(col[kx..].iter().step_by(s)).for_each(|(w, &c)| *w += c);
+                    trow.iter_mut().zip(src[kx..].iter().step_by(s)).for_each(|(t, &v)| *t += v);
                 }
             }
-            trow.iter_mut().zip(win.iter()).for_each(|(tv, &n)| *tv += a * n as f32);
         }
     }
 
@@ -156,12 +151,14 @@ impl Rows {
         use rayon::prelude::*;
         let (c, ka, cw) = (x.c, x.k, x.words());
         assert!(c.is_multiple_of(8) && x.is_consistent(), "{c} channels: the rows hold whole bytes of channels");
+        assert_eq!(a_basis.len(), ka, "an activation basis per plane");
         let mut r = Rows::zeroed(x.h, x.w, c, ka, k, stride, pad);
         let (sb, wp) = (r.sb, r.wp);
         let data = r.data[pad * ka * sb..][..x.h * ka * sb].par_chunks_mut(ka * sb);
-        let cnt = r.cnt[pad * ka * wp..][..x.h * ka * wp].par_chunks_mut(ka * wp);
-        data.zip(cnt).with_min_len(min_rows(x.w * c)).enumerate().for_each(|(y, (row, cnt))| {
+        let tw = r.tw[pad * wp..][..x.h * wp].par_chunks_mut(wp);
+        data.zip(tw).with_min_len(min_rows(x.w * c)).enumerate().for_each(|(y, (row, tw))| {
             for xx in 0..x.w {
+                let mut ones = [0u32; 8];
                 for j in 0..ka {
                     let src = &x.data[((y * x.w + xx) * ka + j) * cw..][..cw];
                     let dst = &mut row[j * sb + (xx + pad) * c / 8..][..c / 8];
@@ -169,8 +166,9 @@ impl Rows {
                         d.copy_from_slice(&s.to_le_bytes()[..d.len()]);
                     }
                     // Counted from the copied bytes, so stray bits past `c` (the fields are public) count nowhere.
-                    cnt[j * wp + pad + xx] = dst.iter().map(|b| b.count_ones()).sum();
+                    ones[j] = dst.iter().map(|b| b.count_ones()).sum();
                 }
+                tw[pad + xx] = weighted(&ones[..ka], a_basis);
             }
         });
         r.with_basis(a_basis)
@@ -198,11 +196,19 @@ impl Rows {
         let mut r = Rows::zeroed(h, w, c, ka, k, stride, pad);
         let (sb, wp) = (r.sb, r.wp);
         let data = r.data[pad * ka * sb..][..h * ka * sb].par_chunks_mut(ka * sb);
-        let cnt = r.cnt[pad * ka * wp..][..h * ka * wp].par_chunks_mut(ka * wp);
-        let rows = data.zip(cnt).zip(x.par_chunks(w * c)).with_min_len(min_rows(w * c));
-        rows.for_each(|((row, cnt), xs)| q16.fill_row(xs, row, sb, cnt, pad));
+        if a_basis.len() != ka {
+            return None;
+        }
+        let tw = r.tw[pad * wp..][..h * wp].par_chunks_mut(wp);
+        let rows = data.zip(tw).zip(x.par_chunks(w * c)).with_min_len(min_rows(w * c));
+        rows.for_each(|((row, tw), xs)| q16.fill_row(xs, row, sb, tw, pad, a_basis));
         Some(r.with_basis(a_basis))
     }
+}
+
+/// `Σ_j a_j·n_j` in f32, planes in order: the one formula of a pixel's weighted count (both operand builders).
+fn weighted(ones: &[u32], a: &[f32]) -> f32 {
+    ones.iter().zip(a).fold(0.0, |t, (&n, &a)| t + a * n as f32)
 }
 
 /// Input rows of `row` values per parallel piece of an operand build: at least 2^15 values (several µs of work),
@@ -240,19 +246,20 @@ impl<'a> Quant16<'a> {
     }
 
     /// One image row's codes into its plane rows (`sb` bytes apart, pixel `x` at byte `(x + pad)·C/8`) and their
-    /// set-bit counts (`cnt`, `K_a` rows of the padded width). Panics if the rows are too short.
-    fn fill_row(&self, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
+    /// set-bit counts weighted by the basis `a` ([`weighted`], into `tw`'s padded row). Panics if the rows are too
+    /// short or `a` is not a value per plane.
+    fn fill_row(&self, xs: &[f32], row: &mut [u8], sb: usize, tw: &mut [f32], pad: usize, a: &[f32]) {
         let (c, ka) = (self.sign.len(), self.ka);
         let npx = xs.len() / c;
         // Keeps `fill`'s unchecked plane writes inside `row`.
-        assert!(row.len() >= ka * sb && (pad + npx) * c / 8 <= sb && cnt.len() >= ka * (pad + npx));
+        assert!(row.len() >= ka * sb && (pad + npx) * c / 8 <= sb && tw.len() >= pad + npx && a.len() == ka);
         // SAFETY (each arm): `new` checked AVX-512; K_a == KA.
         unsafe {
             match ka {
-                1 => self.fill::<1>(xs, row, sb, cnt, pad),
-                2 => self.fill::<2>(xs, row, sb, cnt, pad),
-                3 => self.fill::<3>(xs, row, sb, cnt, pad),
-                _ => self.fill::<4>(xs, row, sb, cnt, pad),
+                1 => self.fill::<1>(xs, row, sb, tw, pad, a),
+                2 => self.fill::<2>(xs, row, sb, tw, pad, a),
+                3 => self.fill::<3>(xs, row, sb, tw, pad, a),
+                _ => self.fill::<4>(xs, row, sb, tw, pad, a),
             }
         }
     }
@@ -263,10 +270,17 @@ impl<'a> Quant16<'a> {
     /// AVX-512F; `KA == self.ka`; `row` as `fill_row` checks (the plane bytes are written unchecked).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,popcnt")]
-    unsafe fn fill<const KA: usize>(&self, xs: &[f32], row: &mut [u8], sb: usize, cnt: &mut [u32], pad: usize) {
+    unsafe fn fill<const KA: usize>(
+        &self,
+        xs: &[f32],
+        row: &mut [u8],
+        sb: usize,
+        tw: &mut [f32],
+        pad: usize,
+        a: &[f32],
+    ) {
         use std::arch::x86_64::*;
         let c = self.sign.len();
-        let wp = cnt.len() / KA;
         // SAFETY: `codes` is 16 i32.
         let codes = unsafe { _mm512_loadu_si512(self.codes.as_ptr().cast()) };
         for (xx, px) in xs.chunks_exact(c).enumerate() {
@@ -304,14 +318,14 @@ impl<'a> Quant16<'a> {
                     ones[j] += v.count_ones();
                 }
             }
-            (0..KA).for_each(|j| cnt[j * wp + pad + xx] = ones[j]);
+            tw[pad + xx] = weighted(&ones, a);
         }
     }
 
     /// # Safety
     /// Never called (no AVX-512 off x86-64: `new` returns `None`).
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn fill<const KA: usize>(&self, _: &[f32], _: &mut [u8], _: usize, _: &mut [u32], _: usize) {
+    unsafe fn fill<const KA: usize>(&self, _: &[f32], _: &mut [u8], _: usize, _: &mut [f32], _: usize, _: &[f32]) {
         unreachable!()
     }
 }
@@ -361,17 +375,16 @@ pub fn run_quantized(
     let mut next = Rows::zeroed(r.oh, r.ow, c_out, q16.ka, k, stride, pad);
     let (ka, sb, wpn, per) = (q16.ka, next.sb, next.wp, task_rows(r.ow));
     let data = next.data[pad * ka * sb..][..r.oh * ka * sb].par_chunks_mut(per * ka * sb);
-    let cnt = next.cnt[pad * ka * wpn..][..r.oh * ka * wpn].par_chunks_mut(per * ka * wpn);
+    let tw = next.tw[pad * wpn..][..r.oh * wpn].par_chunks_mut(per * wpn);
     // Each task's rows go through a small f32 buffer, then the 16-channel quantizer, while still in cache.
-    data.zip(cnt).enumerate().for_each_init(Vec::new, |buf, (t, (data, cnt))| {
+    data.zip(tw).enumerate().for_each_init(Vec::new, |buf, (t, (data, tw))| {
         buf.resize(data.len() / (ka * sb) * r.ow * c_out, 0.0);
         g.task(t * per * r.ow, buf);
         if let Some(b) = bias {
             buf.chunks_exact_mut(c_out).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
         }
-        let rows =
-            buf.chunks_exact(r.ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(cnt.chunks_exact_mut(ka * wpn)));
-        rows.for_each(|(xs, (row, cnt))| q16.fill_row(xs, row, sb, cnt, pad));
+        let rows = buf.chunks_exact(r.ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(tw.chunks_exact_mut(wpn)));
+        rows.for_each(|(xs, (row, tw))| q16.fill_row(xs, row, sb, tw, pad, a_basis));
     });
     Some(next.with_basis(a_basis))
 }
@@ -438,15 +451,13 @@ impl<'a> Gemm<'a> {
     fn task(&self, p0: usize, out: &mut [f32]) {
         let (r, n) = (self.r, out.len() / self.c_out);
         assert!(p0.is_multiple_of(r.ow) && n.is_multiple_of(r.ow) && p0 + n <= r.oh * r.ow, "whole output rows");
-        // Scratch on the stack where a task's rows fit (a padded width and a task of at most 256 pixels: every
-        // CIFAR layer, most ImageNet ones): an allocation per task had cost a few percent of a batch-1 image.
-        let (mut ts, mut cs, mut ws) = ([0.0f32; STACK], [0u32; STACK], [0u32; STACK]);
-        let (mut th, mut ch, mut wh) = (Vec::new(), Vec::new(), Vec::new());
+        // `T` scratch on the stack where a task's rows fit (at most 256 pixels: every CIFAR layer, most ImageNet
+        // ones): an allocation per task had cost a few percent of a batch-1 image.
+        let (mut ts, mut th) = ([0.0f32; STACK], Vec::new());
         let t = scratch(&mut ts, &mut th, n);
-        let (col, win) = (scratch(&mut cs, &mut ch, r.wp), scratch(&mut ws, &mut wh, r.ow));
         for (i, trow) in t.chunks_exact_mut(r.ow).enumerate() {
             // SAFETY: `new` checked AVX-512 (`takes`).
-            unsafe { r.t_row(p0 / r.ow + i, col, win, trow) };
+            unsafe { r.t_row(p0 / r.ow + i, trow) };
         }
         for ((r0, out), t) in (p0..p0 + n).step_by(TASK).zip(out.chunks_mut(TASK * self.c_out)).zip(t.chunks(TASK)) {
             let n = out.len() / self.c_out;
