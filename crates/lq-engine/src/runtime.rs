@@ -304,21 +304,20 @@ impl Model {
             tick(i, (now - *t).as_secs_f64());
             *t = now;
         };
-        let mut vals: Vec<Option<Vec<f32>>> = vec![None; self.shapes.len()];
-        // A fused conv's output value, kept as its reader's operand (the value itself is then left empty).
-        let mut operands: Vec<Option<avx512::Rows>> = (0..self.shapes.len()).map(|_| None).collect();
+        let n = self.shapes.len();
+        let mut p = Pass { vals: vec![None; n], operands: (0..n).map(|_| None).collect(), chw, isa };
         if self.nhwc_input {
             let Shape { h, w, c } = self.shapes[0];
-            vals[0] = Some((0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect());
+            p.vals[0] = Some((0..h * w * c).map(|i| chw[(i % c) * h * w + i / c]).collect());
         }
         lap(usize::MAX, &mut t);
         for (i, step) in self.steps.iter().enumerate() {
-            let out = self.step(i, step, &mut vals, &mut operands, chw, isa);
-            vals[i + 1] = Some(out);
-            step.free.iter().for_each(|&v| vals[v] = None);
+            let out = self.step(i, step, &mut p);
+            p.vals[i + 1] = Some(out);
+            step.free.iter().for_each(|&v| p.vals[v] = None);
             lap(i, &mut t);
         }
-        vals.pop().flatten().expect("the last value is computed")
+        p.vals.pop().flatten().expect("the last value is computed")
     }
 
     /// Per-step times of `n` images run one after another (each image's layers in parallel as in
@@ -373,46 +372,24 @@ impl Model {
 
     /// [`Model::run`], its element-wise loops compiled for AVX2 where the CPU has it (the build's baseline is
     /// SSE2; the glue between layers is a tenth of a small network's time).
-    fn step(
-        &self,
-        i: usize,
-        step: &Step,
-        vals: &mut [Option<Vec<f32>>],
-        operands: &mut [Option<avx512::Rows>],
-        chw: &[f32],
-        isa: Isa,
-    ) -> Vec<f32> {
+    fn step(&self, i: usize, step: &Step, p: &mut Pass) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::avx2::is_available() {
             /// # Safety
             /// AVX2 and FMA.
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn run_avx2(
-                m: &Model,
-                (i, step): (usize, &Step),
-                vals: &mut [Option<Vec<f32>>],
-                operands: &mut [Option<avx512::Rows>],
-                chw: &[f32],
-                isa: Isa,
-            ) -> Vec<f32> {
-                m.run(i, step, vals, operands, chw, isa)
+            unsafe fn run_avx2(m: &Model, i: usize, step: &Step, p: &mut Pass) -> Vec<f32> {
+                m.run(i, step, p)
             }
             // SAFETY: AVX2 and FMA checked just above.
-            return unsafe { run_avx2(self, (i, step), vals, operands, chw, isa) };
+            return unsafe { run_avx2(self, i, step, p) };
         }
-        self.run(i, step, vals, operands, chw, isa)
+        self.run(i, step, p)
     }
 
     #[inline(always)]
-    fn run(
-        &self,
-        i: usize,
-        step: &Step,
-        vals: &mut [Option<Vec<f32>>],
-        operands: &mut [Option<avx512::Rows>],
-        chw: &[f32],
-        isa: Isa,
-    ) -> Vec<f32> {
+    fn run(&self, i: usize, step: &Step, p: &mut Pass) -> Vec<f32> {
+        let (vals, operands, chw, isa) = (&mut p.vals, &mut p.operands, p.chw, p.isa);
         let s = &step.srcs;
         let sh = self.shapes[s[0]];
         let Shape { h, w, c } = sh;
@@ -532,6 +509,16 @@ impl Model {
             }
         }
     }
+}
+
+/// The state of one forward: the values computed so far, and the operands fused convs made for their readers (a
+/// fused conv's own value is then left empty).
+struct Pass<'a> {
+    vals: Vec<Option<Vec<f32>>>,
+    operands: Vec<Option<avx512::Rows>>,
+    /// The normalised CHW image.
+    chw: &'a [f32],
+    isa: Isa,
 }
 
 /// A computed value (validation made every source earlier than its reader).

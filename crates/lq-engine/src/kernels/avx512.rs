@@ -399,11 +399,11 @@ fn task_rows(ow: usize) -> usize {
 const STACK: usize = 256;
 
 /// `n` values of scratch: the front of `stack` where they fit, else `heap` grown to `n`.
-fn scratch<'a, T: Copy + Default>(stack: &'a mut [T; STACK], heap: &'a mut Vec<T>, n: usize) -> &'a mut [T] {
+fn scratch<'a>(stack: &'a mut [f32; STACK], heap: &'a mut Vec<f32>, n: usize) -> &'a mut [f32] {
     if n <= STACK {
         &mut stack[..n]
     } else {
-        heap.resize(n, T::default());
+        heap.resize(n, 0.0);
         heap
     }
 }
