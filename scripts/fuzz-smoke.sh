@@ -24,7 +24,7 @@ export LQNETS_FUZZ_SCRATCH
 trap 'rm -rf "$work" "$LQNETS_FUZZ_SCRATCH"' EXIT
 "$bin/seeds" "$work/seeds"
 mkdir -p "$work/artifacts"
-for t in model_file npy cifar idx png; do
+for t in model_file npy cifar idx png jpeg; do
     mkdir -p "$work/corpus/$t"
     # New inputs go to the first folder (scratch); the seeds are read only.
     if ! "$bin/$t" -runs="$runs" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \

@@ -78,8 +78,13 @@ pub fn png(data: &[u8]) {
     let _ = lq_data::read_png(&write("x.png", file), PNG_SHAPES[sel as usize % PNG_SHAPES.len()]);
 }
 
+/// JPEG (or PNG) bytes through lq-data's decoder: the vendored zune-jpeg with its refinement-scan change.
+pub fn jpeg(data: &[u8]) {
+    let _ = lq_data::decode(Path::new("x.jpg"), data);
+}
+
 /// The targets by name, for the smoke runner and the seed writer.
-pub const TARGETS: [&str; 5] = ["model_file", "npy", "cifar", "idx", "png"];
+pub const TARGETS: [&str; 6] = ["model_file", "npy", "cifar", "idx", "png", "jpeg"];
 
 /// Small valid inputs per target (generated, so nothing large lives in git).
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -121,6 +126,16 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 })
                 .collect()
         }
+        // lq-data's progressive test files (successive-approximation scans, restart markers, grey, 4:2:2).
+        "jpeg" => [
+            &include_bytes!("../../crates/lq-data/tests/data/prog_420_q90.jpg")[..],
+            include_bytes!("../../crates/lq-data/tests/data/prog_444_q95_odd.jpg"),
+            include_bytes!("../../crates/lq-data/tests/data/prog_422_q75.jpg"),
+            include_bytes!("../../crates/lq-data/tests/data/prog_grey_q85.jpg"),
+            include_bytes!("../../crates/lq-data/tests/data/prog_420_q80_restarts.jpg"),
+        ]
+        .map(|b| b.to_vec())
+        .to_vec(),
         _ => Vec::new(),
     }
 }
