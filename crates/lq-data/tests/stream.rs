@@ -380,15 +380,21 @@ fn resize_agrees_with_a_float_reference() {
 
 #[test]
 fn flip_is_an_exact_mirror_and_happens_half_the_time() {
+    // Odd and even widths, and each channel count's path (3, 1, any other).
+    for (w, c) in [(6, 3), (1, 3), (7, 1), (4, 4), (0, 3), (0, 1)] {
+        let data: Vec<u8> = (0..w * 3 * c).map(|i| (i * 7) as u8).collect();
+        let mut m = data.clone();
+        flip(&mut m, w, c);
+        for y in 0..3 {
+            for x in 0..w {
+                assert_eq!(m[(y * w + x) * c..][..c], data[(y * w + w - 1 - x) * c..][..c], "{w} wide, {c} channels");
+            }
+        }
+    }
     let (w, h) = (5, 3);
     let img = Image { w, h, c: 3, data: (0..w * h * 3).map(|i| i as u8).collect() };
     let mut m = img.data.clone();
     flip(&mut m, w, 3);
-    for y in 0..h {
-        for x in 0..w {
-            assert_eq!(m[(y * w + x) * 3..][..3], img.data[(y * w + w - 1 - x) * 3..][..3]);
-        }
-    }
     let tf = Transform { geometry: Geometry::None, flip: true, jitter: 0.0, lighting: 0.0, filter: Filter::Bilinear };
     let (mut flipped, mut scratch) = (0, Scratch::default());
     for s in 0..400 {
