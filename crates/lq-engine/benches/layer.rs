@@ -110,7 +110,7 @@ fn run() {
             let (mut tf, mut tk, mut tt, mut tl) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
             let (mut t5, mut l5) = (f64::INFINITY, f64::INFINITY);
             let avx512 = avx512::takes(c_in, kw, ka);
-            let wp512 = if avx512 { avx512::pack_weights(conv.bits(), c_out, kw, c_in, k) } else { vec![] };
+            let wp512 = avx512.then(|| avx512::pack_weights(conv.bits(), conv.basis(), c_out, kw, c_in, k));
             let rows512 = avx512.then(|| avx512::Rows::from_planes(&planes, &ab, k, 1, k / 2));
             for _ in 0..if resnet { 101 } else { 7 } {
                 tf = tf.min(min_time(1, || sgemm(m, n, kk, &a, &b, &mut c)));
@@ -123,9 +123,8 @@ fn run() {
                     drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, isa).unwrap()))
                 }));
                 if avx512 {
-                    t5 = t5.min(min_time(1, || {
-                        avx512::run(rows512.as_ref().unwrap(), &wp512, c_out, kw, conv.basis(), &mut out)
-                    }));
+                    t5 = t5
+                        .min(min_time(1, || avx512::run(rows512.as_ref().unwrap(), wp512.as_ref().unwrap(), &mut out)));
                     l5 = l5.min(min_time(1, || {
                         drop(std::hint::black_box(conv.forward_f32(&x, hw, hw, &cq, &ab, Isa::Avx512).unwrap()))
                     }));

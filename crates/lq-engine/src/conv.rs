@@ -27,7 +27,7 @@ pub struct BitConv {
     lut: Option<(usize, Vec<u8>)>,
     /// The weights in the AVX-512 kernel's layout, where it can run this layer (AVX-512 present, whole bytes of
     /// input channels, K_w ≤ 4).
-    p512: Option<Vec<u64>>,
+    p512: Option<avx512::Weights>,
 }
 
 impl PartialEq for BitConv {
@@ -116,7 +116,7 @@ impl BitConv {
             return Err(invalid("conv weights", why));
         }
         let lut = lut::lanes(c_out, kw).map(|l| (l, lut::pack_weights(&bits, c_out, kw, words, l)));
-        let p512 = avx512::takes(c_in, kw, 1).then(|| avx512::pack_weights(&bits, c_out, kw, c_in, k));
+        let p512 = avx512::takes(c_in, kw, 1).then(|| avx512::pack_weights(&bits, &basis, c_out, kw, c_in, k));
         Ok(BitConv { c_out, c_in, k, stride, pad, kw, bits, basis, lut, p512 })
     }
 
@@ -220,9 +220,7 @@ impl BitConv {
         Ok(rayon::scope(|_| {
             let r = profile::time(Phase::Input, || self.operand(Input::F32 { x, h, w, q }, ka, a_basis, isa));
             let geometry = (next.k, next.stride, next.pad);
-            profile::time(Phase::Kernel, || {
-                avx512::run_quantized(&r, wp, self.c_out, self.kw, &self.basis, bias, nq, n_basis, geometry)
-            })
+            profile::time(Phase::Kernel, || avx512::run_quantized(&r, wp, bias, nq, n_basis, geometry))
         }))
     }
 
@@ -236,9 +234,7 @@ impl BitConv {
         }
         let (oh, ow) = self.out_hw(h, w);
         let mut out = vec![0.0f32; oh * ow * self.c_out];
-        rayon::scope(|_| {
-            profile::time(Phase::Kernel, || avx512::run(r, wp, self.c_out, self.kw, &self.basis, &mut out))
-        });
+        rayon::scope(|_| profile::time(Phase::Kernel, || avx512::run(r, wp, &mut out)));
         Some(out)
     }
 
@@ -288,7 +284,7 @@ impl BitConv {
         let (k, s, pad) = (self.k, self.stride, self.pad);
         if let Some(wp) = self.p512.as_ref().filter(|_| isa == Isa::Avx512 && avx512::takes(self.c_in, self.kw, ka)) {
             let r = profile::time(Phase::Input, || self.operand(x, ka, a_basis, isa));
-            profile::time(Phase::Kernel, || avx512::run(&r, wp, self.c_out, self.kw, &self.basis, &mut out));
+            profile::time(Phase::Kernel, || avx512::run(&r, wp, &mut out));
             return out;
         }
         let lut_here = matches!(isa, Isa::Avx2Lut | Isa::Avx512);

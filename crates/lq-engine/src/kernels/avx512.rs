@@ -40,13 +40,35 @@ fn row_words(c_in: usize, k: usize) -> usize {
     (k * c_in).div_ceil(64)
 }
 
-/// The kernel's weights from bits in the [`patch_bit`] layout (`[C_out][K_w][patch_words]`): tap `(ky, kx)`,
-/// channel `ci` at bit `kx·C + ci` of kernel row `ky`'s words.
-pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, c_in: usize, k: usize) -> Vec<u64> {
+/// The kernel's weights: the packed bits and the epilogue's per-channel constants, built once per layer.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// `[⌈C_out/8⌉][K_w][k][⌈k·C/64⌉][8]` words (see the module docs).
+    words: Vec<u64>,
+    /// `2·v^w_{o,i}` per block of 8 channels as `[i][8]` (lanes past C_out zero): times `v^a_j`, plane pair
+    /// `(i, j)`'s coefficient.
+    w2: Vec<f32>,
+    /// `S_w = Σ_i v^w_{o,i}` per block as `[8]`.
+    sw: Vec<f32>,
+    c_out: usize,
+    kw: usize,
+    c_in: usize,
+    k: usize,
+}
+
+/// The kernel's weights from bits in the [`patch_bit`] layout (`[C_out][K_w][patch_words]`: tap `(ky, kx)`,
+/// channel `ci` at bit `kx·C + ci` of kernel row `ky`'s words) and the bases `[C_out][K_w]`. Panics if they
+/// disagree with the geometry.
+pub fn pack_weights(bits: &[u64], basis: &[f32], c_out: usize, kw: usize, c_in: usize, k: usize) -> Weights {
     let (words, wr) = (patch_words(c_in, k), row_words(c_in, k));
-    let mut out = vec![0u64; c_out.div_ceil(8) * kw * k * wr * 8];
+    assert!(bits.len() == c_out * kw * words && basis.len() == c_out * kw, "weights for another layer");
+    let blocks = c_out.div_ceil(8);
+    let mut out = vec![0u64; blocks * kw * k * wr * 8];
+    let (mut w2, mut sw) = (vec![0.0f32; blocks * kw * 8], vec![0.0f32; blocks * 8]);
     for o in 0..c_out {
+        sw[o] = basis[o * kw..][..kw].iter().sum();
         for i in 0..kw {
+            w2[((o / 8) * kw + i) * 8 + o % 8] = 2.0 * basis[o * kw + i];
             let src = &bits[(o * kw + i) * words..][..words];
             for ky in 0..k {
                 for kx in 0..k {
@@ -60,7 +82,7 @@ pub fn pack_weights(bits: &[u64], c_out: usize, kw: usize, c_in: usize, k: usize
             }
         }
     }
-    out
+    Weights { words: out, w2, sw, c_out, kw, c_in, k }
 }
 
 /// The kernel's activation operand (see the module docs): `[h + 2·pad][K_a][sb]` bytes, `sb` leaving room for the
@@ -332,9 +354,9 @@ impl<'a> Quant16<'a> {
 
 /// The conv's output rows (`oh·ow·C_out`, NHWC) from the operand and the packed weights. Panics if they
 /// disagree (callers build both for the layer) or the CPU lacks the kernel.
-pub fn run(r: &Rows, wp: &[u64], c_out: usize, kw: usize, w_basis: &[f32], out: &mut [f32]) {
+pub fn run(r: &Rows, wt: &Weights, out: &mut [f32]) {
     use rayon::prelude::*;
-    let g = Gemm::new(r, wp, c_out, kw, w_basis);
+    let (g, c_out) = (Gemm::new(r, wt), wt.c_out);
     let (rows, per) = (r.oh * r.ow, task_rows(r.ow) * r.ow);
     assert!(out.len() >= rows * c_out);
     out[..rows * c_out].par_chunks_mut(per * c_out).enumerate().for_each(|(t, o)| {
@@ -357,21 +379,19 @@ pub fn fuses(c_out: usize, bias: Option<&[f32]>, q: &ChannelQuant, a_basis: &[f3
 #[allow(clippy::too_many_arguments)]
 pub fn run_quantized(
     r: &Rows,
-    wp: &[u64],
-    c_out: usize,
-    kw: usize,
-    w_basis: &[f32],
+    wt: &Weights,
     bias: Option<&[f32]>,
     q: &ChannelQuant,
     a_basis: &[f32],
     (k, stride, pad): (usize, usize, usize),
 ) -> Option<Rows> {
     use rayon::prelude::*;
+    let c_out = wt.c_out;
     let q16 = Quant16::new(q).filter(|_| fuses(c_out, bias, q, a_basis))?;
     if k == 0 || stride == 0 || r.oh + 2 * pad < k || r.ow + 2 * pad < k {
         return None;
     }
-    let g = Gemm::new(r, wp, c_out, kw, w_basis);
+    let g = Gemm::new(r, wt);
     let mut next = Rows::zeroed(r.oh, r.ow, c_out, q16.ka, k, stride, pad);
     let (ka, sb, wpn, per) = (q16.ka, next.sb, next.wp, task_rows(r.ow));
     let data = next.data[pad * ka * sb..][..r.oh * ka * sb].par_chunks_mut(per * ka * sb);
@@ -408,41 +428,32 @@ fn scratch<'a>(stack: &'a mut [f32; STACK], heap: &'a mut Vec<f32>, n: usize) ->
     }
 }
 
-/// A checked (operand, weights) pair with the epilogue's per-channel constants.
+/// A checked (operand, weights) pair.
 struct Gemm<'a> {
     r: &'a Rows,
     wp: &'a [u64],
     c_out: usize,
     kw: usize,
-    /// The coefficients `2·v^w_{o,i}·v^a_j` per block of 8 channels as `[i][j][8]`, lanes past C_out zero.
-    coef: Vec<f32>,
-    /// `S_w = Σ_i v^w_{o,i}` per block as `[8]`.
-    sw: Vec<f32>,
+    /// `2·v^w` and `S_w` per block (see [`Weights`]).
+    w2: &'a [f32],
+    sw: &'a [f32],
 }
 
 impl<'a> Gemm<'a> {
     /// Panics if the operand and the weights disagree or the CPU lacks the kernel.
-    fn new(r: &'a Rows, wp: &'a [u64], c_out: usize, kw: usize, w_basis: &[f32]) -> Self {
-        let (ka, wr, a_basis) = (r.ka, row_words(r.c, r.k), &r.a_basis[..]);
-        assert!(a_basis.len() == ka, "the operand was made without its basis");
+    fn new(r: &'a Rows, wt: &'a Weights) -> Self {
+        let (ka, wr, kw, c_out) = (r.ka, row_words(r.c, r.k), wt.kw, wt.c_out);
+        assert!(r.a_basis.len() == ka, "the operand was made without its basis");
         assert!(takes(r.c, kw, ka), "the AVX-512 kernel does not run W{kw}A{ka} over {} channels here", r.c);
-        let wlen = [c_out.div_ceil(8), kw, r.k, wr, 8].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-        assert!(wlen == Some(wp.len()) && Some(w_basis.len()) == c_out.checked_mul(kw), "weights for another layer");
+        let blocks = c_out.div_ceil(8);
+        let wlen = [blocks, kw, r.k, wr, 8].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let fits = (wt.c_in, wt.k) == (r.c, r.k) && wlen == Some(wt.words.len());
+        assert!(fits && wt.w2.len() == blocks * kw * 8 && wt.sw.len() == blocks * 8, "weights for another layer");
         assert!(r.oh * r.ow > 0 && r.data.len().is_multiple_of(ka * r.sb));
         // The last padded row a patch reads, and the last byte of a row a kernel row reads.
         assert!(((r.oh - 1) * r.stride + r.k) * ka * r.sb <= r.data.len());
         assert!((r.ow - 1) * r.stride * r.c / 8 + 8 * wr <= r.sb);
-        let blocks = c_out.div_ceil(8);
-        let (mut coef, mut sw) = (vec![0.0f32; blocks * kw * ka * 8], vec![0.0f32; blocks * 8]);
-        for o in 0..c_out {
-            sw[o] = w_basis[o * kw..][..kw].iter().sum();
-            for i in 0..kw {
-                for j in 0..ka {
-                    coef[(((o / 8) * kw + i) * ka + j) * 8 + o % 8] = 2.0 * w_basis[o * kw + i] * a_basis[j];
-                }
-            }
-        }
-        Gemm { r, wp, c_out, kw, coef, sw }
+        Gemm { r, wp: &wt.words, c_out, kw, w2: &wt.w2, sw: &wt.sw }
     }
 
     /// Output rows from pixel `p0` into `out` (NHWC, as many whole rows as it holds), [`TASK`] pixels at a time,
@@ -526,7 +537,8 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (r, wp, coef, swp, c_out) = (g.r, g.wp, &g.coef[..], &g.sw[..], g.c_out);
+    let (r, wp, w2, swp, c_out) = (g.r, g.wp, g.w2, g.sw, g.c_out);
+    let ab = &r.a_basis[..KA];
     let (k, sb, c) = (r.k, r.sb, r.c);
     let wr = row_words(c, k);
     let blocks = c_out.div_ceil(8);
@@ -546,6 +558,13 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     let data = r.data.as_ptr();
     for b in 0..blocks {
         let w = &wp[b * KW * k * wr * 8..][..KW * k * wr * 8];
+        // The block's coefficients `2·v^w_{o,i}·v^a_j` (the same product, in the same order, as a table made
+        // once per call: this is a few multiplies per block).
+        // SAFETY: the block's K_w·8 values lie inside `w2` (checked by `Gemm::new`).
+        let cf: [[_; KA]; KW] = std::array::from_fn(|i| {
+            let v = unsafe { _mm256_loadu_ps(w2.as_ptr().add((b * KW + i) * 8)) };
+            std::array::from_fn(|j| _mm256_mul_ps(v, _mm256_set1_ps(ab[j])))
+        });
         for p0 in (0..n).step_by(P) {
             // SAFETY: every pixel's patch lies inside the operand (checked by `Gemm::new`).
             let px: [*const u8; P] = std::array::from_fn(|p| unsafe { data.add(base[(p0 + p).min(n - 1)]) });
@@ -578,13 +597,12 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                 if p0 + p >= n {
                     break;
                 }
-                // SAFETY: the block's 8 coefficients and S_w lie inside `coef` and `swp`.
+                // SAFETY: the block's 8 values of S_w lie inside `swp`.
                 let f = unsafe {
                     let mut f = _mm256_mul_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[p0 + p]));
                     for i in 0..KW {
                         for j in 0..KA {
-                            let cf = _mm256_loadu_ps(coef.as_ptr().add(((b * KW + i) * KA + j) * 8));
-                            f = _mm256_fmadd_ps(cf, _mm512_cvtepi64_ps(acc[p][i][j]), f);
+                            f = _mm256_fmadd_ps(cf[i][j], _mm512_cvtepi64_ps(acc[p][i][j]), f);
                         }
                     }
                     f
