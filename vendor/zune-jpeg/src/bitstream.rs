@@ -38,7 +38,8 @@
 //! 3. Accelerated AC table decoding borrowed from stb_image.h written by Fabian Gissen (@ rygorous),
 //! improved by me to handle more cases.
 //! 4. Safe and extensible routines(e.g. cool ways to eliminate bounds check)
-//! 5. No unsafe here
+//! 5. No unsafe here (lqnets' vendored copy: the refinement decoder's SIMD and BMI2 paths use some, each with
+//!    its safety argument)
 //!
 //! Readability comes as a second priority(I tried with variable names this time, and we are wayy better than libjpeg).
 //!
@@ -645,7 +646,8 @@ impl BitStream {
             // SAFETY: `fast_pdep` checked BMI2 (and POPCNT).
             return unsafe { self.ac_refine_bmi2(reader, table, block) };
         }
-        self.ac_refine::<T, false>(reader, table, block)
+        // SAFETY: no `pdep` (PDEP = false).
+        unsafe { self.ac_refine::<T, false>(reader, table, block) }
     }
 
     /// [`BitStream::ac_refine`] compiled for BMI2, where `pdep` finds the run's end.
@@ -660,12 +662,16 @@ impl BitStream {
     where
         T: ZByteReaderTrait
     {
-        self.ac_refine::<T, true>(reader, table, block)
+        // SAFETY: BMI2 by this function's contract.
+        unsafe { self.ac_refine::<T, true>(reader, table, block) }
     }
 
-    /// The body of [`BitStream::decode_mcu_ac_refine`]; `PDEP` only where BMI2 is present (`ac_refine_bmi2`).
+    /// The body of [`BitStream::decode_mcu_ac_refine`].
+    ///
+    /// # Safety
+    /// `PDEP` only where the CPU has BMI2 (`ac_refine_bmi2`).
     #[inline(always)]
-    fn ac_refine<T, const PDEP: bool>(
+    unsafe fn ac_refine<T, const PDEP: bool>(
         &mut self, reader: &mut ZReader<T>, table: &HuffmanTable, block: &mut [i16; 64]
     ) -> Result<bool, DecodeErrors>
     where
@@ -677,6 +683,8 @@ impl BitStream {
         // Zig-zag positions k..=se (empty when a corrupt header has Ss > Se).
         let band = |k: u32| if k > se { 0 } else { (u64::MAX >> (63 - se)) & (u64::MAX << k) };
         let nz = nonzero_zigzag(block);
+        // Zig-zag positions this call writes (`nz` itself stays as it was: the search only goes on past them).
+        let mut written = 0u64;
 
         if self.eob_run == 0 {
             loop {
@@ -709,17 +717,20 @@ impl BitStream {
                     // Only a corrupt header (Ss > Se) gets here: upstream's loop wrote at position k.
                     if value != 0 {
                         block[UN_ZIGZAG[k as usize & 63] & 63] = value;
+                        written |= 1 << (k & 63);
                     }
                     break;
                 }
                 // Passing r zeros (and the nonzeros on the way) lands on the next one, where a new coefficient
                 // goes; without it, at the band's end.
-                let at = if PDEP { select_pdep(!nz & band(k), r as u32) } else { select(!nz & band(k), r as u32) };
+                let zeros = !nz & band(k);
+                // SAFETY: PDEP only with BMI2 (this function's contract).
+                let at = if PDEP { unsafe { select_pdep(zeros, r as u32) } } else { select(zeros, r as u32) };
                 let at = at.unwrap_or(se);
                 self.correct(reader, block, nz & band(k) & (u64::MAX >> (63 - at)), bit)?;
                 if value != 0 {
-                    // `nz` stays as it is: the search goes on past `at`.
                     block[UN_ZIGZAG[at as usize] & 63] = value;
+                    written |= 1 << at;
                 }
                 k = at + 1;
                 if k > se {
@@ -729,11 +740,12 @@ impl BitStream {
         }
         if self.eob_run > 0 {
             // A block in an EOB run: a correction bit for each already-nonzero coefficient left in the band.
-            // Refills where upstream's loop does (a block with any nonzero AC coefficient; after the last bit).
-            if nz & !1 != 0 {
+            // Refills where upstream's loop does: for a block with any nonzero AC coefficient (those of this call's
+            // symbols too), and after the band's last bit.
+            if (nz | written) & !1 != 0 {
                 self.refill(reader)?;
                 self.correct(reader, block, nz & band(k), bit)?;
-                if self.bits_left < 1 {
+                if self.bits_left < 1 && k <= se {
                     self.refill(reader)?;
                 }
             }
@@ -837,11 +849,14 @@ fn select(x: u64, r: u32) -> Option<u32> {
 }
 
 /// [`select`] with BMI2's `pdep` (deposit bit `r` at the `r`-th set bit of `x`).
+///
+/// # Safety
+/// The CPU has BMI2.
 #[inline(always)]
-fn select_pdep(x: u64, r: u32) -> Option<u32> {
+unsafe fn select_pdep(x: u64, r: u32) -> Option<u32> {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     {
-        // SAFETY: called with PDEP = true only, which `ac_refine_bmi2` passes after `fast_pdep` checked BMI2.
+        // SAFETY: BMI2 by this function's contract.
         let d = unsafe { core::arch::x86_64::_pdep_u64(1u64 << r.min(63), x) };
         if r >= 64 || d == 0 {
             None
@@ -853,8 +868,9 @@ fn select_pdep(x: u64, r: u32) -> Option<u32> {
     select(x, r)
 }
 
-/// Whether `pdep` is present and fast: BMI2, except on AMD before Zen 3 (family 0x17 and older), where it is
-/// microcoded and costs tens to hundreds of cycles. `ZUNE_JPEG_NO_PDEP` set (at the first progressive decode)
+/// Whether `pdep` is present and fast: BMI2 (with BMI1 and POPCNT, which its code path is compiled for), except
+/// on AMD before Zen 3 (family 0x17 and older) and Hygon, where it is microcoded and costs tens to hundreds of
+/// cycles. `ZUNE_JPEG_NO_PDEP` set (at the first progressive decode)
 /// forces the portable search, for tests and measurements.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 fn fast_pdep() -> bool {
@@ -865,14 +881,20 @@ fn fast_pdep() -> bool {
         2 => false,
         _ => {
             let fast = std::env::var_os("ZUNE_JPEG_NO_PDEP").is_none()
-                && std::is_x86_feature_detected!("bmi2") && std::is_x86_feature_detected!("popcnt") && {
-                use core::arch::x86_64::__cpuid;
-                let v = __cpuid(0);
-                let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-                let f = __cpuid(1).eax;
-                let family = ((f >> 8) & 0xf) + if (f >> 8) & 0xf == 0xf { (f >> 20) & 0xff } else { 0 };
-                !amd || family >= 0x19
-            };
+                && std::is_x86_feature_detected!("bmi1")
+                && std::is_x86_feature_detected!("bmi2")
+                && std::is_x86_feature_detected!("popcnt")
+                && {
+                    use core::arch::x86_64::__cpuid;
+                    // SAFETY: CPUID is present on every x86-64 CPU (an `unsafe fn` before Rust 1.94).
+                    #[allow(unused_unsafe)]
+                    let (v, f) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+                    // "AuthenticAMD", or "HygonGenuine" (Zen 1 based, family 0x18).
+                    let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+                        || (v.ebx, v.edx, v.ecx) == (0x6f67_7948, 0x6e65_476e, 0x656e_6975);
+                    let family = ((f >> 8) & 0xf) + if (f >> 8) & 0xf == 0xf { (f >> 20) & 0xff } else { 0 };
+                    !amd || family >= 0x19
+                };
             FAST.store(if fast { 1 } else { 2 }, Ordering::Relaxed);
             fast
         }
@@ -898,7 +920,7 @@ static SELECT_IN_BYTE: [[u8; 8]; 256] = {
 };
 
 /// Bit `i` set where `block[i]` is nonzero: SSE2 (baseline on x86-64), 16 coefficients per compare and movemask.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
 fn nonzero_natural(block: &[i16; 64]) -> u64 {
     use core::arch::x86_64::*;
@@ -917,7 +939,7 @@ fn nonzero_natural(block: &[i16; 64]) -> u64 {
 }
 
 /// Bit `i` set where `block[i]` is nonzero.
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 #[inline(always)]
 fn nonzero_natural(block: &[i16; 64]) -> u64 {
     block.iter().enumerate().fold(0, |m, (i, &c)| m | (u64::from(c != 0) << i))

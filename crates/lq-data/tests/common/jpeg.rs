@@ -66,9 +66,10 @@ pub fn refinement_scans_decode_exactly_as_upstream() {
 }
 
 /// Damaged copies (1-4 bytes overwritten after the frame header: scan headers, Huffman tables and entropy-coded
-/// data alike): lq-data never panics, and where both decoders return an image it is the same image. Errors may
-/// come at different points (the vendored decoder refills its bit buffer only where it needs bits), so one
-/// decoder may fail where the other returns pixels; the test requires that to stay rare.
+/// data alike): lq-data never panics, and where both decoders return an image it is the same image. Where a
+/// marker cuts a refinement scan short, upstream reads one stale buffer bit in an end-of-band run and goes on,
+/// the vendored decoder reports the marker (as upstream itself does outside such runs): 2 of these 2000 copies
+/// decode with upstream only. The test requires such cases to stay rare.
 pub fn damaged_progressive_streams_decode_as_upstream_or_fail_cleanly() {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {

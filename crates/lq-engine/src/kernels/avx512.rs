@@ -376,7 +376,6 @@ pub fn fuses(c_out: usize, bias: Option<&[f32]>, q: &ChannelQuant, a_basis: &[f3
 /// is never written (each task's rows pass through a small f32 buffer). Equals [`Rows::from_f32`] of [`run`]'s
 /// output plus the bias, bit for bit. `None` unless [`fuses`] holds and the next conv fits the output map;
 /// panics as [`run`] does.
-#[allow(clippy::too_many_arguments)]
 pub fn run_quantized(
     r: &Rows,
     wt: &Weights,
