@@ -194,12 +194,7 @@ fn build(
         if plan.lanes == 16 {
             // Low nibble: the pixel `stride` to the right (zero past the row's end). Reads only high nibbles,
             // which this loop leaves alone.
-            let d = stride * run;
-            for r in row.chunks_mut(wp * run) {
-                for i in 0..r.len().saturating_sub(d) {
-                    r[i] |= r[i + d] >> 4;
-                }
-            }
+            row.chunks_mut(wp * run).for_each(|r| pair_nibbles(r, stride * run));
         }
     });
     let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
@@ -227,6 +222,24 @@ impl LutInput {
             }
             t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += self.a_basis[j] * s as f32);
         }
+    }
+}
+
+/// `r[i] |= r[i + d] >> 4` for every `i` below `r.len() − d`, eight bytes a step (the byte loop does not
+/// vectorise: its reads trail its writes by `d`). The reads take high nibbles, which the writes never change, so
+/// the steps see what the byte loop sees, whatever `d`. Out of line: inlined, it slowed the 32-lane maps' builds.
+#[inline(never)]
+fn pair_nibbles(r: &mut [u8], d: usize) {
+    let n = r.len().saturating_sub(d);
+    let word = |r: &[u8], at: usize| u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = word(r, i) | ((word(r, i + d) >> 4) & 0x0F0F_0F0F_0F0F_0F0F);
+        r[i..i + 8].copy_from_slice(&v.to_le_bytes());
+        i += 8;
+    }
+    for i in i..n {
+        r[i] |= r[i + d] >> 4;
     }
 }
 
