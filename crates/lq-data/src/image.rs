@@ -97,8 +97,8 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<Image> {
 /// The JPEG decoder's view of the file bytes, with the semantics of zune-core's `ZCursor` (as its `std` build
 /// reads one: a read at the end gives nothing and stays there). zune-core reaches a
 /// `ZCursor` through `std::io::Read` when built with `std` (its blanket reader impl), so the bit reader's 4-byte
-/// refill was a call to libc `memcpy` of a run-time length, 2.7 % of a baseline JPEG chain; here the length is
-/// the caller's constant once inlined.
+/// refill was a call to libc `memcpy` of a run-time length; here the length is the caller's constant once inlined
+/// (baseline decode of the 20 photos re-encoded: 1.04 → 0.89 ms each, `bench_data ROOT rrc`).
 struct Bytes<'a> {
     data: &'a [u8],
     /// May pass the end (a seek may put it there).

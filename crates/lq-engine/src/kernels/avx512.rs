@@ -212,15 +212,12 @@ impl Rows {
         use rayon::prelude::*;
         let q16 = Quant16::new(q)?;
         let (c, ka) = (q.channels(), q16.ka);
-        if [h, w, c].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(x.len()) {
+        if [h, w, c].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(x.len()) || a_basis.len() != ka {
             return None;
         }
         let mut r = Rows::zeroed(h, w, c, ka, k, stride, pad);
         let (sb, wp) = (r.sb, r.wp);
         let data = r.data[pad * ka * sb..][..h * ka * sb].par_chunks_mut(ka * sb);
-        if a_basis.len() != ka {
-            return None;
-        }
         let tw = r.tw[pad * wp..][..h * wp].par_chunks_mut(wp);
         let rows = data.zip(tw).zip(x.par_chunks(w * c)).with_min_len(min_rows(w * c));
         rows.for_each(|((row, tw), xs)| q16.fill_row(xs, row, sb, tw, pad, a_basis));
