@@ -178,12 +178,13 @@ fn activation_packing_paths_agree() {
 }
 
 /// The fused quantize-into-operand path equals quantizing to planes first, with negative and zero BN scales and
-/// channel counts that take its AVX2 path (multiples of 8, K_a ≤ 3) or fall back (K_a = 4, 20 channels).
+/// channel counts that take its vector paths (multiples of 8: groups of 16 and a last 8) or fall back (20
+/// channels), K_a 1 to 4, and rows longer than the quantizer's 64-pixel chunks.
 #[test]
 fn fused_quantize_matches_planes() {
-    for (c, ka, c_out) in [(16usize, 2usize, 16usize), (32, 1, 32), (64, 3, 64), (72, 2, 32), (24, 4, 48), (20, 2, 16)]
-    {
-        let x: Vec<f32> = (0..6 * 5 * c).map(|i| ((i * 7919 % 997) as f32 / 300.0) - 1.0).collect();
+    let cases = [(16usize, 2usize, 16usize, 5usize), (32, 1, 32, 5), (64, 3, 64, 5), (72, 2, 32, 5), (24, 4, 48, 5)];
+    for (c, ka, c_out, w) in cases.into_iter().chain([(20, 2, 16, 5), (8, 4, 8, 70), (40, 3, 16, 131)]) {
+        let x: Vec<f32> = (0..6 * w * c).map(|i| ((i * 7919 % 997) as f32 / 300.0) - 1.0).collect();
         let basis: Vec<f32> = (0..ka).map(|j| 0.3 * (1 << j) as f32).collect();
         let lv = Levels::from_basis(&basis, CodeSet::Binary).unwrap();
         let scale: Vec<f32> = (0..c).map(|i| [1.3, -0.7, 0.0][i % 3]).collect();
@@ -192,10 +193,10 @@ fn fused_quantize_matches_planes() {
         let wt: Vec<f32> = (0..c_out * c * 9).map(|i| ((i * 104729 % 613) as f32 / 306.0) - 1.0).collect();
         let wb: Vec<f32> = (0..c_out * 2).map(|i| 0.05 * (1 + i % 2) as f32).collect();
         let conv = BitConv::pack(c_out, c, 3, 1, &wt, &wb).unwrap();
-        let planes = Planes::quantize_with(Isa::Portable, &x, 6, 5, &q).unwrap();
+        let planes = Planes::quantize_with(Isa::Portable, &x, 6, w, &q).unwrap();
         for isa in isas() {
             let want = conv.forward(&planes, &basis, isa).unwrap();
-            assert_eq!(conv.forward_f32(&x, 6, 5, &q, &basis, isa).unwrap(), want, "c={c} ka={ka} {isa:?}");
+            assert_eq!(conv.forward_f32(&x, 6, w, &q, &basis, isa).unwrap(), want, "c={c} ka={ka} w={w} {isa:?}");
         }
     }
 }
