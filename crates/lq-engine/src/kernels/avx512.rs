@@ -147,25 +147,49 @@ impl Rows {
     }
 
     /// `T = Σ_j v^a_j popc(A_j)` of output row `oy`'s pixels (`trow`, `ow` values): the k×k window sums of the
-    /// weighted per-pixel counts, as k² shifted adds of padded rows (straight loops the compiler vectorises, here
-    /// for AVX-512).
+    /// weighted per-pixel counts, as k² shifted adds of padded rows.
     ///
     /// # Safety
-    /// AVX-512F (with AVX2).
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2"))]
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
     unsafe fn t_row(&self, oy: usize, trow: &mut [f32]) {
+        use std::arch::x86_64::*;
         let (k, s, wp) = (self.k, self.stride, self.wp);
-        trow.fill(0.0);
-        for ky in 0..k {
-            let src = &self.tw[(oy * s + ky) * wp..][..wp];
-            for kx in 0..k {
-                if s == 1 {
-                    trow.iter_mut().zip(&src[kx..]).for_each(|(t, &v)| *t += v);
-                } else {
-                    trow.iter_mut().zip(src[kx..].iter().step_by(s)).for_each(|(t, &v)| *t += v);
+        let n = trow.len();
+        // 16 pixels at a time in a register (passes over `trow` in memory had chained each add on the last pass's
+        // store), the k² terms added in (ky, kx) order.
+        for i0 in (0..n).step_by(16) {
+            let m = (n - i0).min(16);
+            let lanes = (1u32 << m) as u16 - 1;
+            let mut acc = _mm512_setzero_ps();
+            for ky in 0..k {
+                let src = &self.tw[(oy * s + ky) * wp..][..wp];
+                for kx in 0..k {
+                    // The m pixels' inputs, (m − 1)·s + 1 values from i0·s + kx.
+                    let v = &src[i0 * s + kx..][..(m - 1) * s + 1];
+                    let x = if s == 1 {
+                        // SAFETY: the masked load reads the m values of `v`.
+                        unsafe { _mm512_maskz_loadu_ps(lanes, v.as_ptr()) }
+                    } else {
+                        let mut g = [0.0f32; 16];
+                        g.iter_mut().zip(v.iter().step_by(s)).for_each(|(g, &v)| *g = v);
+                        // SAFETY: `g` is 16 f32.
+                        unsafe { _mm512_loadu_ps(g.as_ptr()) }
+                    };
+                    acc = _mm512_add_ps(acc, x);
                 }
             }
+            // SAFETY: m values of `trow` from i0.
+            unsafe { _mm512_mask_storeu_ps(trow.as_mut_ptr().add(i0), lanes, acc) };
         }
+    }
+
+    /// # Safety
+    /// Never called (no AVX-512 off x86-64: `takes` is false).
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn t_row(&self, _: usize, _: &mut [f32]) {
+        unreachable!()
     }
 
     /// The operand from packed codes (`x.c` a multiple of 8) for activation basis `a_basis`.
