@@ -4,7 +4,8 @@
 //! the time per image of every step (quantized convs split into input map and kernel, where a conv that quantizes
 //! its output for the next one counts that in its kernel; minimum over `reps` passes, at most 5) and the totals by
 //! category. `--isa avx2-lut,avx512` times those kernel choices instead of
-//! the best one, interleaved rep by rep (each after one warm-up), with their ratios to the first.
+//! the best one, interleaved rep by rep (each after one warm-up), with their ratios to the first; with
+//! `--profile`, it profiles the first of them.
 use lq_engine::{Isa, Model};
 use std::time::Instant;
 
@@ -30,9 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 255) as f32 / 128.0) - 1.0).collect();
     if profile {
         // The minimum per step and phase over `reps` passes (at most 5): the VM's noise only ever adds time.
-        let mut rows = model.profile(&x, n, Isa::best())?;
+        let mut rows = model.profile(&x, n, isas[0])?;
         for _ in 1..reps.clamp(1, 5) {
-            for (r, s) in rows.iter_mut().zip(model.profile(&x, n, Isa::best())?) {
+            for (r, s) in rows.iter_mut().zip(model.profile(&x, n, isas[0])?) {
                 (r.input, r.kernel, r.other) = (r.input.min(s.input), r.kernel.min(s.kernel), r.other.min(s.other));
             }
         }
