@@ -642,6 +642,11 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
             let v = unsafe { _mm256_loadu_ps(w2.as_ptr().add((b * KW + i) * 8)) };
             std::array::from_fn(|j| _mm256_mul_ps(v, _mm256_set1_ps(ab[j])))
         });
+        // Plane pairs q = i·K_a + j two at a time: coefficients of pair r as [q = 2r | q = 2r + 1] (zero past the
+        // last plane pair).
+        let cq = |q: usize| if q < KW * KA { cf[q / KA][q % KA] } else { _mm256_setzero_ps() };
+        let cf2: [__m512; 8] =
+            std::array::from_fn(|r| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(cq(2 * r)), cq(2 * r + 1)));
         for p0 in (0..n).step_by(P) {
             // SAFETY: every pixel's patch lies inside the operand (checked by `Gemm::new`).
             let px: [*const u8; P] = std::array::from_fn(|p| unsafe { data.add(base[(p0 + p).min(n - 1)]) });
@@ -676,13 +681,16 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                 }
                 // SAFETY: the block's 8 values of S_w lie inside `swp`.
                 let f = unsafe {
-                    let mut f = _mm256_mul_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[p0 + p]));
-                    for i in 0..KW {
-                        for j in 0..KA {
-                            f = _mm256_fmadd_ps(cf[i][j], _mm512_cvtepi64_ps(acc[p][i][j]), f);
-                        }
+                    // Two plane pairs' counts per conversion: their low dwords side by side (counts < 2^31).
+                    let aq = |q: usize| if q < KW * KA { acc[p][q / KA][q % KA] } else { _mm512_setzero_si512() };
+                    let lo = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+                    let mut g = _mm512_setzero_ps();
+                    for r in 0..(KW * KA).div_ceil(2) {
+                        let c2 = _mm512_permutex2var_epi32(aq(2 * r), lo, aq(2 * r + 1));
+                        g = _mm512_fmadd_ps(cf2[r], _mm512_cvtepi32_ps(c2), g);
                     }
-                    f
+                    let sum = _mm256_add_ps(_mm512_castps512_ps256(g), _mm512_extractf32x8_ps::<1>(g));
+                    _mm256_fmadd_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[p0 + p]), sum)
                 };
                 let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
                 if nc == 8 {
