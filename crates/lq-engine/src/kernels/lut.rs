@@ -203,24 +203,32 @@ fn build(
 
 impl LutInput {
     /// `T = Σ_j v^a_j popc(A_j)` of the output pixels of row `oy` into `t` (`ow` values), from the window sums of
-    /// the per-pixel counts (integer sums, exact; the plain loops over the row vectorise).
-    fn t_row(&self, oy: usize, t: &mut [f32], sum: &mut [u32]) {
-        let (k, stride, wp) = (self.k, self.stride, self.wp);
-        t.fill(0.0);
-        for j in 0..self.ka {
-            sum.fill(0);
-            for ky in 0..k {
-                let r = &self.cnt[((oy * stride + ky) * self.ka + j) * wp..][..wp];
-                for kx in 0..k {
-                    // Zipped slices (no index arithmetic) so the loops vectorise; stride 1 is the common case.
-                    if stride == 1 {
-                        sum.iter_mut().zip(&r[kx..]).for_each(|(s, &v)| *s += v);
-                    } else {
-                        sum.iter_mut().zip(r[kx..].iter().step_by(stride)).for_each(|(s, &v)| *s += v);
+    /// the per-pixel counts (integer sums, exact), 8 pixels at a time in registers (passes over a sum row in
+    /// memory had chained each add on the previous pass's store).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
+    unsafe fn t_row(&self, oy: usize, t: &mut [f32]) {
+        let (k, s, wp, n) = (self.k, self.stride, self.wp, t.len());
+        for (i0, t) in (0..n).step_by(8).zip(t.chunks_mut(8)) {
+            let m = t.len();
+            let mut acc = [0.0f32; 8];
+            for j in 0..self.ka {
+                let mut sum = [0u32; 8];
+                for ky in 0..k {
+                    let r = &self.cnt[((oy * s + ky) * self.ka + j) * wp..][..wp];
+                    for kx in 0..k {
+                        if s == 1 && m == 8 {
+                            sum.iter_mut().zip(&r[i0 + kx..][..8]).for_each(|(s, &v)| *s += v);
+                        } else {
+                            sum.iter_mut().zip(r[i0 * s + kx..].iter().step_by(s).take(m)).for_each(|(s, &v)| *s += v);
+                        }
                     }
                 }
+                acc.iter_mut().zip(sum).for_each(|(t, s)| *t += self.a_basis[j] * s as f32);
             }
-            t.iter_mut().zip(sum.iter()).for_each(|(t, &s)| *t += self.a_basis[j] * s as f32);
+            t.copy_from_slice(&acc[..m]);
         }
     }
 }
@@ -450,9 +458,10 @@ fn drive<const KW: usize, const KA: usize, const P: usize, const B: usize, const
     let lanes = ow.div_ceil(px);
     // T per output row inside the row's task (one parallel loop per layer fewer than a separate pass).
     out[..a.oh * ow * c_out].par_chunks_mut(ow * c_out).enumerate().for_each_init(
-        || (vec![0.0f32; ow], vec![0u32; ow]),
-        |(tv, sum), (oy, orow)| {
-            a.t_row(oy, tv, sum);
+        || vec![0.0f32; ow],
+        |tv, (oy, orow)| {
+            // SAFETY: `run` checked AVX2.
+            unsafe { a.t_row(oy, tv) };
             let tv = &tv[..];
             let row = a.ka * a.wp * run; // bytes per padded map row
             let m = &a.map[oy * s * row..];
