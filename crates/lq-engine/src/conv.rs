@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{avx512, lut, quant, BitGemm, Isa};
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant, Planes};
 use crate::profile::{self, Phase};
-use crate::scratch::Buf;
+use crate::scratch::{self, Buf};
 use lq_quant::{CodeSet, Levels};
 
 /// A convolution with bit-packed quantized weights (square kernel, no bias). The fields are private so the
@@ -233,7 +233,7 @@ impl BitConv {
             return None;
         }
         let (oh, ow) = self.out_hw(h, w);
-        let mut out = vec![0.0f32; oh * ow * self.c_out];
+        let mut out = scratch::filled(oh * ow * self.c_out, 0.0f32);
         rayon::scope(|_| profile::time(Phase::Kernel, || avx512::run(r, wp, &mut out)));
         Some(out)
     }
@@ -280,7 +280,7 @@ impl BitConv {
             w_basis: &self.basis,
             a_basis,
         };
-        let (rows, mut out) = (oh * ow, vec![0.0f32; oh * ow * self.c_out]);
+        let (rows, mut out) = (oh * ow, scratch::filled(oh * ow * self.c_out, 0.0f32));
         let (k, s, pad) = (self.k, self.stride, self.pad);
         if let Some(wp) = self.p512.as_ref().filter(|_| isa == Isa::Avx512 && avx512::takes(self.c_in, self.kw, ka)) {
             let r = profile::time(Phase::Input, || self.operand(x, ka, a_basis, isa));

@@ -10,7 +10,7 @@ use crate::kernels::{avx512, Isa};
 use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant};
 use crate::model::{Data, Meta, ModelFile};
 use crate::profile::{self, StepTime};
-use crate::scratch::Buf;
+use crate::scratch::{self, Buf};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -110,10 +110,10 @@ impl FpConv {
             }
             &cols
         };
-        let mut out = match &self.bias {
-            Some(b) => b.iter().copied().cycle().take(oh * ow * self.c_out).collect(),
-            None => vec![0.0f32; oh * ow * self.c_out],
-        };
+        let mut out = scratch::filled(oh * ow * self.c_out, 0.0f32);
+        if let Some(b) = &self.bias {
+            out.chunks_exact_mut(self.c_out).for_each(|o| o.copy_from_slice(b));
+        }
         // SAFETY: `a` is (oh·ow)×kk row-major, `w` is c_out×kk row-major read transposed, `out` is (oh·ow)×c_out
         // (sizes checked at load).
         unsafe {
@@ -314,7 +314,7 @@ impl Model {
         for (i, step) in self.steps.iter().enumerate() {
             let out = self.step(i, step, &mut p);
             p.vals[i + 1] = Some(out);
-            step.free.iter().for_each(|&v| p.vals[v] = None);
+            step.free.iter().filter_map(|&v| p.vals[v].take()).for_each(scratch::recycle);
             lap(i, &mut t);
         }
         p.vals.pop().flatten().expect("the last value is computed")
@@ -482,7 +482,7 @@ impl Model {
             Exec::PadChannels { before, after } => {
                 let x = val(vals, s[0]);
                 let co = before + c + after;
-                let mut out = vec![0.0f32; h * w * co];
+                let mut out = scratch::filled(h * w * co, 0.0f32);
                 for (o, px) in out.chunks_exact_mut(co).zip(x.chunks_exact(c)) {
                     o[*before..before + c].copy_from_slice(px);
                 }
@@ -542,7 +542,7 @@ fn pool(
 ) -> Vec<f32> {
     let (oh, ow) = (out_size(s.h, k, stride, pad), out_size(s.w, k, stride, pad));
     let inside = |o: usize, n: usize| (o * stride).saturating_sub(pad)..(o * stride + k - pad).min(n);
-    let mut out = vec![init; oh * ow * s.c];
+    let mut out = scratch::filled(oh * ow * s.c, init);
     for (p, o) in out.chunks_exact_mut(s.c).enumerate() {
         for iy in inside(p / ow, s.h) {
             for ix in inside(p % ow, s.w) {

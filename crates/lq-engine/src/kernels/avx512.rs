@@ -750,7 +750,7 @@ pub(crate) fn conv_f32_chw(
         return None;
     }
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let mut out = vec![0.0f32; oh.checked_mul(ow)?.checked_mul(c_out)?];
+    let mut out = crate::scratch::filled(oh.checked_mul(ow)?.checked_mul(c_out)?, 0.0f32);
     let mut xp = Buf::<f32>::zeroed(c_in.checked_mul(hp)?.checked_mul(wp)?);
     for (plane, src) in xp.chunks_exact_mut(hp * wp).zip(x.chunks_exact(h * w)) {
         for (row, s) in plane[pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
