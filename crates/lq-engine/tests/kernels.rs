@@ -179,11 +179,13 @@ fn activation_packing_paths_agree() {
 
 /// The fused quantize-into-operand path equals quantizing to planes first, with negative and zero BN scales and
 /// channel counts that take its vector paths (multiples of 8: groups of 16 and a last 8) or fall back (20
-/// channels), K_a 1 to 4, and rows longer than the quantizer's 64-pixel chunks.
+/// channels), K_a 1 to 4, rows longer than the quantizer's 64-pixel chunks, and stride 2 over output rows wider
+/// than the 16 pixels `T` is summed for at a time.
 #[test]
 fn fused_quantize_matches_planes() {
-    let cases = [(16usize, 2usize, 16usize, 5usize), (32, 1, 32, 5), (64, 3, 64, 5), (72, 2, 32, 5), (24, 4, 48, 5)];
-    for (c, ka, c_out, w) in cases.into_iter().chain([(20, 2, 16, 5), (8, 4, 8, 70), (40, 3, 16, 131)]) {
+    let cases = [(16usize, 2usize, 16usize, 5usize, 1usize), (32, 1, 32, 5, 1), (64, 3, 64, 5, 1), (72, 2, 32, 5, 1)];
+    let more = [(24, 4, 48, 5, 1), (20, 2, 16, 5, 1), (8, 4, 8, 70, 1), (40, 3, 16, 131, 1), (16, 2, 16, 70, 2)];
+    for (c, ka, c_out, w, stride) in cases.into_iter().chain(more) {
         let x: Vec<f32> = (0..6 * w * c).map(|i| ((i * 7919 % 997) as f32 / 300.0) - 1.0).collect();
         let basis: Vec<f32> = (0..ka).map(|j| 0.3 * (1 << j) as f32).collect();
         let lv = Levels::from_basis(&basis, CodeSet::Binary).unwrap();
@@ -192,11 +194,15 @@ fn fused_quantize_matches_planes() {
         let q = ChannelQuant::fold(&lv, &scale, &shift);
         let wt: Vec<f32> = (0..c_out * c * 9).map(|i| ((i * 104729 % 613) as f32 / 306.0) - 1.0).collect();
         let wb: Vec<f32> = (0..c_out * 2).map(|i| 0.05 * (1 + i % 2) as f32).collect();
-        let conv = BitConv::pack(c_out, c, 3, 1, &wt, &wb).unwrap();
+        let conv = BitConv::pack(c_out, c, 3, stride, &wt, &wb).unwrap();
         let planes = Planes::quantize_with(Isa::Portable, &x, 6, w, &q).unwrap();
         for isa in isas() {
             let want = conv.forward(&planes, &basis, isa).unwrap();
-            assert_eq!(conv.forward_f32(&x, 6, w, &q, &basis, isa).unwrap(), want, "c={c} ka={ka} w={w} {isa:?}");
+            assert_eq!(
+                conv.forward_f32(&x, 6, w, &q, &basis, isa).unwrap(),
+                want,
+                "c={c} ka={ka} w={w} s={stride} {isa:?}"
+            );
         }
     }
 }

@@ -161,7 +161,7 @@ impl Rows {
         // store), the k² terms added in (ky, kx) order.
         for i0 in (0..n).step_by(16) {
             let m = (n - i0).min(16);
-            let lanes = (1u32 << m) as u16 - 1;
+            let lanes = ((1u32 << m) - 1) as u16;
             let mut acc = _mm512_setzero_ps();
             for ky in 0..k {
                 let src = &self.tw[(oy * s + ky) * wp..][..wp];
@@ -310,10 +310,11 @@ impl<'a> RowQuant<'a> {
     }
 
     /// [`RowQuant::fill_row`] for `KA` planes: pixels in chunks, channel groups outside the pixel loop (a group's
-    /// sign and thresholds stay in registers), the counts kept per plane and weighted per chunk in straight loops.
+    /// sign and thresholds loaded once per chunk, in registers where they fit), the counts kept per plane and
+    /// weighted per chunk in straight loops.
     ///
     /// # Safety
-    /// AVX2; `KA == self.ka`; `row` as `fill_row` checks (the plane bytes are written unchecked).
+    /// AVX-512F (with AVX2); `KA == self.ka`; `row` as `fill_row` checks (the plane bytes are written unchecked).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,popcnt")]
     unsafe fn fill<const KA: usize>(
@@ -343,7 +344,7 @@ impl<'a> RowQuant<'a> {
             // vectorised.
             let mut t = [0.0f32; CHUNK];
             for (ones, &a) in ones.iter().zip(a) {
-                t[..n].iter_mut().zip(&ones[..n]).for_each(|(t, &n)| *t += a * n as i32 as f32);
+                t[..n].iter_mut().zip(&ones[..n]).for_each(|(t, &ones)| *t += a * ones as i32 as f32);
             }
             tw[pad + p0..][..n].copy_from_slice(&t[..n]);
         }
@@ -353,7 +354,7 @@ impl<'a> RowQuant<'a> {
     /// to `ones[plane][pixel − px.start]`.
     ///
     /// # Safety
-    /// AVX2; `KA == self.ka`; `c8 + 8·G ≤ C`; `row` as `fill_row` checks for these pixels.
+    /// AVX-512F (with AVX2); `KA == self.ka`; `c8 + 8·G ≤ C`; `row` as `fill_row` checks for these pixels.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,popcnt")]
     #[allow(clippy::too_many_arguments)]
@@ -470,7 +471,7 @@ pub fn run_quantized(
     let (ka, sb, wpn, per) = (rq.ka, next.sb, next.wp, task_rows(r.ow));
     let data = next.data[pad * ka * sb..][..r.oh * ka * sb].par_chunks_mut(per * ka * sb);
     let tw = next.tw[pad * wpn..][..r.oh * wpn].par_chunks_mut(per * wpn);
-    // Each task's rows go through a small f32 buffer, then the 16-channel quantizer, while still in cache.
+    // Each task's rows go through a small f32 buffer, then the next conv's quantizer, while still in cache.
     data.zip(tw).enumerate().for_each_init(Vec::new, |buf, (t, (data, tw))| {
         buf.resize(data.len() / (ka * sb) * r.ow * c_out, 0.0);
         g.task(t * per * r.ow, buf);
@@ -527,6 +528,8 @@ impl<'a> Gemm<'a> {
         // The last padded row a patch reads, and the last byte of a row a kernel row reads.
         assert!(((r.oh - 1) * r.stride + r.k) * ka * r.sb <= r.data.len());
         assert!((r.ow - 1) * r.stride * r.c / 8 + 8 * wr <= r.sb);
+        // The epilogue converts counts as i32: a patch's bits per plane (k kernel rows of `wr` words) fit.
+        assert!(r.k.checked_mul(wr * 64).is_some_and(|b| b < 1 << 31), "a patch too large for the epilogue");
         Gemm { r, wp: &wt.words, c_out, kw, w2: &wt.w2, sw: &wt.sw }
     }
 
@@ -590,6 +593,7 @@ impl<'a> Gemm<'a> {
 }
 
 /// Pixels per chunk of [`RowQuant::fill`] (their counts live in a stack array of this size).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const CHUNK: usize = 64;
 
 /// Output pixels per `tile_rows` call (its pixel offsets live in a stack array of this size), and the least a
@@ -646,7 +650,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
         // last plane pair).
         let cq = |q: usize| if q < KW * KA { cf[q / KA][q % KA] } else { _mm256_setzero_ps() };
         let cf2: [__m512; 8] =
-            std::array::from_fn(|r| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(cq(2 * r)), cq(2 * r + 1)));
+            std::array::from_fn(|pair| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(cq(2 * pair)), cq(2 * pair + 1)));
         for p0 in (0..n).step_by(P) {
             // SAFETY: every pixel's patch lies inside the operand (checked by `Gemm::new`).
             let px: [*const u8; P] = std::array::from_fn(|p| unsafe { data.add(base[(p0 + p).min(n - 1)]) });
@@ -684,12 +688,12 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                     // Two plane pairs' counts per conversion: their low dwords side by side (counts < 2^31).
                     let aq = |q: usize| if q < KW * KA { acc[p][q / KA][q % KA] } else { _mm512_setzero_si512() };
                     let lo = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-                    let mut g = _mm512_setzero_ps();
-                    for r in 0..(KW * KA).div_ceil(2) {
-                        let c2 = _mm512_permutex2var_epi32(aq(2 * r), lo, aq(2 * r + 1));
-                        g = _mm512_fmadd_ps(cf2[r], _mm512_cvtepi32_ps(c2), g);
+                    let mut halves = _mm512_setzero_ps();
+                    for pair in 0..(KW * KA).div_ceil(2) {
+                        let c2 = _mm512_permutex2var_epi32(aq(2 * pair), lo, aq(2 * pair + 1));
+                        halves = _mm512_fmadd_ps(cf2[pair], _mm512_cvtepi32_ps(c2), halves);
                     }
-                    let sum = _mm256_add_ps(_mm512_castps512_ps256(g), _mm512_extractf32x8_ps::<1>(g));
+                    let sum = _mm256_add_ps(_mm512_castps512_ps256(halves), _mm512_extractf32x8_ps::<1>(halves));
                     _mm256_fmadd_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[p0 + p]), sum)
                 };
                 let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
