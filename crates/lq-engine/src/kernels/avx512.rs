@@ -639,6 +639,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
         }
     }
     let t = &t[..n];
+    assert!(out.len() >= n * c_out, "an output value per pixel and channel");
     let data = r.data.as_ptr();
     for b in 0..blocks {
         let w = &wp[b * KW * k * wr * 8..][..KW * k * wr * 8];
@@ -651,6 +652,8 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
         });
         // Plane pairs q = i·K_a + j two at a time: coefficients of pair r as [q = 2r | q = 2r + 1] (zero past the
         // last plane pair).
+        // SAFETY: the block's 8 values of S_w lie inside `swp` (checked by `Gemm::new`).
+        let swv = unsafe { _mm256_loadu_ps(swp.as_ptr().add(b * 8)) };
         let cq = |q: usize| if q < KW * KA { cf[q / KA][q % KA] } else { _mm256_setzero_ps() };
         let cf2: [__m512; 8] =
             std::array::from_fn(|pair| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(cq(2 * pair)), cq(2 * pair + 1)));
@@ -686,8 +689,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                 if p0 + p >= n {
                     break;
                 }
-                // SAFETY: the block's 8 values of S_w lie inside `swp`.
-                let f = unsafe {
+                let f = {
                     // Two plane pairs' counts per conversion: their low dwords side by side (counts < 2^31).
                     let aq = |q: usize| if q < KW * KA { acc[p][q / KA][q % KA] } else { _mm512_setzero_si512() };
                     let lo = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -697,13 +699,14 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                         halves = _mm512_fmadd_ps(cf2[pair], _mm512_cvtepi32_ps(c2), halves);
                     }
                     let sum = _mm256_add_ps(_mm512_castps512_ps256(halves), _mm512_extractf32x8_ps::<1>(halves));
-                    _mm256_fmadd_ps(_mm256_loadu_ps(swp.as_ptr().add(b * 8)), _mm256_set1_ps(-t[p0 + p]), sum)
+                    _mm256_fmadd_ps(swv, _mm256_set1_ps(-t[p0 + p]), sum)
                 };
-                let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
                 if nc == 8 {
-                    // SAFETY: `dst` is 8 f32.
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), f) };
+                    // SAFETY: pixel p0 + p < n and channels b·8..b·8 + 8 <= C_out: inside `out` (n·C_out values,
+                    // checked on entry); unchecked, as a slice here had cost a bounds check per pixel and block.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((p0 + p) * c_out + b * 8), f) };
                 } else {
+                    let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
                     let mut v = [0.0f32; 8];
                     // SAFETY: `v` is 8 f32.
                     unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
