@@ -28,15 +28,20 @@ const SPARES: usize = 8;
 
 /// `len` copies of `x`, in a spare buffer of this thread's pool when it has one (hand it back with [`recycle`]).
 pub(crate) fn filled<T: Pooled>(len: usize, x: T) -> Vec<T> {
-    // The smallest spare that holds `len` (growing a smaller one would copy its old contents).
-    let spare = T::with_pool(|p| {
-        let i = (0..p.len()).filter(|&i| p[i].capacity() >= len).min_by_key(|&i| p[i].capacity());
-        i.map(|i| p.swap_remove(i))
-    });
-    let mut v = spare.unwrap_or_else(|| Vec::with_capacity(len));
+    let mut v = spare(len);
     v.clear();
     v.resize(len, x);
     v
+}
+
+/// The smallest spare of this thread's pool that holds `len` values (growing a smaller one would copy its old
+/// contents), else a new empty buffer of that capacity.
+fn spare<T: Pooled>(len: usize) -> Vec<T> {
+    let fits = T::with_pool(|p| {
+        let i = (0..p.len()).filter(|&i| p[i].capacity() >= len).min_by_key(|&i| p[i].capacity());
+        i.map(|i| p.swap_remove(i))
+    });
+    fits.unwrap_or_else(|| Vec::with_capacity(len))
 }
 
 /// Keeps `v`'s memory for this thread's next [`filled`] or [`Buf`], while the pool has room. Buffers under 4 KB
@@ -66,7 +71,7 @@ impl<T: Pooled> Buf<T> {
 impl<T: Pooled> Buf<T> {
     /// `len` values with unspecified (initialised, stale) contents, for buffers the caller overwrites entirely.
     pub fn reused(len: usize) -> Self {
-        let mut v = T::with_pool(|p| p.pop()).unwrap_or_default();
+        let mut v = spare(len);
         v.truncate(len);
         v.resize(len, T::default());
         Buf(v)

@@ -263,8 +263,8 @@ fn min_rows(row: usize) -> usize {
 /// The activation quantizer of this path, as [`Planes::quantize`] defines it: the sorted level index is the count
 /// of signed thresholds passed (vector compares subtracted), the code comes from a lane permute, and each plane's
 /// 8 bits are one `movemask`. AVX2 compares on 8 channels, not AVX-512 ones on 16: on Zen 4, compares and tests into
-/// mask registers ran this loop 3× slower (5.9 against 2.0 ns per 16-channel A2 pixel, timed alone; ResNet-20
-/// W2A2's input map 0.026 → 0.016 ms per image, `latency --profile`).
+/// mask registers were the loop's cost (ResNet-20 W2A2's input map 0.026 → 0.016 ms per image with this form,
+/// `latency --profile` on the builds before and after).
 struct RowQuant<'a> {
     sign: &'a [f32],
     /// Signed thresholds `[t][C]`.
