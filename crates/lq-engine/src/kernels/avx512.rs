@@ -255,7 +255,8 @@ fn weighted(ones: &[u32], a: &[f32]) -> f32 {
 }
 
 /// Input rows of `row` values per parallel piece of an operand build: at least 2^15 values (several µs of work),
-/// so a small map is one piece on the calling thread (splitting it had cost more in wake-ups than it saved).
+/// so a small map is one piece on the calling thread (splitting it had cost more in wake-ups than it saved; 2^13
+/// and 2^12 measured level and 4 % slower at 2 threads, batch 1).
 fn min_rows(row: usize) -> usize {
     (1usize << 15).div_ceil(row.max(1))
 }
@@ -264,7 +265,9 @@ fn min_rows(row: usize) -> usize {
 /// of signed thresholds passed (vector compares subtracted), the code comes from a lane permute, and each plane's
 /// 8 bits are one `movemask`. AVX2 compares on 8 channels, not AVX-512 ones on 16: on Zen 4, compares and tests into
 /// mask registers were the loop's cost (ResNet-20 W2A2's input map 0.026 → 0.016 ms per image with this form,
-/// `latency --profile` on the builds before and after).
+/// `latency --profile` on the builds before and after). For the same reason a thermometer form (ascending
+/// thresholds: each plane an XOR of the compares' masks, no count or permute) was slower, 0.016 → 0.021 ms for
+/// W1A2's input maps, with its masks from AVX-512 compares and with AVX2 `movemask`s alike.
 struct RowQuant<'a> {
     sign: &'a [f32],
     /// Signed thresholds `[t][C]`.
@@ -572,7 +575,8 @@ impl<'a> Gemm<'a> {
             // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing TASK. At K_w = 1 every
             // pixel's broadcast feeds one product per plane, and P pixel pointers spilled past the 16 general
             // registers: half the pixels measured faster there (ResNet-20 W1A1 1.15x, W1A2 1.08x, W1A3 1.07x;
-            // W2A1 level at 4, W2A2 and W3A3 slower at half).
+            // W2A1 level at 4, W2A2 and W3A3 slower at half). Two 8-channel blocks per broadcast at K_w = 1 (the
+            // `ceiling` example's 0.69 → 0.80 triples per cycle) measured level on the network (W1A2 0.126 ms both).
             go!(
                 (1, 1, 8),
                 (1, 2, 4),
