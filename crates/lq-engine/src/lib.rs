@@ -47,6 +47,7 @@ pub mod naive;
 mod profile;
 mod runtime;
 mod scratch;
+mod team;
 
 /// Kernel internals for the benchmarks (`--features internals`); not a stable API. These functions panic on
 /// operands that disagree with each other instead of returning errors: use [`BitConv`] otherwise.

@@ -11,6 +11,7 @@ use crate::layout::{out_size, patch_bit, patch_words, ChannelQuant};
 use crate::model::{Data, Meta, ModelFile};
 use crate::profile::{self, StepTime};
 use crate::scratch::{self, Buf};
+use crate::team;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -286,7 +287,7 @@ impl Model {
             return Err(Error::Input(format!("{} values for {n} images, the model takes {c}x{h}x{w} each", x.len())));
         }
         // On a pool worker, so the many small parallel loops of a layer do not each wake the pool from outside.
-        Ok(rayon::scope(|_| x.par_chunks(c * h * w).flat_map_iter(|img| self.forward_one(img, isa)).collect()))
+        Ok(rayon::scope(|_| x.par_chunks(c * h * w).flat_map_iter(|img| self.forward_image(img, n, isa)).collect()))
     }
 
     /// Logits of one normalised CHW image.
@@ -296,6 +297,13 @@ impl Model {
 
     fn forward_one(&self, chw: &[f32], isa: Isa) -> Vec<f32> {
         self.forward_timed(chw, isa, &mut |_, _| {})
+    }
+
+    /// One image of a batch of `n`: alone (batch 1), its layers' loops run on the spinning [`team`] of the pool's
+    /// other threads; in a batch, images run in parallel and each on its own thread's share.
+    fn forward_image(&self, chw: &[f32], n: usize, isa: Isa) -> Vec<f32> {
+        let helpers = if n == 1 { rayon::current_num_threads() - 1 } else { 0 };
+        team::run(helpers, || self.forward_one(chw, isa))
     }
 
     /// [`Model::forward_one`] calling `tick(step, seconds)` after each step (and with `usize::MAX` for the
@@ -349,14 +357,17 @@ impl Model {
             .chain([StepTime { label: "input transpose".into(), kind: "glue", input: 0.0, kernel: 0.0, other: 0.0 }])
             .collect();
         let last = rows.len() - 1;
+        let helpers = rayon::current_num_threads() - 1;
         rayon::scope(|_| {
-            self.forward_one(&x[..c * h * w], isa);
+            team::run(helpers, || self.forward_one(&x[..c * h * w], isa));
             profile::switch(true);
             for img in x.chunks_exact(c * h * w) {
-                self.forward_timed(img, isa, &mut |i, dt| {
-                    let [inp, ker] = profile::switch(true);
-                    let r = &mut rows[if i == usize::MAX { last } else { i }];
-                    (r.input, r.kernel, r.other) = (r.input + inp, r.kernel + ker, r.other + dt - inp - ker);
+                team::run(helpers, || {
+                    self.forward_timed(img, isa, &mut |i, dt| {
+                        let [inp, ker] = profile::switch(true);
+                        let r = &mut rows[if i == usize::MAX { last } else { i }];
+                        (r.input, r.kernel, r.other) = (r.input + inp, r.kernel + ker, r.other + dt - inp - ker);
+                    })
                 });
             }
             profile::switch(false);
@@ -462,8 +473,9 @@ impl Model {
                     (s[0], s[1])
                 };
                 let mut x = if s[0] == s[1] { val(vals, a).to_vec() } else { self.take(vals, a, i) };
-                let y = val(vals, b);
-                x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+                let m = team::piece_rows(h, h) * w * c;
+                let mut pieces: Vec<_> = x.chunks_mut(m).zip(val(vals, b).chunks(m)).collect();
+                team::for_each_mut(&mut pieces, |_, (x, y)| x.iter_mut().zip(y.iter()).for_each(|(x, y)| *x += y));
                 x
             }
             Exec::Concat => {
@@ -486,9 +498,13 @@ impl Model {
                 let x = val(vals, s[0]);
                 let co = before + c + after;
                 let mut out = scratch::filled(h * w * co, 0.0f32);
-                for (o, px) in out.chunks_exact_mut(co).zip(x.chunks_exact(c)) {
-                    o[*before..before + c].copy_from_slice(px);
-                }
+                let m = team::piece_rows(h, h) * w;
+                let mut pieces: Vec<_> = out.chunks_mut(m * co).zip(x.chunks(m * c)).collect();
+                team::for_each_mut(&mut pieces, |_, (out, x)| {
+                    for (o, px) in out.chunks_exact_mut(co).zip(x.chunks_exact(c)) {
+                        o[*before..before + c].copy_from_slice(px);
+                    }
+                });
                 out
             }
             Exec::GlobalAvgPool => {
@@ -540,21 +556,25 @@ fn pool(
     stride: usize,
     pad: usize,
     init: f32,
-    fold: impl Fn(f32, f32) -> f32,
-    fin: impl Fn(f32) -> f32,
+    fold: impl Fn(f32, f32) -> f32 + Sync,
+    fin: impl Fn(f32) -> f32 + Sync,
 ) -> Vec<f32> {
     let (oh, ow) = (out_size(s.h, k, stride, pad), out_size(s.w, k, stride, pad));
     let inside = |o: usize, n: usize| (o * stride).saturating_sub(pad)..(o * stride + k - pad).min(n);
     let mut out = scratch::filled(oh * ow * s.c, init);
-    for (p, o) in out.chunks_exact_mut(s.c).enumerate() {
-        for iy in inside(p / ow, s.h) {
-            for ix in inside(p % ow, s.w) {
-                let px = &x[(iy * s.w + ix) * s.c..][..s.c];
-                o.iter_mut().zip(px).for_each(|(o, v)| *o = fold(*o, *v));
+    let m = team::piece_rows(oh, oh) * ow;
+    let mut pieces: Vec<&mut [f32]> = out.chunks_mut(m * s.c).collect();
+    team::for_each_mut(&mut pieces, |t, out| {
+        for (p, o) in (t * m..).zip(out.chunks_exact_mut(s.c)) {
+            for iy in inside(p / ow, s.h) {
+                for ix in inside(p % ow, s.w) {
+                    let px = &x[(iy * s.w + ix) * s.c..][..s.c];
+                    o.iter_mut().zip(px).for_each(|(o, v)| *o = fold(*o, *v));
+                }
             }
+            o.iter_mut().for_each(|v| *v = fin(*v));
         }
-        o.iter_mut().for_each(|v| *v = fin(*v));
-    }
+    });
     out
 }
 

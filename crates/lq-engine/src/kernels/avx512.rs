@@ -14,6 +14,7 @@
 //!   the two convs is never written.
 use crate::layout::{patch_bit, patch_words, ChannelQuant, Planes};
 use crate::scratch::Buf;
+use crate::team;
 
 /// Whether AVX-512 F/DQ/VPOPCNTDQ (with AVX2 and FMA for the epilogue and the quantizer) is present.
 pub fn is_available() -> bool {
@@ -233,7 +234,6 @@ impl Rows {
         stride: usize,
         pad: usize,
     ) -> Option<Rows> {
-        use rayon::prelude::*;
         let rq = RowQuant::new(q)?;
         let (c, ka) = (q.channels(), rq.ka);
         if [h, w, c].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(x.len()) || a_basis.len() != ka {
@@ -241,10 +241,13 @@ impl Rows {
         }
         let mut r = Rows::zeroed(h, w, c, ka, k, stride, pad);
         let (sb, wp) = (r.sb, r.wp);
-        let data = r.data[pad * ka * sb..][..h * ka * sb].par_chunks_mut(ka * sb);
-        let tw = r.tw[pad * wp..][..h * wp].par_chunks_mut(wp);
-        let rows = data.zip(tw).zip(x.par_chunks(w * c)).with_min_len(min_rows(w * c));
-        rows.for_each(|((row, tw), xs)| rq.fill_row(xs, row, sb, tw, pad, a_basis));
+        let m = team::piece_rows(h, min_rows(w * c));
+        let data = r.data[pad * ka * sb..][..h * ka * sb].chunks_mut(m * ka * sb);
+        let mut pieces: Vec<_> = data.zip(r.tw[pad * wp..][..h * wp].chunks_mut(m * wp)).zip(x.chunks(m * w * c)).collect();
+        team::for_each_mut(&mut pieces, |_, ((data, tw), xs)| {
+            let rows = data.chunks_exact_mut(ka * sb).zip(tw.chunks_exact_mut(wp)).zip(xs.chunks_exact(w * c));
+            rows.for_each(|((row, tw), xs)| rq.fill_row(xs, row, sb, tw, pad, a_basis));
+        });
         Some(r.with_basis(a_basis))
     }
 }
@@ -434,13 +437,11 @@ impl<'a> RowQuant<'a> {
 /// The conv's output rows (`oh·ow·C_out`, NHWC) from the operand and the packed weights. Panics if they
 /// disagree (callers build both for the layer) or the CPU lacks the kernel.
 pub fn run(r: &Rows, wt: &Weights, out: &mut [f32]) {
-    use rayon::prelude::*;
     let (g, c_out) = (Gemm::new(r, wt), wt.c_out);
-    let (rows, per) = (r.oh * r.ow, task_rows(r.ow) * r.ow);
+    let (rows, per) = (r.oh * r.ow, team::piece_rows(r.oh, task_rows(r.ow)) * r.ow);
     assert!(out.len() >= rows * c_out);
-    out[..rows * c_out].par_chunks_mut(per * c_out).enumerate().for_each(|(t, o)| {
-        g.task(t * per, o);
-    });
+    let mut tasks: Vec<&mut [f32]> = out[..rows * c_out].chunks_mut(per * c_out).collect();
+    team::for_each_mut(&mut tasks, |t, o| g.task(t * per, o));
 }
 
 /// Whether [`run_quantized`] takes a conv of `c_out` channels with `bias` into a next conv whose quantizer is
@@ -463,7 +464,6 @@ pub fn run_quantized(
     a_basis: &[f32],
     (k, stride, pad): (usize, usize, usize),
 ) -> Option<Rows> {
-    use rayon::prelude::*;
     let c_out = wt.c_out;
     let rq = RowQuant::new(q).filter(|_| fuses(c_out, bias, q, a_basis))?;
     if k == 0 || stride == 0 || r.oh + 2 * pad < k || r.ow + 2 * pad < k {
@@ -471,18 +471,19 @@ pub fn run_quantized(
     }
     let g = Gemm::new(r, wt);
     let mut next = Rows::zeroed(r.oh, r.ow, c_out, rq.ka, k, stride, pad);
-    let (ka, sb, wpn, per) = (rq.ka, next.sb, next.wp, task_rows(r.ow));
-    let data = next.data[pad * ka * sb..][..r.oh * ka * sb].par_chunks_mut(per * ka * sb);
-    let tw = next.tw[pad * wpn..][..r.oh * wpn].par_chunks_mut(per * wpn);
+    let (ka, sb, wpn, per) = (rq.ka, next.sb, next.wp, team::piece_rows(r.oh, task_rows(r.ow)));
+    let data = next.data[pad * ka * sb..][..r.oh * ka * sb].chunks_mut(per * ka * sb);
+    let mut tasks: Vec<_> = data.zip(next.tw[pad * wpn..][..r.oh * wpn].chunks_mut(per * wpn)).collect();
     // Each task's rows go through a small f32 buffer, then the next conv's quantizer, while still in cache.
-    data.zip(tw).enumerate().for_each_init(Vec::new, |buf, (t, (data, tw))| {
-        buf.resize(data.len() / (ka * sb) * r.ow * c_out, 0.0);
-        g.task(t * per * r.ow, buf);
+    team::for_each_mut(&mut tasks, |t, (data, tw)| {
+        let mut buf = crate::scratch::filled(data.len() / (ka * sb) * r.ow * c_out, 0.0f32);
+        g.task(t * per * r.ow, &mut buf);
         if let Some(b) = bias {
             buf.chunks_exact_mut(c_out).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
         }
         let rows = buf.chunks_exact(r.ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(tw.chunks_exact_mut(wpn)));
         rows.for_each(|(xs, (row, tw))| rq.fill_row(xs, row, sb, tw, pad, a_basis));
+        crate::scratch::recycle(buf);
     });
     Some(next.with_basis(a_basis))
 }
@@ -754,7 +755,6 @@ pub(crate) fn conv_f32_chw(
     c_out: usize,
     (k, stride, pad): (usize, usize, usize),
 ) -> Option<Vec<f32>> {
-    use rayon::prelude::*;
     let ok = is_available() && direct_conv_takes(c_out) && k > 0 && stride > 0 && c_in > 0;
     let sizes = [c_in, h, w].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) == Some(x.len())
         && [k, k, c_in, c_out].iter().try_fold(1usize, |n, &d| n.checked_mul(d)) == Some(wt.len())
@@ -772,7 +772,8 @@ pub(crate) fn conv_f32_chw(
         }
     }
     let img = Image { x: &xp, c_in, h: hp, w: wp, wt, bias, k, stride };
-    out.par_chunks_mut(ow * c_out).enumerate().for_each(|(oy, orow)| {
+    let mut rows: Vec<&mut [f32]> = out.chunks_mut(ow * c_out).collect();
+    crate::team::for_each_mut(&mut rows, |oy, orow| {
         // SAFETY: AVX-512F checked above; every slice index in `conv_row` is checked.
         unsafe {
             match c_out {

@@ -1,0 +1,217 @@
+//! A spinning team of helper threads for one image's layers (batch 1 on several threads).
+//!
+//! A ResNet-20 image is ~40 parallel loops of 2-10 µs. On rayon's pool the idle worker polls for work with
+//! `sched_yield` system calls, which take microseconds on a VM: `perf` at 2 threads, batch 1 showed the second
+//! worker running a third of the kernel's tasks and spending the rest in the scheduler. Here, while a forward runs
+//! ([`run`]), `threads − 1` helper threads spin on an atomic region counter (as ONNX Runtime's intra-op pool does)
+//! and claim tasks with one `fetch_add` each; between forwards they keep spinning for [`GRACE`], then park. Where
+//! no forward holds the team (nested calls, a second caller, batches), the loops run on rayon as before.
+//!
+//! The one door for `unsafe` here is [`Team::region`]: a task list lent to the helpers by pointer for the duration
+//! of a region, and [`for_each_mut`]'s `&mut` to the item a task index names (each index is claimed once).
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long helpers keep spinning after a forward (so back-to-back images never wait for a thread to wake).
+const GRACE: Duration = Duration::from_millis(2);
+
+/// What the caller writes to open a region, on one cache line (the helpers poll it).
+#[repr(align(64))]
+#[derive(Default)]
+struct Publish {
+    /// Bumped to open a region.
+    epoch: AtomicUsize,
+    /// The open region (`*const Region`).
+    job: AtomicPtr<()>,
+}
+
+/// What the helpers write back, on another line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Done {
+    /// Helpers done with the open region (each adds one once it no longer touches it).
+    helpers: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+#[derive(Default)]
+struct Shared {
+    publish: Publish,
+    done: Done,
+    /// A forward holds the team: helpers spin.
+    live: AtomicBool,
+    park: Mutex<()>,
+    wake: Condvar,
+}
+
+/// One parallel loop: tasks `0..n`.
+struct Region<'a> {
+    n: usize,
+    f: &'a (dyn Fn(usize) + Sync),
+}
+
+struct Team {
+    shared: Arc<Shared>,
+    helpers: usize,
+    /// Held by the forward that uses the team.
+    busy: Mutex<()>,
+}
+
+static TEAM: OnceLock<Team> = OnceLock::new();
+
+thread_local! {
+    /// Whether this thread's forward holds the team.
+    static HOLDS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (one image's forward) with the team of `helpers` threads serving its loops, where the team is free and
+/// of that size (the first call sizes it); else just runs `f`.
+pub(crate) fn run<R>(helpers: usize, f: impl FnOnce() -> R) -> R {
+    if helpers == 0 || HOLDS.get() {
+        return f();
+    }
+    let team = TEAM.get_or_init(|| Team::spawn(helpers));
+    let Some(_busy) = team.busy.try_lock().ok().filter(|_| team.helpers == helpers) else {
+        return f();
+    };
+    let s = &team.shared;
+    {
+        let _g = s.park.lock().unwrap_or_else(|e| e.into_inner());
+        s.live.store(true, SeqCst);
+        s.wake.notify_all();
+    }
+    /// Leaves team mode however `f` ends.
+    struct Leave<'a>(&'a Shared);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            HOLDS.set(false);
+            self.0.live.store(false, SeqCst);
+        }
+    }
+    let _leave = Leave(s);
+    HOLDS.set(true);
+    f()
+}
+
+/// Rows per parallel piece of a loop over `rows` rows that takes at least `min` rows per piece on rayon (where a
+/// piece must outweigh a wake-up): on the team, two pieces per thread.
+pub(crate) fn piece_rows(rows: usize, min: usize) -> usize {
+    match TEAM.get().filter(|_| HOLDS.get()) {
+        Some(t) => rows.div_ceil(2 * (t.helpers + 1)).max(1),
+        None => min.max(1),
+    }
+}
+
+/// `f(i, &mut items[i])` for every item, in parallel: on the team where this thread's forward holds it, else on
+/// rayon.
+pub(crate) fn for_each_mut<I: Send>(items: &mut [I], f: impl Fn(usize, &mut I) + Sync) {
+    if let [only] = items {
+        return f(0, only);
+    }
+    let team = TEAM.get().filter(|_| HOLDS.get());
+    let Some(team) = team else {
+        items.par_iter_mut().enumerate().for_each(|(i, it)| f(i, it));
+        return;
+    };
+    let n = items.len();
+    /// The items' base pointer, shared with the helpers.
+    struct Base<I>(*mut I);
+    // SAFETY: tasks only make `&mut` to distinct items (`I: Send`) through it.
+    unsafe impl<I: Send> Sync for Base<I> {}
+    let base = &Base(items.as_mut_ptr());
+    let task = |i: usize| {
+        assert!(i < n);
+        // SAFETY: `items` is borrowed mutably until `region` returns, which waits for every task; the region
+        // hands out each index once, so this is the only reference to item i.
+        f(i, unsafe { &mut *base.0.add(i) })
+    };
+    // A loop inside a task runs on rayon: the team serves one region at a time.
+    HOLDS.set(false);
+    let _back = Back;
+    team.region(n, &task);
+}
+
+/// Gives this thread's forward the team back after a region, however the region ends.
+struct Back;
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        HOLDS.set(true);
+    }
+}
+
+impl Team {
+    fn spawn(helpers: usize) -> Team {
+        let shared = Arc::new(Shared::default());
+        for h in 0..helpers {
+            let s = shared.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("lq-team-{h}")).spawn(move || helper(&s, h + 1, helpers + 1));
+            if spawned.is_err() {
+                // No helper thread: a team of none, whose callers just run their loops on rayon.
+                return Team { shared, helpers: usize::MAX, busy: Mutex::new(()) };
+            }
+        }
+        Team { shared, helpers, busy: Mutex::new(()) }
+    }
+
+    /// Tasks `0..n` of `f` on this thread and the helpers; returns when all are done (re-raising a task's panic).
+    fn region(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let s = &*self.shared;
+        let r = Region { n, f };
+        s.done.helpers.store(0, SeqCst);
+        s.publish.job.store(&r as *const Region as *mut (), SeqCst);
+        s.publish.epoch.fetch_add(1, SeqCst);
+        work(&r, s, 0, self.helpers + 1);
+        // Every helper runs every region (its share may be empty) and reports once it no longer touches `r`.
+        while s.done.helpers.load(SeqCst) < self.helpers {
+            std::hint::spin_loop();
+        }
+        if s.done.panicked.swap(false, SeqCst) {
+            panic!("a parallel task panicked");
+        }
+    }
+}
+
+/// Runs member `m`'s share of `r` (of `members`: tasks in order, so a member keeps the same rows layer after layer
+/// and their data stays in its core's cache).
+fn work(r: &Region, s: &Shared, m: usize, members: usize) {
+    for i in r.n * m / members..r.n * (m + 1) / members {
+        if catch_unwind(AssertUnwindSafe(|| (r.f)(i))).is_err() {
+            s.done.panicked.store(true, SeqCst);
+        }
+    }
+}
+
+/// A helper thread: spins on the region counter while a forward holds the team (and [`GRACE`] after), else parks.
+fn helper(s: &Shared, m: usize, members: usize) {
+    let (mut last, mut idle) = (0, None::<Instant>);
+    loop {
+        if !s.live.load(SeqCst) {
+            let since = *idle.get_or_insert_with(Instant::now);
+            if since.elapsed() > GRACE {
+                let mut g = s.park.lock().unwrap_or_else(|e| e.into_inner());
+                while !s.live.load(SeqCst) {
+                    g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                idle = None;
+            }
+        } else {
+            idle = None;
+        }
+        let e = s.publish.epoch.load(SeqCst);
+        if e != last {
+            last = e;
+            // SAFETY: region `e` is open until this helper reports done: the caller's `region`, which owns the
+            // `Region` behind `job`, waits for every helper's report before it returns.
+            let r = unsafe { &*(s.publish.job.load(SeqCst) as *const Region) };
+            work(r, s, m, members);
+            s.done.helpers.fetch_add(1, SeqCst);
+        }
+        std::hint::spin_loop();
+    }
+}
