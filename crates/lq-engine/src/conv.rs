@@ -194,48 +194,86 @@ impl BitConv {
         Ok(rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, ka, a_basis, isa)))
     }
 
-    /// [`BitConv::forward_f32`] with its output plus `bias` quantized by `next`'s activation quantizer (`nq`,
-    /// basis `n_basis`) straight into `next`'s operand in the kernel's epilogue, for [`BitConv::forward_operand`]:
-    /// no f32 map between the two convs. `Ok(None)` where this does not run (not the AVX-512 kernel on both
-    /// layers, or `next` does not take this conv's output): run the two apart then. Errors as `forward_f32`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward_f32_fused(
+    /// The layer with its tail (the runtime's one call for a quantized conv step): the output plus `bias`, added
+    /// into the residual `add` where given (which comes back as the value: residual + (conv + bias), what the
+    /// separate steps give), and, where `next` is given and the AVX-512 kernel runs both layers, quantized by
+    /// `next`'s activation quantizer (`nq`, basis `n_basis`) straight into `next`'s operand in the kernel's
+    /// epilogue: no f32 map between the two convs where `add` is not given, no separate add or input-map pass where
+    /// it is (the value is then empty, or the residual sum). Where the operand is not made, the value is the f32 map
+    /// and `next` runs from it. Bit for bit the result of the layers run apart. Errors as `forward_f32` does, or if
+    /// an operand source was made for another conv or `add` has another length.
+    pub(crate) fn forward_tail(
         &self,
-        (x, h, w): (&[f32], usize, usize),
-        q: &ChannelQuant,
-        a_basis: &[f32],
+        src: Source,
         bias: Option<&[f32]>,
-        (next, nq, n_basis): (&BitConv, &ChannelQuant, &[f32]),
+        add: Option<Vec<f32>>,
+        next: Option<(&BitConv, &ChannelQuant, &[f32])>,
         isa: Isa,
-    ) -> Result<Option<avx512::Rows>> {
-        let ka = self.check_f32(x, h, w, q, a_basis)?;
-        let (oh, ow) = self.out_hw(h, w);
-        let nka = nq.bits().filter(|&k| k == n_basis.len());
+    ) -> Result<Tail> {
         let runs = |c: &BitConv, ka| isa == Isa::Avx512 && c.p512.is_some() && avx512::takes(c.c_in, c.kw, ka);
-        let (Some(wp), Some(nka)) = (self.p512.as_ref(), nka) else { return Ok(None) };
-        let fits = next.c_in == self.c_out && nq.channels() == next.c_in && next.check_hw(oh, ow).is_ok();
-        if !runs(self, ka) || !runs(next, nka) || !fits || !avx512::fuses(self.c_out, bias, nq, n_basis) {
-            return Ok(None);
-        }
-        Ok(rayon::scope(|_| {
-            let r = profile::time(Phase::Input, || self.operand(Input::F32 { x, h, w, q }, ka, a_basis, isa));
-            let geometry = (next.k, next.stride, next.pad);
-            profile::time(Phase::Kernel, || avx512::run_quantized(&r, wp, bias, nq, n_basis, geometry))
-        }))
-    }
-
-    /// The layer on an operand made for it by another conv's [`BitConv::forward_f32_fused`] from an `h × w` map;
-    /// `None` if `r` was made for another conv.
-    pub(crate) fn forward_operand(&self, r: &avx512::Rows, h: usize, w: usize) -> Option<Vec<f32>> {
-        let ka = r.a_basis().len();
-        let wp = self.p512.as_ref().filter(|_| avx512::takes(self.c_in, self.kw, ka))?;
-        if !r.fits(h, w, self.c_in, ka, self.k, self.stride, self.pad) {
-            return None;
-        }
+        let (h, w) = match src {
+            Source::F32 { h, w, .. } | Source::Operand { h, w, .. } => (h, w),
+        };
         let (oh, ow) = self.out_hw(h, w);
-        let mut out = scratch::filled(oh * ow * self.c_out, 0.0f32);
-        rayon::scope(|_| profile::time(Phase::Kernel, || avx512::run(r, wp, &mut out)));
-        Some(out)
+        let len = |y: &[f32]| y.len() == oh * ow * self.c_out;
+        if bias.is_some_and(|b| b.len() != self.c_out) || add.as_deref().is_some_and(|a| !len(a)) {
+            return Err(Error::Input(format!(
+                "a bias or residual that does not fit a {oh}x{ow}x{} output",
+                self.c_out
+            )));
+        }
+        // Residual + (conv + bias): the order of the separate steps.
+        let finish = |mut y: Vec<f32>, add: Option<Vec<f32>>| {
+            if let Some(b) = bias {
+                y.chunks_exact_mut(b.len()).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+            }
+            match add {
+                Some(mut a) => {
+                    a.iter_mut().zip(&y).for_each(|(a, y)| *a += y);
+                    scratch::recycle(y);
+                    a
+                }
+                None => y,
+            }
+        };
+        let r;
+        let r = match src {
+            Source::F32 { x, h, w, q, a_basis } => {
+                let ka = self.check_f32(x, h, w, q, a_basis)?;
+                if !runs(self, ka) {
+                    let y = rayon::scope(|_| self.run(Input::F32 { x, h, w, q }, ka, a_basis, isa));
+                    return Ok(Tail { value: finish(y, add), operand: None });
+                }
+                r = profile::time(Phase::Input, || self.operand(Input::F32 { x, h, w, q }, ka, a_basis, isa));
+                &r
+            }
+            Source::Operand { r, h, w } => {
+                let ka = r.a_basis().len();
+                if !runs(self, ka) || !r.fits(h, w, self.c_in, ka, self.k, self.stride, self.pad) {
+                    return Err(Error::Input(format!("an operand made for another conv than this {h}x{w} one")));
+                }
+                r
+            }
+        };
+        let wp = self.p512.as_ref().expect("runs() checked the AVX-512 weights");
+        let next = next.filter(|&(n, nq, nb)| {
+            let fits = n.c_in == self.c_out && nq.channels() == n.c_in && n.check_hw(oh, ow).is_ok();
+            fits && nq.bits() == Some(nb.len()) && runs(n, nb.len()) && avx512::fuses(self.c_out, bias, nq, nb)
+        });
+        Ok(rayon::scope(|_| {
+            profile::time(Phase::Kernel, || {
+                let mut add = add;
+                let next = next.map(|(n, nq, nb)| (nq, nb, (n.k, n.stride, n.pad)));
+                if add.is_some() || next.is_some() {
+                    if let Some(operand) = avx512::run_tail(r, wp, bias, add.as_deref_mut(), next) {
+                        return Tail { value: add.unwrap_or_default(), operand };
+                    }
+                }
+                let mut y = scratch::filled(oh * ow * self.c_out, 0.0f32);
+                avx512::run(r, wp, &mut y);
+                Tail { value: finish(y, add), operand: None }
+            })
+        }))
     }
 
     /// Checks [`BitConv::forward_f32`]'s input; its planes K_a.
@@ -331,6 +369,21 @@ impl BitConv {
     }
 }
 
+/// A quantized conv step's input ([`BitConv::forward_tail`]): the f32 map with its quantizer and basis, or the
+/// operand another conv's tail made from an `h × w` map.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    F32 { x: &'a [f32], h: usize, w: usize, q: &'a ChannelQuant, a_basis: &'a [f32] },
+    Operand { r: &'a avx512::Rows, h: usize, w: usize },
+}
+
+/// What [`BitConv::forward_tail`] made: the f32 value (empty where only the operand was asked for) and the next
+/// conv's operand where made.
+pub(crate) struct Tail {
+    pub value: Vec<f32>,
+    pub operand: Option<avx512::Rows>,
+}
+
 /// A conv's input: packed codes, or f32 values with the quantizer that makes them codes.
 #[derive(Clone, Copy)]
 enum Input<'a> {
@@ -406,8 +459,8 @@ mod tests {
         }
     }
 
-    /// A conv's output quantized for the next conv in the kernel's epilogue (`forward_f32_fused`, then
-    /// `forward_operand`) equals the two layers run apart, through the f32 map, bit for bit: channels 8 to 64,
+    /// A conv's output, alone or added to a residual, quantized for the next conv in the kernel's epilogue
+    /// (`forward_tail`) equals the layers run apart, through the f32 map, bit for bit: channels 8 to 64,
     /// strides 1 and 2 on either side, 1×1 and 3×3 kernels, W1–W4 and A1–A4, with and without bias, negative BN
     /// scales, rows wider than one tile call. An operand made for another conv is refused.
     #[test]
@@ -456,15 +509,37 @@ mod tests {
             let apart = b.forward_f32(&y, oh, ow, &q2, &ab2, Isa::Avx512).unwrap();
             let levels = apart.iter().map(|v| v.to_bits()).collect::<std::collections::BTreeSet<_>>().len();
             assert!(levels > 4 * co, "case {n}: the codes hardly vary ({levels} distinct outputs)");
-            let op = a
-                .forward_f32_fused((&x, h, w), &q1, &ab1, bias.as_deref(), (&b, &q2, &ab2), Isa::Avx512)
-                .unwrap()
-                .unwrap_or_else(|| panic!("case {n}: the fused epilogue does not run"));
-            let fused = b.forward_operand(&op, oh, ow).unwrap();
-            let same = apart.iter().zip(&fused).all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same && apart.len() == fused.len(), "case {n}: fused and apart differ");
-            assert!(a.forward_operand(&op, oh, ow).is_none() || (ci, k1, s1) == (cm, k2, s2), "case {n}");
-            assert!(b.forward_operand(&op, oh + 1, ow).is_none(), "case {n}: an operand for another map size");
+            let src = Source::F32 { x: &x, h, w, q: &q1, a_basis: &ab1 };
+            let next = Some((&b, &q2, &ab2[..]));
+            let from = |op: &avx512::Rows, conv: &BitConv, (h, w)| {
+                conv.forward_tail(Source::Operand { r: op, h, w }, None, None, None, Isa::Avx512).map(|t| t.value)
+            };
+            let same =
+                |p: &[f32], q: &[f32]| p.len() == q.len() && p.iter().zip(q).all(|(p, q)| p.to_bits() == q.to_bits());
+            let tail = a.forward_tail(src, bias.as_deref(), None, next, Isa::Avx512).unwrap();
+            assert!(tail.value.is_empty(), "case {n}: an f32 map besides the operand");
+            let op = tail.operand.unwrap_or_else(|| panic!("case {n}: the fused epilogue does not run"));
+            assert!(same(&apart, &from(&op, &b, (oh, ow)).unwrap()), "case {n}: fused and apart differ");
+            assert!(from(&op, &a, (oh, ow)).is_err() || (ci, k1, s1) == (cm, k2, s2), "case {n}");
+            assert!(from(&op, &b, (oh + 1, ow)).is_err(), "case {n}: an operand for another map size");
+            // A residual added in the tail: the sum is the value, residual + (conv + bias) as the add step makes it,
+            // and the next conv's operand is made from it.
+            let res: Vec<f32> = v(y.len()).iter().map(|r| r * spread).collect();
+            let sum: Vec<f32> = res.iter().zip(&y).map(|(r, y)| r + y).collect();
+            let apart = b.forward_f32(&sum, oh, ow, &q2, &ab2, Isa::Avx512).unwrap();
+            for next in [next, None] {
+                let tail = a.forward_tail(src, bias.as_deref(), Some(res.clone()), next, Isa::Avx512).unwrap();
+                assert!(same(&tail.value, &sum), "case {n}: the residual sum differs");
+                assert_eq!(tail.operand.is_some(), next.is_some(), "case {n}");
+                if let Some(op) = &tail.operand {
+                    assert!(same(&apart, &from(op, &b, (oh, ow)).unwrap()), "case {n}: fused and apart differ (add)");
+                }
+            }
+            let short = Some(res[1..].to_vec());
+            assert!(
+                a.forward_tail(src, bias.as_deref(), short, next, Isa::Avx512).is_err(),
+                "case {n}: short residual"
+            );
         }
     }
 }

@@ -71,11 +71,22 @@ thread_local! {
 /// Runs `f` (one image's forward) with the team of `helpers` threads serving its loops, where the team is free and
 /// of that size (the first call sizes it); else just runs `f`.
 pub(crate) fn run<R>(helpers: usize, f: impl FnOnce() -> R) -> R {
+    enter(helpers, false, f)
+}
+
+/// [`run`], waiting for the team where another forward holds it (tests, which run side by side, must get it).
+#[cfg(test)]
+pub(crate) fn run_waiting<R>(helpers: usize, f: impl FnOnce() -> R) -> R {
+    enter(helpers, true, f)
+}
+
+fn enter<R>(helpers: usize, wait: bool, f: impl FnOnce() -> R) -> R {
     if helpers == 0 || HOLDS.get() {
         return f();
     }
     let team = TEAM.get_or_init(|| Team::spawn(helpers));
-    let Some(_busy) = team.busy.try_lock().ok().filter(|_| team.helpers == helpers) else {
+    let busy = if wait { Some(team.busy.lock().unwrap_or_else(|e| e.into_inner())) } else { team.busy.try_lock().ok() };
+    let Some(_busy) = busy.filter(|_| team.helpers == helpers) else {
         return f();
     };
     let s = &team.shared;
@@ -97,6 +108,11 @@ pub(crate) fn run<R>(helpers: usize, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether this thread's forward holds the team (its loops run there).
+pub(crate) fn holds() -> bool {
+    HOLDS.get() && TEAM.get().is_some()
+}
+
 /// Rows per parallel piece of a loop over `rows` rows that takes at least `min` rows per piece on rayon (where a
 /// piece must outweigh a wake-up): on the team, two pieces per thread.
 pub(crate) fn piece_rows(rows: usize, min: usize) -> usize {
@@ -108,6 +124,9 @@ pub(crate) fn piece_rows(rows: usize, min: usize) -> usize {
 
 /// `f(i, &mut items[i])` for every item, in parallel: on the team where this thread's forward holds it, else on
 /// rayon.
+// Inlined so that a single piece (every loop off the team) runs in the caller's code, compiled for its target
+// features (the runtime's element-wise loops are AVX2 there).
+#[inline(always)]
 pub(crate) fn for_each_mut<I: Send>(items: &mut [I], f: impl Fn(usize, &mut I) + Sync) {
     if let [only] = items {
         return f(0, only);
@@ -213,5 +232,51 @@ fn helper(s: &Shared, m: usize, members: usize) {
             s.done.helpers.fetch_add(1, SeqCst);
         }
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool's threads less one, at least one: the size every forward of the test process asks for.
+    fn helpers() -> usize {
+        rayon::current_num_threads().max(2) - 1
+    }
+
+    /// On the team, every item is visited exactly once, region after region (1 to 40 items, fewer and more than
+    /// the members), a loop inside a task runs (on rayon), and off the team the same loops give the same.
+    #[test]
+    fn every_item_once() {
+        let check = || {
+            for n in (1..40).chain([200]) {
+                for round in 0..20u32 {
+                    let mut v = vec![0u32; n];
+                    for_each_mut(&mut v, |i, x| *x += i as u32 * 3 + round);
+                    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 * 3 + round), "{n} items: {v:?}");
+                }
+                let mut outer = vec![vec![0u8; 5]; n];
+                for_each_mut(&mut outer, |_, inner| for_each_mut(inner, |j, x| *x = j as u8 + 1));
+                assert!(outer.iter().all(|v| v == &[1, 2, 3, 4, 5]));
+            }
+        };
+        run_waiting(helpers(), || {
+            assert!(holds());
+            check();
+        });
+        check();
+    }
+
+    /// A task's panic reaches the caller of the loop, and the team serves the next loop.
+    #[test]
+    fn a_panic_reaches_the_caller() {
+        run_waiting(helpers(), || {
+            assert!(holds());
+            let mut v = vec![0u32; 16];
+            let caught = catch_unwind(AssertUnwindSafe(|| for_each_mut(&mut v, |i, _| assert!(i != 13, "task 13"))));
+            assert!(caught.is_err(), "the panic was lost");
+            for_each_mut(&mut v, |i, x| *x = i as u32);
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32));
+        });
     }
 }

@@ -9,9 +9,9 @@
 //! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
 //!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
 //!   K_w × K_a accumulators; the epilogue writes 8 channels per store into the NHWC row.
-//! - Fused ([`run_quantized`]): where the next conv's only input is this conv's output, each task's output rows go
-//!   from an L1-resident buffer straight through the next conv's quantizer into its operand; the f32 map between
-//!   the two convs is never written.
+//! - Fused ([`run_tail`]): each task's output rows go from an L1-resident buffer into the residual they are added
+//!   to, and/or straight through the next conv's quantizer into its operand; where the next conv's only input is
+//!   this conv's output, the f32 map between the two convs is never written.
 use crate::layout::{patch_bit, patch_words, ChannelQuant, Planes};
 use crate::scratch::Buf;
 use crate::team;
@@ -243,7 +243,8 @@ impl Rows {
         let (sb, wp) = (r.sb, r.wp);
         let m = team::piece_rows(h, min_rows(w * c));
         let data = r.data[pad * ka * sb..][..h * ka * sb].chunks_mut(m * ka * sb);
-        let mut pieces: Vec<_> = data.zip(r.tw[pad * wp..][..h * wp].chunks_mut(m * wp)).zip(x.chunks(m * w * c)).collect();
+        let mut pieces: Vec<_> =
+            data.zip(r.tw[pad * wp..][..h * wp].chunks_mut(m * wp)).zip(x.chunks(m * w * c)).collect();
         team::for_each_mut(&mut pieces, |_, ((data, tw), xs)| {
             let rows = data.chunks_exact_mut(ka * sb).zip(tw.chunks_exact_mut(wp)).zip(xs.chunks_exact(w * c));
             rows.for_each(|((row, tw), xs)| rq.fill_row(xs, row, sb, tw, pad, a_basis));
@@ -451,41 +452,85 @@ pub fn fuses(c_out: usize, bias: Option<&[f32]>, q: &ChannelQuant, a_basis: &[f3
     ka.is_some_and(|ka| a_basis.len() == ka) && q.channels() == c_out && bias.is_none_or(|b| b.len() == c_out)
 }
 
-/// The conv's output, plus `bias` where given, quantized by the next conv's activation quantizer `q` (a `k×k`
-/// conv with `stride` and `pad`, basis `a_basis`) straight into that conv's operand: the f32 map between the two
-/// is never written (each task's rows pass through a small f32 buffer). Equals [`Rows::from_f32`] of [`run`]'s
-/// output plus the bias, bit for bit. `None` unless [`fuses`] holds and the next conv fits the output map;
-/// panics as [`run`] does.
-pub fn run_quantized(
+/// The next conv of a fused tail ([`run_tail`]): its activation quantizer, basis and `(k, stride, pad)`.
+pub type Next<'a> = (&'a ChannelQuant, &'a [f32], (usize, usize, usize));
+
+/// The conv's output plus `bias` where given, then added into `sum` where given (the residual, `oh·ow·C_out`
+/// NHWC: it becomes residual + (conv + bias), the sum the separate steps give), then, where `next` is given,
+/// quantized by that conv's activation quantizer straight into its operand. Each task's rows pass through a small
+/// f32 buffer and the quantizer while in cache: no f32 map is written where `sum` is not given, no separate add or
+/// input-map pass where it is. Equals [`run`], the bias and residual added and [`Rows::from_f32`] of the result,
+/// bit for bit. `None` unless [`fuses`] holds for `next`, the next conv fits the output map and `sum` has its
+/// length (or where neither is given); panics as [`run`] does.
+pub fn run_tail(
     r: &Rows,
     wt: &Weights,
     bias: Option<&[f32]>,
-    q: &ChannelQuant,
-    a_basis: &[f32],
-    (k, stride, pad): (usize, usize, usize),
-) -> Option<Rows> {
-    let c_out = wt.c_out;
-    let rq = RowQuant::new(q).filter(|_| fuses(c_out, bias, q, a_basis))?;
-    if k == 0 || stride == 0 || r.oh + 2 * pad < k || r.ow + 2 * pad < k {
+    sum: Option<&mut [f32]>,
+    next: Option<Next>,
+) -> Option<Option<Rows>> {
+    let (c_out, ow) = (wt.c_out, r.ow);
+    let rq = match next {
+        Some((q, a_basis, (k, stride, pad))) => {
+            let fits = k > 0 && stride > 0 && r.oh + 2 * pad >= k && ow + 2 * pad >= k;
+            Some((RowQuant::new(q).filter(|_| fits && fuses(c_out, bias, q, a_basis))?, a_basis, (k, stride, pad)))
+        }
+        None => None,
+    };
+    let sum_fits = sum.as_ref().is_none_or(|s| s.len() == r.oh * ow * c_out);
+    if !sum_fits || (sum.is_none() && rq.is_none()) || bias.is_some_and(|b| b.len() != c_out) {
         return None;
     }
     let g = Gemm::new(r, wt);
-    let mut next = Rows::zeroed(r.oh, r.ow, c_out, rq.ka, k, stride, pad);
-    let (ka, sb, wpn, per) = (rq.ka, next.sb, next.wp, team::piece_rows(r.oh, task_rows(r.ow)));
-    let data = next.data[pad * ka * sb..][..r.oh * ka * sb].chunks_mut(per * ka * sb);
-    let mut tasks: Vec<_> = data.zip(next.tw[pad * wpn..][..r.oh * wpn].chunks_mut(per * wpn)).collect();
-    // Each task's rows go through a small f32 buffer, then the next conv's quantizer, while still in cache.
-    team::for_each_mut(&mut tasks, |t, (data, tw)| {
-        let mut buf = crate::scratch::filled(data.len() / (ka * sb) * r.ow * c_out, 0.0f32);
-        g.task(t * per * r.ow, &mut buf);
-        if let Some(b) = bias {
-            buf.chunks_exact_mut(c_out).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+    let per = team::piece_rows(r.oh, task_rows(ow));
+    let tasks = r.oh.div_ceil(per);
+    let mut next =
+        rq.as_ref().map(|(rq, a, (k, s, pad))| Rows::zeroed(r.oh, ow, c_out, rq.ka, *k, *s, *pad).with_basis(a));
+    let (sb, wpn) = next.as_ref().map_or((0, 0), |n| (n.sb, n.wp));
+    // Per task: its rows of the sum, and of the next operand's planes and weighted counts (each where made).
+    let sums: Vec<Option<&mut [f32]>> = match sum {
+        Some(s) => s.chunks_mut(per * ow * c_out).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    let ops: Vec<Option<(&mut [u8], &mut [f32])>> = match next.as_mut() {
+        Some(n) => {
+            let (pad, ka) = (n.pad, n.ka);
+            let data = n.data[pad * ka * sb..][..r.oh * ka * sb].chunks_mut(per * ka * sb);
+            data.zip(n.tw[pad * wpn..][..r.oh * wpn].chunks_mut(per * wpn)).map(Some).collect()
         }
-        let rows = buf.chunks_exact(r.ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(tw.chunks_exact_mut(wpn)));
-        rows.for_each(|(xs, (row, tw))| rq.fill_row(xs, row, sb, tw, pad, a_basis));
-        crate::scratch::recycle(buf);
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    let mut tasks: Vec<_> = sums.into_iter().zip(ops).collect();
+    team::for_each_mut(&mut tasks, |t, (sum, op)| {
+        let n = r.oh.min((t + 1) * per) - t * per;
+        TASK_BUF.with_borrow_mut(|buf| {
+            // Every value is written by the kernel: the buffer is resized, not cleared.
+            buf.resize(n * ow * c_out, 0.0);
+            g.task(t * per * ow, buf);
+            if let Some(b) = bias {
+                buf.chunks_exact_mut(c_out).for_each(|px| px.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+            }
+            let ys: &[f32] = match sum {
+                Some(s) => {
+                    s.iter_mut().zip(buf.iter()).for_each(|(s, y)| *s += y);
+                    s
+                }
+                None => buf,
+            };
+            if let (Some((data, tw)), Some((rq, a, (_, _, pad)))) = (op, rq.as_ref()) {
+                let ka = rq.ka;
+                let rows =
+                    ys.chunks_exact(ow * c_out).zip(data.chunks_exact_mut(ka * sb).zip(tw.chunks_exact_mut(wpn)));
+                rows.for_each(|(xs, (row, tw))| rq.fill_row(xs, row, sb, tw, *pad, a));
+            }
+        });
     });
-    Some(next.with_basis(a_basis))
+    Some(next)
+}
+
+thread_local! {
+    /// A fused tail's task output before it is added and quantized (a task's rows: a few KB, kept in L1).
+    static TASK_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Output rows per parallel task: whole rows (so a task owns its rows of a next conv's operand), about [`TASK`]
