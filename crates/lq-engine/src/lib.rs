@@ -13,6 +13,9 @@
 //!   multiple of 8 where the CPU has it, an AVX2 table-lookup kernel for layers with whole 16-channel blocks, an
 //!   AVX2 popcount kernel for the rest, a portable one without AVX2, chosen once at run time; [`Isa`] forces one.
 //!   The `internals` feature re-exports them for the benchmarks (module `internals`).
+//! - Parallelism: batches run images in parallel on rayon; a single image on several threads runs its layers'
+//!   loops on a spinning team of helper threads (module `team`), where its conv → residual add → conv chains also
+//!   fuse (the add and the next input map in the conv's tail).
 //! - [`naive`]: the dense reference the kernels are tested against.
 //! - [`ModelFile`] (the deployable safetensors file) and [`Model`]: the file's network, a list of [`graph::Op`]s,
 //!   validated by shape inference and interpreted for end-to-end inference.

@@ -575,7 +575,7 @@ fn val(vals: &[Option<Vec<f32>>], v: usize) -> &[f32] {
 /// Window pooling over NHWC `x`: `fold` over the window's positions inside the map (padding never takes part),
 /// then `fin`.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[inline(always)] // into `Model::run`, so its loops compile for AVX2 there
 fn pool(
     x: &[f32],
     s: Shape,
@@ -588,20 +588,29 @@ fn pool(
 ) -> Vec<f32> {
     let (oh, ow) = (out_size(s.h, k, stride, pad), out_size(s.w, k, stride, pad));
     let inside = |o: usize, n: usize| (o * stride).saturating_sub(pad)..(o * stride + k - pad).min(n);
-    let mut out = scratch::filled(oh * ow * s.c, init);
-    let m = team::piece_rows(oh, oh) * ow;
-    let mut pieces: Vec<&mut [f32]> = out.chunks_mut(m * s.c).collect();
-    team::for_each_mut(&mut pieces, |t, out| {
-        for (p, o) in (t * m..).zip(out.chunks_exact_mut(s.c)) {
-            for iy in inside(p / ow, s.h) {
-                for ix in inside(p % ow, s.w) {
-                    let px = &x[(iy * s.w + ix) * s.c..][..s.c];
-                    o.iter_mut().zip(px).for_each(|(o, v)| *o = fold(*o, *v));
+    // Output pixels from `p0` into `out`. A macro, not a closure: expanded in place here, the loop is compiled into
+    // the caller's AVX2 code (a closure called from two places stayed out of line, for the baseline ISA).
+    macro_rules! rows {
+        ($p0:expr, $out:expr) => {
+            for (p, o) in ($p0..).zip($out.chunks_exact_mut(s.c)) {
+                for iy in inside(p / ow, s.h) {
+                    for ix in inside(p % ow, s.w) {
+                        let px = &x[(iy * s.w + ix) * s.c..][..s.c];
+                        o.iter_mut().zip(px).for_each(|(o, v)| *o = fold(*o, *v));
+                    }
                 }
+                o.iter_mut().for_each(|v| *v = fin(*v));
             }
-            o.iter_mut().for_each(|v| *v = fin(*v));
-        }
-    });
+        };
+    }
+    let mut out = scratch::filled(oh * ow * s.c, init);
+    if team::holds() {
+        let m = team::piece_rows(oh, oh) * ow;
+        let mut pieces: Vec<&mut [f32]> = out.chunks_mut(m * s.c).collect();
+        team::for_each_mut(&mut pieces, |t, out| rows!(t * m, out));
+    } else {
+        rows!(0usize, out);
+    }
     out
 }
 
