@@ -269,7 +269,8 @@ impl BitConv {
                         return Tail { value: add.unwrap_or_default(), operand };
                     }
                 }
-                let mut y = scratch::filled(oh * ow * self.c_out, 0.0f32);
+                // Every value is written by the kernel.
+                let mut y = scratch::reused(oh * ow * self.c_out);
                 avx512::run(r, wp, &mut y);
                 Tail { value: finish(y, add), operand: None }
             })

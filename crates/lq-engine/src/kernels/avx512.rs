@@ -809,7 +809,8 @@ pub(crate) fn conv_f32_chw(
         return None;
     }
     let (oh, ow) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let mut out = crate::scratch::filled(oh.checked_mul(ow)?.checked_mul(c_out)?, 0.0f32);
+    // Every value is written below (each output row whole).
+    let mut out = crate::scratch::reused(oh.checked_mul(ow)?.checked_mul(c_out)?);
     let mut xp = Buf::<f32>::zeroed(c_in.checked_mul(hp)?.checked_mul(wp)?);
     for (plane, src) in xp.chunks_exact_mut(hp * wp).zip(x.chunks_exact(h * w)) {
         for (row, s) in plane[pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
