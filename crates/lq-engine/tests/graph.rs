@@ -88,6 +88,17 @@ fn pooled(kw: usize, ka: usize) -> ModelFile {
     n.finish()
 }
 
+/// Zero channels added around maps of 12 channels (a whole copy of 8 and a tail of 4) and of 5 (a tail only).
+fn padded(kw: usize, ka: usize) -> ModelFile {
+    let mut n = Net::new([3, 6, 6], kw, ka, 43);
+    let x = n.conv("conv0", 0, 12, 3, 1, 1, Weights::Fp, false);
+    let x = n.pad_channels(x, 1, 3);
+    let x = n.qconv("q", x, "a", 5, 3, 1, 1, false);
+    let x = n.pad_channels(x, 2, 1);
+    n.linear("fc", x, 4);
+    n.finish()
+}
+
 /// Ops other than an fp conv reading the input (its NHWC copy) next to an fp conv reading it (from CHW), and an
 /// add of a value to itself.
 fn input_ops(kw: usize, ka: usize) -> ModelFile {
@@ -110,6 +121,7 @@ fn every_op_matches_the_reference() {
         check(&format!("alexnet W{kw}A{ka}"), &alexnet(kw, ka));
         check(&format!("pooled W{kw}A{ka}"), &pooled(kw, ka));
         check(&format!("input ops W{kw}A{ka}"), &input_ops(kw, ka));
+        check(&format!("padded W{kw}A{ka}"), &padded(kw, ka));
     }
 }
 

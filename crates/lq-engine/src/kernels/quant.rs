@@ -70,7 +70,13 @@ pub(crate) fn quantize_checked(isa: Isa, x: &[f32], h: usize, w: usize, q: &Chan
 /// vector quantizers' layout).
 pub(crate) fn signed_thresholds(q: &ChannelQuant) -> Vec<f32> {
     let (c, t) = (q.sign.len(), q.codes.len() - 1);
-    (0..t * c).map(|i| q.sign[i % c] * q.tau[(i % c) * t + i / c]).collect()
+    // Nested loops, not an index split by `/` and `%`: this runs for every quantized conv of every image, and the
+    // divisions had cost ~2 % of a batch-1 ResNet-20.
+    let mut stt = Vec::with_capacity(t * c);
+    for l in 0..t {
+        stt.extend(q.sign.iter().zip(q.tau.chunks_exact(t)).map(|(s, tau)| s * tau[l]));
+    }
+    stt
 }
 
 /// The AVX2 quantizer of 8 channels at a time, shared by the bit-plane packer and the table kernel's input:
