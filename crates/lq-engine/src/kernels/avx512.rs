@@ -159,27 +159,42 @@ impl Rows {
         let (k, s, wp) = (self.k, self.stride, self.wp);
         let n = trow.len();
         // 16 pixels at a time in a register (passes over `trow` in memory had chained each add on the last pass's
-        // store), the k² terms added in (ky, kx) order.
+        // store).
         for i0 in (0..n).step_by(16) {
             let m = (n - i0).min(16);
             let lanes = ((1u32 << m) - 1) as u16;
+            // A sum per kernel row, then their sum: k-long dependency chains instead of one k²-long one.
             let mut acc = _mm512_setzero_ps();
             for ky in 0..k {
                 let src = &self.tw[(oy * s + ky) * wp..][..wp];
+                let mut row = _mm512_setzero_ps();
                 for kx in 0..k {
                     // The m pixels' inputs, (m − 1)·s + 1 values from i0·s + kx.
                     let v = &src[i0 * s + kx..][..(m - 1) * s + 1];
                     let x = if s == 1 {
                         // SAFETY: the masked load reads the m values of `v`.
                         unsafe { _mm512_maskz_loadu_ps(lanes, v.as_ptr()) }
+                    } else if s == 2 {
+                        // The even ones of `v`'s 2m − 1 values: two masked loads and one permute (a scalar gather
+                        // here had cost more than the stride-1 rows' sums together).
+                        let n = v.len();
+                        let (lo, hi) = (((1u32 << n.min(16)) - 1) as u16, ((1u32 << n.saturating_sub(16)) - 1) as u16);
+                        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+                        // SAFETY: the masked loads read values 0..min(n, 16) and 16..n of `v`.
+                        unsafe {
+                            let a = _mm512_maskz_loadu_ps(lo, v.as_ptr());
+                            let b = _mm512_maskz_loadu_ps(hi, v.as_ptr().add(16.min(n)));
+                            _mm512_permutex2var_ps(a, even, b)
+                        }
                     } else {
                         let mut g = [0.0f32; 16];
                         g.iter_mut().zip(v.iter().step_by(s)).for_each(|(g, &v)| *g = v);
                         // SAFETY: `g` is 16 f32.
                         unsafe { _mm512_loadu_ps(g.as_ptr()) }
                     };
-                    acc = _mm512_add_ps(acc, x);
+                    row = _mm512_add_ps(row, x);
                 }
+                acc = _mm512_add_ps(acc, row);
             }
             // SAFETY: m values of `trow` from i0.
             unsafe { _mm512_mask_storeu_ps(trow.as_mut_ptr().add(i0), lanes, acc) };
