@@ -3,12 +3,15 @@
 //! A ResNet-20 image is ~40 parallel loops of 2-10 µs. On rayon's pool the idle worker polls for work with
 //! `sched_yield` system calls, which take microseconds on a VM: `perf` at 2 threads, batch 1 showed the second
 //! worker running a third of the kernel's tasks and spending the rest in the scheduler. Here, while a forward runs
-//! ([`run`]), `threads − 1` helper threads spin on an atomic region counter (as ONNX Runtime's intra-op pool does)
-//! and claim tasks with one `fetch_add` each; between forwards they keep spinning for [`GRACE`], then park. Where
-//! no forward holds the team (nested calls, a second caller, batches), the loops run on rayon as before.
+//! ([`run`]), `threads − 1` helper threads spin on one cache line for the next loop (as ONNX Runtime's intra-op pool
+//! does); each member runs a fixed share of the loop's tasks, in order (the same rows layer after layer, so their
+//! data stays in its core's cache), and reports on another line. Between forwards the helpers keep spinning for
+//! [`GRACE`], then park. Where no forward holds the team (batches, nested loops, a second caller, a pool of another
+//! size), the loops run on rayon as before.
 //!
-//! The one door for `unsafe` here is [`Team::region`]: a task list lent to the helpers by pointer for the duration
-//! of a region, and [`for_each_mut`]'s `&mut` to the item a task index names (each index is claimed once).
+//! `unsafe` here: the caller lends a loop's `Region` to the helpers by pointer ([`Team::region`] publishes it, the
+//! helper dereferences it), sound because the caller waits for every helper's report before the region ends; and
+//! [`for_each_mut`] makes `&mut` to the item a task index names, sound because each index is one member's.
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -462,7 +462,7 @@ pub fn run(r: &Rows, wt: &Weights, out: &mut [f32]) {
     team::for_each_mut(&mut tasks, |t, o| g.task(t * per, o));
 }
 
-/// Whether [`run_quantized`] takes a conv of `c_out` channels with `bias` into a next conv whose quantizer is
+/// Whether [`run_tail`] takes a conv of `c_out` channels with `bias` into a next conv whose quantizer is
 /// `q` (basis `a_basis`): `RowQuant` takes `q`, over `C_out` channels, a basis value per plane, a bias per channel.
 pub fn fuses(c_out: usize, bias: Option<&[f32]>, q: &ChannelQuant, a_basis: &[f32]) -> bool {
     let ka = RowQuant::takes(q);
