@@ -320,7 +320,7 @@ impl Model {
     /// One image of a batch of `n`: alone (batch 1), its layers' loops run on the spinning [`team`] of the pool's
     /// other threads; in a batch, images run in parallel and each on its own thread's share.
     fn forward_image(&self, chw: &[f32], n: usize, isa: Isa) -> Vec<f32> {
-        let helpers = if n == 1 { rayon::current_num_threads() - 1 } else { 0 };
+        let helpers = if n == 1 { team_size(isa) } else { 0 };
         team::run(helpers, || self.forward_one(chw, isa))
     }
 
@@ -375,7 +375,7 @@ impl Model {
             .chain([StepTime { label: "input transpose".into(), kind: "glue", input: 0.0, kernel: 0.0, other: 0.0 }])
             .collect();
         let last = rows.len() - 1;
-        let helpers = rayon::current_num_threads() - 1;
+        let helpers = team_size(isa);
         rayon::scope(|_| {
             team::run(helpers, || self.forward_one(&x[..c * h * w], isa));
             profile::switch(true);
@@ -561,6 +561,17 @@ impl Model {
                     .collect()
             }
         }
+    }
+}
+
+/// Helpers for a batch-1 forward on `isa`: the pool's other threads where the AVX-512 kernels run (their loops are
+/// the team's), none elsewhere (the other kernels' loops stay on rayon, and spinning helpers would only take their
+/// cores).
+fn team_size(isa: Isa) -> usize {
+    if isa == Isa::Avx512 && isa.is_available() {
+        rayon::current_num_threads() - 1
+    } else {
+        0
     }
 }
 
@@ -878,9 +889,13 @@ mod tests {
             let helpers = rayon::current_num_threads().max(2) - 1;
             for seed in [1, 2] {
                 let x = common::image(&f, seed);
-                let teamed = team::run_waiting(helpers, || {
-                    assert!(team::holds(), "the team is not held");
-                    m.forward_one(&x, Isa::Avx512)
+                // On a pool worker, as `forward` runs it: there the convs' loops run inline, on the team (from the test
+                // thread they would move to a worker that does not hold it).
+                let teamed = rayon::scope(|_| {
+                    team::run_waiting(helpers, || {
+                        assert!(team::holds() && rayon::current_thread_index().is_some(), "the team is not held");
+                        m.forward_one(&x, Isa::Avx512)
+                    })
                 });
                 let (alone, plain) = (m.forward_one(&x, Isa::Avx512), plain.forward_one(&x, Isa::Avx512));
                 let same = |a: &[f32]| a.iter().zip(&plain).all(|(p, q)| p.to_bits() == q.to_bits());

@@ -88,7 +88,16 @@ fn enter<R>(helpers: usize, wait: bool, f: impl FnOnce() -> R) -> R {
         return f();
     }
     let team = TEAM.get_or_init(|| Team::spawn(helpers));
-    let busy = if wait { Some(team.busy.lock().unwrap_or_else(|e| e.into_inner())) } else { team.busy.try_lock().ok() };
+    // A forward that panicked while holding the team poisoned `busy`: the team itself is fine (the `Leave` guard
+    // reset it), so it is taken all the same.
+    let busy = match wait {
+        true => Some(team.busy.lock().unwrap_or_else(|e| e.into_inner())),
+        false => match team.busy.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        },
+    };
     let Some(_busy) = busy.filter(|_| team.helpers == helpers) else {
         return f();
     };
@@ -201,9 +210,15 @@ impl Team {
 
 /// Runs member `m`'s share of `r` (of `members`: tasks in order, so a member keeps the same rows layer after layer
 /// and their data stays in its core's cache).
+///
+/// Nothing here may unwind (a helper that died would never report; a caller that unwound would free `r` under the
+/// helpers): the share bounds cannot overflow, and a task's panic payload is forgotten, not dropped (its `Drop`
+/// could panic again).
 fn work(r: &Region, s: &Shared, m: usize, members: usize) {
-    for i in r.n * m / members..r.n * (m + 1) / members {
-        if catch_unwind(AssertUnwindSafe(|| (r.f)(i))).is_err() {
+    let bound = |m: usize| (r.n as u128 * m as u128 / members as u128) as usize;
+    for i in bound(m)..bound(m + 1) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (r.f)(i))) {
+            std::mem::forget(payload);
             s.done.panicked.store(true, SeqCst);
         }
     }
@@ -268,6 +283,22 @@ mod tests {
             check();
         });
         check();
+    }
+
+    /// A forward that panics while it holds the team leaves it usable by the next one.
+    #[test]
+    fn a_panicking_forward_leaves_the_team_usable() {
+        let caught = catch_unwind(|| run_waiting(helpers(), || panic!("the forward fails")));
+        assert!(caught.is_err());
+        // `run` itself (not `run_waiting`, which waits through poison anyway); another test may hold the team for a
+        // moment, so a few tries.
+        let held = (0..1000).any(|_| {
+            run(helpers(), holds) || {
+                std::thread::sleep(Duration::from_millis(1));
+                false
+            }
+        });
+        assert!(held, "the team stayed off after a panic");
     }
 
     /// A task's panic reaches the caller of the loop, and the team serves the next loop.
