@@ -212,16 +212,21 @@ impl Team {
 /// and their data stays in its core's cache).
 ///
 /// Nothing here may unwind (a helper that died would never report; a caller that unwound would free `r` under the
-/// helpers): the share bounds cannot overflow, and a task's panic payload is forgotten, not dropped (its `Drop`
-/// could panic again).
+/// helpers): the share bounds cannot overflow (for fewer than 2^32 members), and a task's panic payload is
+/// forgotten, not dropped (its `Drop` could panic again).
 fn work(r: &Region, s: &Shared, m: usize, members: usize) {
-    let bound = |m: usize| (r.n as u128 * m as u128 / members as u128) as usize;
-    for i in bound(m)..bound(m + 1) {
+    for i in share_start(r.n, m, members)..share_start(r.n, m + 1, members) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (r.f)(i))) {
             std::mem::forget(payload);
             s.done.panicked.store(true, SeqCst);
         }
     }
+}
+
+/// Where member `m` of `members` starts on `n` tasks, `⌊n·m / members⌋`, without forming `n·m`:
+/// `(n mod members)·m < members²` (`m ≤ members`).
+fn share_start(n: usize, m: usize, members: usize) -> usize {
+    n / members * m + n % members * m / members
 }
 
 /// A helper thread: spins on the region counter while a forward holds the team (and [`GRACE`] after), else parks.
@@ -283,6 +288,20 @@ mod tests {
             check();
         });
         check();
+    }
+
+    /// The shares' bounds equal `⌊n·m / members⌋` computed wide, up to `n = usize::MAX`, and so cover every task
+    /// once.
+    #[test]
+    fn shares_split_exactly() {
+        for n in (0..300).chain([usize::MAX / 3, usize::MAX - 1, usize::MAX]) {
+            for members in 1..40 {
+                for m in 0..=members {
+                    let want = (n as u128 * m as u128 / members as u128) as usize;
+                    assert_eq!(share_start(n, m, members), want, "n {n}, member {m} of {members}");
+                }
+            }
+        }
     }
 
     /// A forward that panics while it holds the team leaves it usable by the next one.
