@@ -122,7 +122,7 @@ fn enter<R>(helpers: usize, wait: bool, f: impl FnOnce() -> R) -> R {
 
 /// Whether this thread's forward holds the team (its loops run there).
 pub(crate) fn holds() -> bool {
-    HOLDS.get() && TEAM.get().is_some()
+    HOLDS.get()
 }
 
 /// Rows per parallel piece of a loop over `rows` rows that takes at least `min` rows per piece on rayon (where a

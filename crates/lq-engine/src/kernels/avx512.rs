@@ -500,14 +500,14 @@ pub fn run_tail(
     }
     let g = Gemm::new(r, wt);
     let per = team::piece_rows(r.oh, task_rows(ow));
-    let tasks = r.oh.div_ceil(per);
+    let ntasks = r.oh.div_ceil(per);
     let mut next =
         rq.as_ref().map(|(rq, a, (k, s, pad))| Rows::zeroed(r.oh, ow, c_out, rq.ka, *k, *s, *pad).with_basis(a));
     let (sb, wpn) = next.as_ref().map_or((0, 0), |n| (n.sb, n.wp));
     // Per task: its rows of the sum, and of the next operand's planes and weighted counts (each where made).
     let sums: Vec<Option<&mut [f32]>> = match sum {
         Some(s) => s.chunks_mut(per * ow * c_out).map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
+        None => (0..ntasks).map(|_| None).collect(),
     };
     let ops: Vec<Option<(&mut [u8], &mut [f32])>> = match next.as_mut() {
         Some(n) => {
@@ -515,7 +515,7 @@ pub fn run_tail(
             let data = n.data[pad * ka * sb..][..r.oh * ka * sb].chunks_mut(per * ka * sb);
             data.zip(n.tw[pad * wpn..][..r.oh * wpn].chunks_mut(per * wpn)).map(Some).collect()
         }
-        None => (0..tasks).map(|_| None).collect(),
+        None => (0..ntasks).map(|_| None).collect(),
     };
     let mut tasks: Vec<_> = sums.into_iter().zip(ops).collect();
     team::for_each_mut(&mut tasks, |t, (sum, op)| {
