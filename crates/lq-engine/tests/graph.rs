@@ -88,12 +88,15 @@ fn pooled(kw: usize, ka: usize) -> ModelFile {
     n.finish()
 }
 
-/// Zero channels added around maps of 12 channels (a whole copy of 8 and a tail of 4) and of 5 (a tail only).
+/// Zero channels added around maps of 12 channels (a whole copy of 8 and a tail of 4) and of 5 (a tail only), and
+/// pools over them (channel blocks of 8 and the channels past the last).
 fn padded(kw: usize, ka: usize) -> ModelFile {
     let mut n = Net::new([3, 6, 6], kw, ka, 43);
     let x = n.conv("conv0", 0, 12, 3, 1, 1, Weights::Fp, false);
+    let x = n.avg_pool(x, 2, 1); // 5×5
     let x = n.pad_channels(x, 1, 3);
     let x = n.qconv("q", x, "a", 5, 3, 1, 1, false);
+    let x = n.max_pool(x, 3, 1, 1);
     let x = n.pad_channels(x, 2, 1);
     n.linear("fc", x, 4);
     n.finish()

@@ -207,6 +207,73 @@ fn fused_quantize_matches_planes() {
     }
 }
 
+/// Both forms of the fused quantizer (binary search where thresholds ascend and codes are bit-permuted level
+/// indices, the count elsewhere) equal quantizing to planes first: codes in level order, with bits swapped or
+/// rotated, in an order no bit permutation gives, and with a code twice; thresholds with ties (what ReLU's clamp at 0 folds to), one
+/// channel's pair swapped, and a NaN one; inputs exactly at thresholds, NaN and ±∞; K_a 1 to 4 over 8 to 48 channels.
+#[test]
+fn quantizer_forms_agree() {
+    let mut s = 7u64;
+    let mut rnd = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) as usize
+    };
+    for (ka, codes) in [
+        (1, vec![0u8, 1]),
+        (2, vec![0, 1, 2, 3]),
+        (2, vec![0, 2, 1, 3]),
+        (2, vec![1, 3, 0, 2]),
+        (2, vec![0, 1, 1, 2]),
+        (3, (0..8).collect()),
+        (3, (0..8u8).map(|i| ((i << 1) | (i >> 2)) & 7).collect()),
+        (4, (0..16).collect()),
+    ] {
+        for c in [8usize, 16, 24, 48] {
+            let t = codes.len() - 1;
+            // Ascending per channel, ties on even channels, signs mixed.
+            let sign: Vec<f32> = (0..c).map(|i| if i % 3 == 1 { -1.0 } else { 1.0 }).collect();
+            let tau: Vec<f32> = (0..c)
+                .flat_map(|ch| {
+                    let base: Vec<f32> =
+                        (0..t).map(|l| if ch % 2 == 0 && l < 2 { 0.25 } else { 0.25 * l as f32 }).collect();
+                    let sg = if ch % 3 == 1 { -1.0 } else { 1.0 };
+                    // Signed thresholds ascend: τ itself descends where the sign is negative.
+                    base.into_iter().map(move |b| sg * b).collect::<Vec<_>>()
+                })
+                .collect();
+            let q = ChannelQuant { sign: sign.clone(), tau: tau.clone(), codes: codes.clone() };
+            let (h, w) = (3, 5);
+            let pick =
+                [0.0f32, 0.25, 0.5, -0.25, 0.75, 1.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.3, 3.9];
+            let x: Vec<f32> = (0..h * w * c).map(|_| pick[rnd() % pick.len()]).collect();
+            let ab: Vec<f32> = (0..ka).map(|j| (1 << j) as f32).collect();
+            let wt: Vec<f32> = (0..16 * c * 9).map(|_| (rnd() % 7) as f32 - 3.0).collect();
+            let conv = BitConv::pack(16, c, 3, 1, &wt, &[1.0; 16]).unwrap();
+            let mut unsorted = tau.clone();
+            if t > 1 {
+                unsorted.swap(t, t + 1); // channel 1's first two
+            }
+            let mut nan = tau.clone();
+            nan[t * (c - 1)] = f32::NAN;
+            for (name, q) in [
+                ("ascending", q.clone()),
+                ("unsorted", ChannelQuant { tau: unsorted, ..q.clone() }),
+                ("nan", ChannelQuant { tau: nan, ..q.clone() }),
+            ] {
+                let planes = Planes::quantize_with(Isa::Portable, &x, h, w, &q).unwrap();
+                for isa in isas() {
+                    let want = conv.forward(&planes, &ab, isa).unwrap();
+                    let got = conv.forward_f32(&x, h, w, &q, &ab, isa).unwrap();
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()) && got.len() == want.len(),
+                        "{name} codes {codes:?} c={c} {isa:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A zero BN scale makes a channel's code constant; its thresholds must still be finite (model files hold only
 /// finite values) and decide the same way for every finite input.
 #[test]

@@ -280,13 +280,18 @@ fn min_rows(row: usize) -> usize {
     (1usize << 15).div_ceil(row.max(1))
 }
 
-/// The activation quantizer of this path, as [`Planes::quantize`] defines it: the sorted level index is the count
-/// of signed thresholds passed (vector compares subtracted), the code comes from a lane permute, and each plane's
-/// 8 bits are one `movemask`. AVX2 compares on 8 channels, not AVX-512 ones on 16: on Zen 4, compares and tests into
-/// mask registers were the loop's cost (ResNet-20 W2A2's input map 0.026 → 0.016 ms per image with this form,
-/// `latency --profile` on the builds before and after). For the same reason a thermometer form (ascending
-/// thresholds: each plane an XOR of the compares' masks, no count or permute) was slower, 0.016 → 0.021 ms for
-/// W1A2's input maps, with its masks from AVX-512 compares and with AVX2 `movemask`s alike.
+/// The activation quantizer of this path, as [`Planes::quantize`] defines it, in one of two forms:
+/// - Search, where every channel's signed thresholds ascend and each code is its sorted level index with the bits
+///   permuted (what [`ChannelQuant::fold`] gives for a positive basis, in any order): the index by binary search on
+///   16 channels at once, bit `K_a − 1 − d` from the d-th compare against the threshold that halves what the
+///   earlier bits left (chosen per lane by masked blends). K_a compares and 2^K_a − 1 − K_a blends, where the count
+///   takes 2^K_a − 1 compares, as many adds, a permute and a test per plane; each index bit's mask is then a plane's
+///   16 bits, stored whole. ResNet-20 W1A2 at batch 64 on one thread: 1.07x for the network.
+/// - Count, for anything else: the count of signed thresholds passed (AVX2 compares subtracted) indexes the codes
+///   by a lane permute, and each plane's 8 bits are one `movemask`. AVX2 compares on 8 channels rather than
+///   AVX-512 ones on 16 here: with compares and tests into mask registers for every threshold and plane, the
+///   input map of ResNet-20 W2A2 had read 0.026 against 0.016 ms per image, and a thermometer form (each plane an
+///   XOR of the compares' masks) 0.021 against 0.016 for W1A2.
 struct RowQuant<'a> {
     sign: &'a [f32],
     /// Signed thresholds `[t][C]`.
@@ -294,6 +299,11 @@ struct RowQuant<'a> {
     /// Code per sorted level index.
     codes: [i32; 16],
     ka: usize,
+    /// Whether the search form runs: every channel's signed thresholds ascend (`<=`, so a NaN one keeps the count)
+    /// and code `i` is `i` with its bits permuted.
+    search: bool,
+    /// Where `search` holds, the plane of each index bit (`< K_a`).
+    plane_of: [usize; 4],
 }
 
 impl<'a> RowQuant<'a> {
@@ -303,7 +313,16 @@ impl<'a> RowQuant<'a> {
         let stt = super::quant::signed_thresholds(q);
         let mut codes = [0i32; 16];
         codes.iter_mut().zip(&q.codes).for_each(|(d, &s)| *d = s as i32);
-        Some(RowQuant { sign: &q.sign, stt, codes, ka })
+        let c = q.channels();
+        // `<=` is false for a NaN threshold: those keep the count.
+        let ascend =
+            stt.chunks_exact(c).zip(stt.chunks_exact(c).skip(1)).all(|(a, b)| a.iter().zip(b).all(|(a, b)| a <= b));
+        // Code bit π(b) is index bit b (the bases' order: an ascending basis gives π = id).
+        let pi: [usize; 4] = std::array::from_fn(|b| q.codes.get(1 << b).map_or(0, |&c| c.trailing_zeros() as usize));
+        let permuted = |i: usize| (0..ka).map(|b| ((i >> b) & 1) << pi[b]).sum::<usize>();
+        let distinct = (0..ka).all(|j| pi[..ka].iter().filter(|&&p| p == j).count() == 1);
+        let search = ascend && distinct && q.codes.iter().enumerate().all(|(i, &code)| code as usize == permuted(i));
+        Some(RowQuant { sign: &q.sign, stt, codes, ka, search, plane_of: pi })
     }
 
     /// `q`'s planes K_a where [`RowQuant::new`] takes it.
@@ -356,11 +375,17 @@ impl<'a> RowQuant<'a> {
             let mut c8 = 0;
             // SAFETY (both): channels c8..c8 + 8·G lie below C; `row` as this function's contract.
             while c - c8 >= 16 {
-                unsafe { self.groups::<KA, 2>(xs, c8, p0..p0 + n, row, sb, pad, &mut ones) };
+                match self.search {
+                    true => unsafe { self.groups::<KA, 2, true>(xs, c8, p0..p0 + n, row, sb, pad, &mut ones) },
+                    false => unsafe { self.groups::<KA, 2, false>(xs, c8, p0..p0 + n, row, sb, pad, &mut ones) },
+                }
                 c8 += 16;
             }
             if c8 < c {
-                unsafe { self.groups::<KA, 1>(xs, c8, p0..p0 + n, row, sb, pad, &mut ones) };
+                match self.search {
+                    true => unsafe { self.groups::<KA, 1, true>(xs, c8, p0..p0 + n, row, sb, pad, &mut ones) },
+                    false => unsafe { self.groups::<KA, 1, false>(xs, c8, p0..p0 + n, row, sb, pad, &mut ones) },
+                }
             }
             // `weighted` per pixel as straight loops over the chunk: the same operations in the same order
             // (from 0.0), vectorised, straight into `tw` (a stack array copied there had cost a `memcpy` call per
@@ -383,7 +408,7 @@ impl<'a> RowQuant<'a> {
     #[target_feature(enable = "avx512f,avx2,popcnt")]
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    unsafe fn groups<const KA: usize, const G: usize>(
+    unsafe fn groups<const KA: usize, const G: usize, const SEARCH: bool>(
         &self,
         xs: &[f32],
         c8: usize,
@@ -396,6 +421,42 @@ impl<'a> RowQuant<'a> {
         use std::arch::x86_64::*;
         let (c, nt) = (self.sign.len(), (1 << KA) - 1);
         let xs = &xs[px.start * c..px.end * c];
+        if SEARCH {
+            // The 8·G channels as the low lanes of one 512-bit vector (the others zero, so their compares are false
+            // and their bits are not stored).
+            let lanes = (((1u32 << (8 * G)) - 1) & 0xFFFF) as u16;
+            // SAFETY: 8·G channels at c8 of `sign` and each row of `stt`.
+            let (sg, th) = unsafe {
+                let th: [__m512; 15] = std::array::from_fn(|l| {
+                    _mm512_maskz_loadu_ps(lanes, self.stt.as_ptr().add(l.min(nt - 1) * c + c8))
+                });
+                (_mm512_maskz_loadu_ps(lanes, self.sign.as_ptr().add(c8)), th)
+            };
+            for (p, x) in xs.chunks_exact(c).enumerate() {
+                // SAFETY: 8·G channels at c8 of the pixel.
+                let sv = unsafe { _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x.as_ptr().add(c8)), sg) };
+                let mut bits = [0u16; KA];
+                for d in 0..KA {
+                    let span = 1 << (KA - d);
+                    let mut cand: [__m512; 8] = std::array::from_fn(|p| th[(p * span + span / 2 - 1).min(nt - 1)]);
+                    for e in (0..d).rev() {
+                        for i in 0..1 << e {
+                            cand[i] = _mm512_mask_blend_ps(bits[e], cand[2 * i], cand[2 * i + 1]);
+                        }
+                    }
+                    bits[d] = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sv, cand[0]);
+                }
+                let at = ((pad + px.start + p) * c + c8) / 8;
+                for (b, &j) in self.plane_of[..KA].iter().enumerate() {
+                    // Index bit b (a constant position: a run-time one had sent the bits through memory).
+                    let v = bits[KA - 1 - b];
+                    // SAFETY: as below (j < K_a).
+                    unsafe { store::<G>(row.as_mut_ptr().add(j * sb + at), v) };
+                    ones[j][p] += v.count_ones();
+                }
+            }
+            return;
+        }
         // SAFETY (loads): 8 channels at c8 + 8·h < C of `sign`, `codes` (16 i32) and a row of `stt`.
         let (sg, th, lo, hi) = unsafe {
             let ld = |p: *const f32| -> [__m256; G] { std::array::from_fn(|h| _mm256_loadu_ps(p.add(c8 + 8 * h))) };
@@ -431,14 +492,7 @@ impl<'a> RowQuant<'a> {
             for (j, &v) in v.iter().enumerate() {
                 // SAFETY: bytes at..at + G ≤ (pad + npx)·C/8 ≤ sb, plane j < K_a: inside `row` (checked by
                 // `fill_row`).
-                unsafe {
-                    let dst = row.as_mut_ptr().add(j * sb + at);
-                    if G == 2 {
-                        dst.cast::<u16>().write_unaligned((v as u16).to_le());
-                    } else {
-                        *dst = v as u8;
-                    }
-                }
+                unsafe { store::<G>(row.as_mut_ptr().add(j * sb + at), v as u16) };
                 ones[j][p] += v.count_ones();
             }
         }
@@ -449,6 +503,21 @@ impl<'a> RowQuant<'a> {
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn fill<const KA: usize>(&self, _: &[f32], _: &mut [u8], _: usize, _: &mut [f32], _: usize, _: &[f32]) {
         unreachable!()
+    }
+}
+
+/// The low `G` bytes of `v` to `dst`, little-endian.
+///
+/// # Safety
+/// `G` bytes writable at `dst`; `G` is 1 or 2.
+#[inline(always)]
+unsafe fn store<const G: usize>(dst: *mut u8, v: u16) {
+    // SAFETY: this function's contract.
+    unsafe {
+        match G {
+            2 => dst.cast::<u16>().write_unaligned(v.to_le()),
+            _ => *dst = v as u8,
+        }
     }
 }
 
