@@ -5,10 +5,13 @@
 //!   from the row: no im2col buffer. Bits past the kernel row in its last word belong to the next pixel; the
 //!   weights hold zeros there, so the AND drops them. `T` comes from per-pixel counts the quantizer writes on the
 //!   same pass (`RowQuant`), summed over k×k windows.
-//! - Weights ([`pack_weights`]): `[⌈C_out/8⌉][K_w][k][⌈k·C/64⌉][8]`, 8 output channels in the 8 u64 lanes.
-//! - Kernel: the activation word is broadcast, and each (row, plane, word) costs one `vpandq` + `vpopcntq` +
-//!   `vpaddq` on 512 binary products into u64 counts (no widening). A tile is `P` output pixels × 8 channels ×
-//!   K_w × K_a accumulators; the epilogue writes 8 channels per store into the NHWC row.
+//! - Weights ([`pack_weights`]): `[⌈C_out/16⌉][K_w][k][⌈k·C/32⌉][16]` u32, 16 output channels in the 16 lanes.
+//! - Kernel: the 32-bit activation word is broadcast, and each (row, plane, word) costs one `vpandd` + `vpopcntd` +
+//!   `vpaddd` on 512 binary products into u32 counts (no widening). A tile is `P` output pixels × 16 channels ×
+//!   K_w × K_a accumulators; the epilogue converts, scales and writes 16 channels per store into the NHWC row.
+//!   32-bit words rather than 64: a kernel row of 32 channels (96 bits) is 3 words, not 2 of 64 with a quarter
+//!   unused, and the epilogue's conversions and stores cover 16 channels, not 8 (ResNet-20 on one thread,
+//!   minima of alternated runs: W1A2 1.18x at batch 1 and 1.20x at batch 64, W2A2 1.15x and W3A3 1.14x at 64).
 //! - Fused ([`run_tail`]): each task's output rows go from an L1-resident buffer into the residual they are added
 //!   to, and/or straight through the next conv's quantizer into its operand; where the next conv's only input is
 //!   this conv's output, the f32 map between the two convs is never written.
@@ -36,20 +39,23 @@ pub fn takes(c_in: usize, kw: usize, ka: usize) -> bool {
     is_available() && c_in.is_multiple_of(8) && c_in > 0 && (1..=4).contains(&kw) && (1..=4).contains(&ka)
 }
 
-/// Words per kernel row (`k·C` bits).
+/// Output channels per block (the u32 lanes of a 512-bit register).
+const LANES: usize = 16;
+
+/// 32-bit words per kernel row (`k·C` bits).
 fn row_words(c_in: usize, k: usize) -> usize {
-    (k * c_in).div_ceil(64)
+    (k * c_in).div_ceil(32)
 }
 
 /// The kernel's weights: the packed bits and the epilogue's per-channel constants, built once per layer.
 #[derive(Clone, Debug)]
 pub struct Weights {
-    /// `[⌈C_out/8⌉][K_w][k][⌈k·C/64⌉][8]` words (see the module docs).
-    words: Vec<u64>,
-    /// `2·v^w_{o,i}` per block of 8 channels as `[i][8]` (lanes past C_out zero): times `v^a_j`, plane pair
+    /// `[⌈C_out/16⌉][K_w][k][⌈k·C/32⌉][16]` words (see the module docs).
+    words: Vec<u32>,
+    /// `2·v^w_{o,i}` per block of 16 channels as `[i][16]` (lanes past C_out zero): times `v^a_j`, plane pair
     /// `(i, j)`'s coefficient.
     w2: Vec<f32>,
-    /// `S_w = Σ_i v^w_{o,i}` per block as `[8]`.
+    /// `S_w = Σ_i v^w_{o,i}` per block as `[16]`.
     sw: Vec<f32>,
     c_out: usize,
     kw: usize,
@@ -63,21 +69,22 @@ pub struct Weights {
 pub fn pack_weights(bits: &[u64], basis: &[f32], c_out: usize, kw: usize, c_in: usize, k: usize) -> Weights {
     let (words, wr) = (patch_words(c_in, k), row_words(c_in, k));
     assert!(bits.len() == c_out * kw * words && basis.len() == c_out * kw, "weights for another layer");
-    let blocks = c_out.div_ceil(8);
-    let mut out = vec![0u64; blocks * kw * k * wr * 8];
-    let (mut w2, mut sw) = (vec![0.0f32; blocks * kw * 8], vec![0.0f32; blocks * 8]);
+    let blocks = c_out.div_ceil(LANES);
+    let mut out = vec![0u32; blocks * kw * k * wr * LANES];
+    let (mut w2, mut sw) = (vec![0.0f32; blocks * kw * LANES], vec![0.0f32; blocks * LANES]);
     for o in 0..c_out {
+        let (b, l) = (o / LANES, o % LANES);
         sw[o] = basis[o * kw..][..kw].iter().sum();
         for i in 0..kw {
-            w2[((o / 8) * kw + i) * 8 + o % 8] = 2.0 * basis[o * kw + i];
+            w2[(b * kw + i) * LANES + l] = 2.0 * basis[o * kw + i];
             let src = &bits[(o * kw + i) * words..][..words];
             for ky in 0..k {
                 for kx in 0..k {
                     for ci in 0..c_in {
-                        let (wd, b) = patch_bit(c_in, ky * k + kx, ci);
+                        let (wd, bit) = patch_bit(c_in, ky * k + kx, ci);
                         let d = kx * c_in + ci;
-                        out[((((o / 8) * kw + i) * k + ky) * wr + d / 64) * 8 + o % 8] |=
-                            ((src[wd] >> b) & 1) << (d % 64);
+                        out[(((b * kw + i) * k + ky) * wr + d / 32) * LANES + l] |=
+                            (((src[wd] >> bit) & 1) as u32) << (d % 32);
                     }
                 }
             }
@@ -641,7 +648,7 @@ fn scratch<'a>(stack: &'a mut [f32; STACK], heap: &'a mut Vec<f32>, n: usize) ->
 /// A checked (operand, weights) pair.
 struct Gemm<'a> {
     r: &'a Rows,
-    wp: &'a [u64],
+    wp: &'a [u32],
     c_out: usize,
     kw: usize,
     /// `2·v^w` and `S_w` per block (see [`Weights`]).
@@ -655,16 +662,17 @@ impl<'a> Gemm<'a> {
         let (ka, wr, kw, c_out) = (r.ka, row_words(r.c, r.k), wt.kw, wt.c_out);
         assert!(r.a_basis.len() == ka, "the operand was made without its basis");
         assert!(takes(r.c, kw, ka), "the AVX-512 kernel does not run W{kw}A{ka} over {} channels here", r.c);
-        let blocks = c_out.div_ceil(8);
-        let wlen = [blocks, kw, r.k, wr, 8].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let blocks = c_out.div_ceil(LANES);
+        let wlen = [blocks, kw, r.k, wr, LANES].iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let fits = (wt.c_in, wt.k) == (r.c, r.k) && wlen == Some(wt.words.len());
-        assert!(fits && wt.w2.len() == blocks * kw * 8 && wt.sw.len() == blocks * 8, "weights for another layer");
+        let consts = wt.w2.len() == blocks * kw * LANES && wt.sw.len() == blocks * LANES;
+        assert!(fits && consts, "weights for another layer");
         assert!(r.oh * r.ow > 0 && r.data.len().is_multiple_of(ka * r.sb));
         // The last padded row a patch reads, and the last byte of a row a kernel row reads.
         assert!(((r.oh - 1) * r.stride + r.k) * ka * r.sb <= r.data.len());
-        assert!((r.ow - 1) * r.stride * r.c / 8 + 8 * wr <= r.sb);
-        // The epilogue converts counts as i32: a patch's bits per plane (k kernel rows of `wr` words) fit.
-        assert!(r.k.checked_mul(wr * 64).is_some_and(|b| b < 1 << 31), "a patch too large for the epilogue");
+        assert!((r.ow - 1) * r.stride * r.c / 8 + 4 * wr <= r.sb);
+        // The u32 counts, converted as i32: a patch's bits per plane (k kernel rows of `wr` words) fit.
+        assert!(r.k.checked_mul(wr * 32).is_some_and(|b| b < 1 << 31), "a patch too large for the epilogue");
         Gemm { r, wp: &wt.words, c_out, kw, w2: &wt.w2, sw: &wt.sw }
     }
 
@@ -740,7 +748,7 @@ const CHUNK: usize = 64;
 const TASK: usize = 32;
 
 /// Output pixels `r0..r0 + n` (`n ≤ TASK`, their `T` terms in `t`) into `out` (`n·C_out`): tiles of `P` pixels (past
-/// `n`: the last one again, not stored; callers pass whole tiles where they can) × 8 channels, channel blocks
+/// `n`: the last one again, not stored; callers pass whole tiles where they can) × 16 channels, channel blocks
 /// outside so a block's weights stay in L1.
 ///
 /// # Safety
@@ -761,7 +769,7 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     let ab = &r.a_basis[..KA];
     let (k, sb, c) = (r.k, r.sb, r.c);
     let wr = row_words(c, k);
-    let blocks = c_out.div_ceil(8);
+    let blocks = c_out.div_ceil(LANES);
     // Per pixel of the task, the byte offset of its patch: padded row oy·s, byte ox·s·C/8 (plane j adds j·sb, kernel
     // row ky adds ky·K_a·sb), walked by additions (a multiply per pixel had cost ~13 % of the kernel).
     let mut base = [0usize; TASK];
@@ -778,21 +786,18 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
     assert!(out.len() >= n * c_out, "an output value per pixel and channel");
     let data = r.data.as_ptr();
     for b in 0..blocks {
-        let w = &wp[b * KW * k * wr * 8..][..KW * k * wr * 8];
-        // The block's coefficients `2·v^w_{o,i}·v^a_j` (the same product, in the same order, as a table made
-        // once per call: this is a few multiplies per block).
-        // SAFETY: the block's K_w·8 values lie inside `w2` (checked by `Gemm::new`).
-        let cf: [[_; KA]; KW] = std::array::from_fn(|i| {
-            let v = unsafe { _mm256_loadu_ps(w2.as_ptr().add((b * KW + i) * 8)) };
-            std::array::from_fn(|j| _mm256_mul_ps(v, _mm256_set1_ps(ab[j])))
-        });
-        // Plane pairs q = i·K_a + j two at a time: coefficients of pair r as [q = 2r | q = 2r + 1] (zero past the
-        // last plane pair).
-        // SAFETY: the block's 8 values of S_w lie inside `swp` (checked by `Gemm::new`).
-        let swv = unsafe { _mm256_loadu_ps(swp.as_ptr().add(b * 8)) };
-        let cq = |q: usize| if q < KW * KA { cf[q / KA][q % KA] } else { _mm256_setzero_ps() };
-        let cf2: [__m512; 8] =
-            std::array::from_fn(|pair| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(cq(2 * pair)), cq(2 * pair + 1)));
+        let w = &wp[b * KW * k * wr * LANES..][..KW * k * wr * LANES];
+        // The block's coefficients `2·v^w_{o,i}·v^a_j` (a few multiplies per block).
+        // SAFETY: the block's K_w·16 values of `w2` and 16 of `S_w` (checked by `Gemm::new`).
+        let (cf, swv) = unsafe {
+            let cf: [[__m512; KA]; KW] = std::array::from_fn(|i| {
+                let v = _mm512_loadu_ps(w2.as_ptr().add((b * KW + i) * LANES));
+                std::array::from_fn(|j| _mm512_mul_ps(v, _mm512_set1_ps(ab[j])))
+            });
+            (cf, _mm512_loadu_ps(swp.as_ptr().add(b * LANES)))
+        };
+        // The block's channels inside C_out.
+        let lanes = (((1u32 << (c_out - b * LANES).min(LANES)) - 1) & 0xFFFF) as u16;
         for p0 in (0..n).step_by(P) {
             // SAFETY: every pixel's patch lies inside the operand (checked by `Gemm::new`).
             let px: [*const u8; P] = std::array::from_fn(|p| unsafe { data.add(base[(p0 + p).min(n - 1)]) });
@@ -804,50 +809,37 @@ unsafe fn tile_rows<const KW: usize, const KA: usize, const P: usize>(
                     // SAFETY: weight word x of plane i of this block lies inside `w`; the activation word is inside
                     // its plane row (checked by `Gemm::new`: `sb` covers the last kernel row's whole words).
                     unsafe {
-                        let wv: [__m512i; KW] =
-                            std::array::from_fn(|i| _mm512_loadu_si512(w.as_ptr().add((i * k * wr + x) * 8).cast()));
+                        let wv: [__m512i; KW] = std::array::from_fn(|i| {
+                            _mm512_loadu_si512(w.as_ptr().add((i * k * wr + x) * LANES).cast())
+                        });
                         for p in 0..P {
                             for j in 0..KA {
-                                let v = px[p].add(row + j * sb + 8 * m).cast::<u64>().read_unaligned();
-                                let av = _mm512_set1_epi64(v as i64);
+                                let v = px[p].add(row + j * sb + 4 * m).cast::<u32>().read_unaligned();
+                                let av = _mm512_set1_epi32(v as i32);
                                 for i in 0..KW {
-                                    let x = _mm512_popcnt_epi64(_mm512_and_si512(wv[i], av));
-                                    acc[p][i][j] = _mm512_add_epi64(acc[p][i][j], x);
+                                    let x = _mm512_popcnt_epi32(_mm512_and_si512(wv[i], av));
+                                    acc[p][i][j] = _mm512_add_epi32(acc[p][i][j], x);
                                 }
                             }
                         }
                     }
                 }
             }
-            let nc = (c_out - b * 8).min(8);
             // Constant bounds: a run-time index into `acc` would keep it in memory for the whole tile.
             for p in 0..P {
                 if p0 + p >= n {
                     break;
                 }
-                let f = {
-                    // Two plane pairs' counts per conversion: their low dwords side by side (counts < 2^31).
-                    let aq = |q: usize| if q < KW * KA { acc[p][q / KA][q % KA] } else { _mm512_setzero_si512() };
-                    let lo = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-                    let mut halves = _mm512_setzero_ps();
-                    for pair in 0..(KW * KA).div_ceil(2) {
-                        let c2 = _mm512_permutex2var_epi32(aq(2 * pair), lo, aq(2 * pair + 1));
-                        halves = _mm512_fmadd_ps(cf2[pair], _mm512_cvtepi32_ps(c2), halves);
+                // Counts below 2^31 (checked by `Gemm::new`) convert as i32.
+                let mut f = _mm512_mul_ps(swv, _mm512_set1_ps(-t[p0 + p]));
+                for i in 0..KW {
+                    for j in 0..KA {
+                        f = _mm512_fmadd_ps(cf[i][j], _mm512_cvtepi32_ps(acc[p][i][j]), f);
                     }
-                    let sum = _mm256_add_ps(_mm512_castps512_ps256(halves), _mm512_extractf32x8_ps::<1>(halves));
-                    _mm256_fmadd_ps(swv, _mm256_set1_ps(-t[p0 + p]), sum)
-                };
-                if nc == 8 {
-                    // SAFETY: pixel p0 + p < n and channels b·8..b·8 + 8 <= C_out: inside `out` (n·C_out values,
-                    // checked on entry); unchecked, as a slice here had cost a bounds check per pixel and block.
-                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((p0 + p) * c_out + b * 8), f) };
-                } else {
-                    let dst = &mut out[(p0 + p) * c_out + b * 8..][..nc];
-                    let mut v = [0.0f32; 8];
-                    // SAFETY: `v` is 8 f32.
-                    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
-                    dst.copy_from_slice(&v[..nc]);
                 }
+                // SAFETY: pixel p0 + p < n, and the stored channels b·16.. lie below C_out: inside `out` (n·C_out
+                // values, checked on entry).
+                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add((p0 + p) * c_out + b * LANES), lanes, f) };
             }
         }
     }
