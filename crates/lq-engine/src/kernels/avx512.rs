@@ -311,6 +311,8 @@ struct RowQuant<'a> {
     search: bool,
     /// Where `search` holds, the plane of each index bit (`< K_a`).
     plane_of: [usize; 4],
+    /// The row of `fill`'s counts that holds plane j's (the plane's own, or its index bit's where `search` holds).
+    count_row: [usize; 4],
 }
 
 impl<'a> RowQuant<'a> {
@@ -329,7 +331,12 @@ impl<'a> RowQuant<'a> {
         let permuted = |i: usize| (0..ka).map(|b| ((i >> b) & 1) << pi[b]).sum::<usize>();
         let distinct = (0..ka).all(|j| pi[..ka].iter().filter(|&&p| p == j).count() == 1);
         let search = ascend && distinct && q.codes.iter().enumerate().all(|(i, &code)| code as usize == permuted(i));
-        Some(RowQuant { sign: &q.sign, stt, codes, ka, search, plane_of: pi })
+        // Where the search runs, plane j's counts are index bit π⁻¹(j)'s.
+        let mut count_row = [0, 1, 2, 3];
+        if search {
+            (0..ka).for_each(|b| count_row[pi[b]] = b);
+        }
+        Some(RowQuant { sign: &q.sign, stt, codes, ka, search, plane_of: pi, count_row })
     }
 
     /// `q`'s planes K_a where [`RowQuant::new`] takes it.
@@ -398,8 +405,8 @@ impl<'a> RowQuant<'a> {
             // (from 0.0), vectorised, straight into `tw` (a stack array copied there had cost a `memcpy` call per
             // row, ~2 % of a batch-1 ResNet-20).
             let t = &mut tw[pad + p0..][..n];
-            for (j, (ones, &a)) in ones.iter().zip(a).enumerate() {
-                for (t, &ones) in t.iter_mut().zip(&ones[..n]) {
+            for (j, &a) in a.iter().enumerate().take(KA) {
+                for (t, &ones) in t.iter_mut().zip(&ones[self.count_row[j]][..n]) {
                     *t = if j == 0 { 0.0 } else { *t } + a * ones as i32 as f32;
                 }
             }
@@ -439,7 +446,10 @@ impl<'a> RowQuant<'a> {
                 });
                 (_mm512_maskz_loadu_ps(lanes, self.sign.as_ptr().add(c8)), th)
             };
-            for (p, x) in xs.chunks_exact(c).enumerate() {
+            // Each index bit's plane row, and the pixels' first byte in it.
+            let off: [usize; KA] = std::array::from_fn(|b| self.plane_of[b] * sb);
+            let (at0, step) = (((pad + px.start) * c + c8) / 8, c / 8);
+            for (p, x) in xs.chunks_exact(c).take(CHUNK).enumerate() {
                 // SAFETY: 8·G channels at c8 of the pixel.
                 let sv = unsafe { _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x.as_ptr().add(c8)), sg) };
                 let mut bits = [0u16; KA];
@@ -453,13 +463,14 @@ impl<'a> RowQuant<'a> {
                     }
                     bits[d] = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sv, cand[0]);
                 }
-                let at = ((pad + px.start + p) * c + c8) / 8;
-                for (b, &j) in self.plane_of[..KA].iter().enumerate() {
-                    // Index bit b (a constant position: a run-time one had sent the bits through memory).
+                let at = at0 + p * step;
+                for b in 0..KA {
+                    // Index bit b at a constant position (a run-time one had sent the bits through memory), its
+                    // count by index bit too ([`RowQuant::fill`] weighs it as its plane's).
                     let v = bits[KA - 1 - b];
-                    // SAFETY: as below (j < K_a).
-                    unsafe { store::<G>(row.as_mut_ptr().add(j * sb + at), v) };
-                    ones[j][p] += v.count_ones();
+                    // SAFETY: as below (plane_of[b] < K_a).
+                    unsafe { store::<G>(row.as_mut_ptr().add(off[b] + at), v) };
+                    ones[b][p] += v.count_ones();
                 }
             }
             return;
