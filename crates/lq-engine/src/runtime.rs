@@ -433,7 +433,8 @@ impl Model {
                 let a = &self.acts[*act];
                 // The residual add is taken in only on the team (batch 1 on several threads), where the add and the
                 // next conv's input map then run in this conv's parallel region instead of two more; on one thread
-                // it measured level at batch 1 and 3 % slower at batch 64 (ResNet-20 W1A2), so the add runs apart.
+                // it measured level (ResNet-20 W1A2 and W2A2, batch 1 and 64: the quantize, not the passes over
+                // memory, is the cost there), so the add runs apart.
                 let absorb = step.add.filter(|_| team::holds());
                 p.absorbed = absorb.is_some();
                 // The residual: a copy where this conv reads it too, or something after the add does.
