@@ -1,4 +1,4 @@
-//! The AVX-512 kernel's instruction ceiling on this CPU: how many `vpandq` + `vpopcntq` + `vpaddq` triples (512
+//! The AVX-512 kernel's instruction ceiling on this CPU: how many `vpandd` + `vpopcntd` + `vpaddd` triples (512
 //! binary products each) one core retires per cycle, with the activation word broadcast from memory every 1, 2,
 //! 4 or 12 triples, and the core clock from a chain of dependent adds (one per cycle). The engine's kernel time
 //! compares with the network's triple count at this rate (`cargo run --release -p lq-engine --example ceiling`).
@@ -57,8 +57,8 @@ fn clock_ghz() -> f64 {
 #[target_feature(enable = "avx512f,avx512vpopcntdq")]
 unsafe fn triples<const PER: usize>(n: usize, words: &[u64]) -> (f64, i64) {
     use std::arch::x86_64::*;
-    // 12 weight vectors of 8 distinct words (as a block of 8 output channels; splats would let the compiler
-    // fold the AND into scalar code).
+    // 12 weight vectors of 16 distinct 32-bit words (as a block of 16 output channels; splats would let the
+    // compiler fold the AND into scalar code).
     let wv: Vec<u64> = (0..96u64).map(|i| 0x5555_1234_9876_0F0Fu64.wrapping_mul(i + 3)).collect();
     let w: [__m512i; 12] = std::array::from_fn(|i| _mm512_loadu_si512(wv[i * 8..][..8].as_ptr().cast()));
     let mut acc = [_mm512_setzero_si512(); 12];
@@ -67,14 +67,14 @@ unsafe fn triples<const PER: usize>(n: usize, words: &[u64]) -> (f64, i64) {
     for _ in 0..n {
         let ws = &words[off..off + 12];
         for q in (0..12).step_by(PER) {
-            let av = _mm512_set1_epi64(ws[q] as i64);
+            let av = _mm512_set1_epi32(ws[q] as i32);
             for r in q..q + PER {
-                acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_and_si512(w[r], av)));
+                acc[r] = _mm512_add_epi32(acc[r], _mm512_popcnt_epi32(_mm512_and_si512(w[r], av)));
             }
         }
         off = (off + 12) & 1023;
     }
     let dt = t.elapsed().as_secs_f64();
-    let sum = acc.iter().fold(_mm512_setzero_si512(), |s, a| _mm512_add_epi64(s, *a));
-    (dt, _mm512_reduce_add_epi64(sum))
+    let sum = acc.iter().fold(_mm512_setzero_si512(), |s, a| _mm512_add_epi32(s, *a));
+    (dt, _mm512_reduce_add_epi32(sum) as i64)
 }
