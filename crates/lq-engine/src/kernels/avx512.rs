@@ -767,8 +767,9 @@ impl<'a> Gemm<'a> {
             // P·K_w·K_a ≤ 24 accumulators (of 32 registers), P a power of two dividing TASK. At K_w = 1 every
             // pixel's broadcast feeds one product per plane, and P pixel pointers spilled past the 16 general
             // registers: half the pixels measured faster there (ResNet-20 W1A1 1.15x, W1A2 1.08x, W1A3 1.07x;
-            // W2A1 level at 4, W2A2 and W3A3 slower at half). Two 8-channel blocks per broadcast at K_w = 1 (the
-            // `ceiling` example's 0.69 → 0.80 triples per cycle) measured level on the network (W1A2 0.126 ms both).
+            // W2A1 level at 4, W2A2 and W3A3 slower at half; measured on 8-channel u64 blocks, and W1A2 at 8 pixels
+            // again on 16-channel blocks: no faster). Two 8-channel blocks per broadcast at K_w = 1 (the `ceiling`
+            // example's 0.69 → 0.80 triples per cycle) had measured level on the network (W1A2 0.126 ms both).
             go!(
                 (1, 1, 8),
                 (1, 2, 4),
