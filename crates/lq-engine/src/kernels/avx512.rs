@@ -1,8 +1,8 @@
 //! AVX-512 popcount kernel (VPOPCNTDQ) with an implicit im2col, for layers whose input channels fill whole bytes.
 //!
 //! - Operand ([`Rows`]): every zero-bordered input row's planes as bytes, pixel `x` at byte `(x + pad)·C/8`. The
-//!   `k` taps of a patch's kernel row are then `k·C` consecutive bits, read as `⌈k·C/64⌉` unaligned words straight
-//!   from the row: no im2col buffer. Bits past the kernel row in its last word belong to the next pixel; the
+//!   `k` taps of a patch's kernel row are then `k·C` consecutive bits, read as `⌈k·C/32⌉` unaligned 32-bit words
+//!   straight from the row: no im2col buffer. Bits past the kernel row in its last word belong to the next pixel; the
 //!   weights hold zeros there, so the AND drops them. `T` comes from per-pixel counts the quantizer writes on the
 //!   same pass (`RowQuant`), summed over k×k windows.
 //! - Weights ([`pack_weights`]): `[⌈C_out/16⌉][K_w][k][⌈k·C/32⌉][16]` u32, 16 output channels in the 16 lanes.
@@ -310,7 +310,8 @@ fn min_rows(row: usize) -> usize {
 
 /// The activation quantizer of this path, as [`Planes::quantize`] defines it, in one of two forms:
 /// - Search, where every channel's signed thresholds ascend and each code is its sorted level index with the bits
-///   permuted (what [`ChannelQuant::fold`] gives for a positive basis, in any order): the index by binary search on
+///   permuted (what [`ChannelQuant::fold`] gives where the sorted levels follow the codes' binary order with the
+///   bits permuted: any positive basis at K_a ≤ 2, and e.g. `s·(1, 2, 4)` in any order at 3): the index by binary search on
 ///   16 channels at once, bit `K_a − 1 − d` from the d-th compare against the threshold that halves what the
 ///   earlier bits left (chosen per lane by masked blends). K_a compares and 2^K_a − 1 − K_a blends, where the count
 ///   takes 2^K_a − 1 compares, as many adds, a permute and a test per plane; each index bit's mask is then a plane's
@@ -386,8 +387,8 @@ impl<'a> RowQuant<'a> {
     }
 
     /// [`RowQuant::fill_row`] for `KA` planes: pixels in chunks, channel groups outside the pixel loop (a group's
-    /// sign and thresholds loaded once per chunk, in registers where they fit), the counts kept per plane and
-    /// weighted per chunk in straight loops.
+    /// sign and thresholds loaded once per chunk, in registers where they fit), the counts kept per plane (per
+    /// index bit in the search form: `count_row` maps them) and weighted per chunk in straight loops.
     ///
     /// # Safety
     /// AVX-512F (with AVX2); `KA == self.ka`; `row` as `fill_row` checks (the plane bytes are written unchecked).
@@ -435,7 +436,7 @@ impl<'a> RowQuant<'a> {
     }
 
     /// Channels `c8..c8 + 8·G` of pixels `px` (whole pixels of `xs`) into their plane bytes, their set bits added
-    /// to `ones[plane][pixel − px.start]`.
+    /// to `ones[row][pixel − px.start]`, the row being the plane's (count form) or its index bit's (search form).
     ///
     /// # Safety
     /// AVX-512F (with AVX2); `KA == self.ka`; `c8 + 8·G ≤ C`; `row` as `fill_row` checks for these pixels.
@@ -1045,4 +1046,32 @@ unsafe fn conv_row<const NB: usize, const NP: usize>(g: &Image, oy: usize, orow:
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn conv_row<const NB: usize, const NP: usize>(_: &Image, _: usize, _: &mut [f32]) {
     unreachable!()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lq_quant::{CodeSet, Levels};
+
+    /// The search form runs where folding gives ascending thresholds and bit-permuted level indices (a positive
+    /// basis at K_a ≤ 2 in either order, powers of two at 3 and 4 in any order, negative BN scales included), and
+    /// the count form where the sorted levels leave binary order or a channel's thresholds do not ascend.
+    #[test]
+    fn search_form_runs_where_it_applies() {
+        if !is_available() {
+            eprintln!("no AVX-512 here: the quantizer forms are not built");
+            return;
+        }
+        let scale = [1.0, -2.0, 0.5, 3.0, 1.0, -1.0, 1.0, 1.0];
+        let fold =
+            |basis: &[f32]| ChannelQuant::fold(&Levels::from_basis(basis, CodeSet::Binary).unwrap(), &scale, &[0.1; 8]);
+        let search = |q: &ChannelQuant| RowQuant::new(q).expect("8 channels, K_a ≤ 4").search;
+        for basis in [&[0.5f32, 1.0][..], &[1.0, 0.5], &[1.0, 2.0, 4.0], &[4.0, 1.0, 2.0], &[8.0, 1.0, 4.0, 2.0]] {
+            assert!(search(&fold(basis)), "{basis:?}");
+        }
+        assert!(!search(&fold(&[1.0, 1.5, 2.0])), "levels out of binary order");
+        let mut q = fold(&[0.5, 1.0]);
+        q.tau.swap(0, 1);
+        assert!(!search(&q), "channel 0's thresholds out of order");
+    }
 }
